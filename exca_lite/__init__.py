@@ -1,0 +1,35 @@
+"""exca_lite: execute and cache seamlessly, on frozen dataclasses.
+
+Re-exports only; see the README for the tour and SPEC for the contract.
+"""
+
+from .config import from_dict, load_config, to_dict
+from .errors import (
+    CacheMissError,
+    ConfigError,
+    CorruptCacheWarning,
+    ExcaLiteError,
+    JobError,
+    StoreError,
+    UidMismatchError,
+    ValidationError,
+)
+from .infra import MapInfra, TaskInfra
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CacheMissError",
+    "ConfigError",
+    "CorruptCacheWarning",
+    "ExcaLiteError",
+    "JobError",
+    "MapInfra",
+    "StoreError",
+    "TaskInfra",
+    "UidMismatchError",
+    "ValidationError",
+    "from_dict",
+    "load_config",
+    "to_dict",
+]

@@ -1,0 +1,51 @@
+"""Every error exca_lite raises, under one root.
+
+Errors cross process boundaries (a worker's failure is re-raised in the caller), so each one keeps
+its whole state in ``args`` and pickles like a plain exception.
+"""
+
+from __future__ import annotations
+
+
+class ExcaLiteError(Exception):
+    """Root of every exca_lite error: ``except xl.ExcaLiteError`` catches them all."""
+
+
+class CacheMissError(ExcaLiteError, LookupError):
+    """``mode="read-only"`` asked for something that is not cached."""
+
+
+class ConfigError(ExcaLiteError, TypeError):
+    """A config (its class or a field value) cannot be used as a cache key."""
+
+
+class ValidationError(ExcaLiteError, ValueError):
+    """Plain data given to ``from_dict``/``load_config`` does not fit the config class."""
+
+
+class UidMismatchError(ExcaLiteError):
+    """A cache folder's stored ``uid.json`` disagrees with the config now asking for it."""
+
+
+class JobError(ExcaLiteError, RuntimeError):
+    """A computation failed in a job; the message carries the job's own traceback text."""
+
+
+class StoreError(ExcaLiteError):
+    """A cache store cannot be used as asked (bad value, shape mismatch, unwritable folder)."""
+
+
+class CorruptCacheWarning(UserWarning):
+    """Damaged cache data was found and skipped; the rest of the cache is still served."""
+
+
+__all__ = [
+    "CacheMissError",
+    "ConfigError",
+    "CorruptCacheWarning",
+    "ExcaLiteError",
+    "JobError",
+    "StoreError",
+    "UidMismatchError",
+    "ValidationError",
+]

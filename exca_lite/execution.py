@@ -1,0 +1,168 @@
+"""Where computations run: submitit executors (local, debug, slurm, auto) behind one interface.
+
+Everything about submitit lives here, imported only when a job is actually submitted, so that
+``import exca_lite`` and cache hits never pay for it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import math
+import os
+import typing as tp
+from pathlib import Path
+
+if tp.TYPE_CHECKING:
+    import submitit
+
+SUBMITIT_CLUSTERS = ("local", "debug", "slurm", "auto")
+
+# infra field -> AutoExecutor parameter; only fields that are set (not None) are passed
+_PARAMETERS = {
+    "job_name": "name",
+    "timeout_min": "timeout_min",
+    "nodes": "nodes",
+    "tasks_per_node": "tasks_per_node",
+    "cpus_per_task": "cpus_per_task",
+    "gpus_per_node": "gpus_per_node",
+    "mem_gb": "mem_gb",
+    "slurm_partition": "slurm_partition",
+    "slurm_constraint": "slurm_constraint",
+    "slurm_account": "slurm_account",
+    "slurm_qos": "slurm_qos",
+    "slurm_additional_parameters": "slurm_additional_parameters",
+    "slurm_setup": "slurm_setup",
+    "slurm_use_srun": "slurm_use_srun",
+}
+
+
+class ExecutorSettings(tp.Protocol):
+    """The infra fields an executor is built from (TaskInfra and MapInfra both have them)."""
+
+    @property
+    def folder(self) -> Path | str | None: ...
+    @property
+    def cluster(self) -> str | None: ...
+    @property
+    def logs(self) -> str: ...
+
+
+def logs_folder(infra: ExecutorSettings) -> Path:
+    """The submitit log folder: ``logs`` with ``{folder}`` and ``{user}`` filled in."""
+    return Path(str(infra.logs).replace("{folder}", str(infra.folder)).replace("{user}", _user()))
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in containers without passwd entries
+        return str(os.getuid())
+
+
+def make_executor(infra: ExecutorSettings, default_name: str) -> submitit.AutoExecutor:
+    """An AutoExecutor for the infra's cluster, given only the parameters the infra sets."""
+    import submitit
+
+    cluster = None if infra.cluster == "auto" else infra.cluster
+    executor = submitit.AutoExecutor(folder=logs_folder(infra), cluster=cluster)
+    params: dict[str, tp.Any] = {"name": default_name}
+    for field, param in _PARAMETERS.items():
+        value = getattr(infra, field)
+        if value is None or (field == "slurm_use_srun" and not value):
+            continue
+        if field == "slurm_setup":
+            value = list(value)
+        params[param] = value
+    if executor.cluster != "slurm":
+        params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
+    executor.update_parameters(**params)
+    return executor
+
+
+def is_alive(job: tp.Any) -> bool:
+    """Whether a submitit job may still produce a result (pending or running)."""
+    import submitit
+
+    if isinstance(job, submitit.DebugJob):
+        return False  # debug jobs run inside result() of the process that submitted them
+    if isinstance(job, submitit.LocalJob):
+        process = getattr(job, "_process", None)
+        if process is not None:
+            return bool(process.poll() is None)
+        # record from another process: the job id is the pid of its controller process
+        return pid_is_alive(int(str(job.job_id).split("_")[0]))
+    try:
+        return not job.done(force_check=False)
+    except Exception:  # the scheduler cannot tell (job too old for sacct): treat as gone
+        return False
+
+
+def pid_is_alive(pid: int) -> bool:
+    """True for a live process; a zombie (dead, not yet reaped) counts as dead."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    state = stat.rsplit(b")", 1)[-1].split()[0:1]
+    return state not in ([b"Z"], [b"X"])
+
+
+def job_failure_text(job: tp.Any) -> str:
+    """What is known of a job that ended without an outcome: its state and the tail of stderr."""
+    parts = []
+    try:
+        parts.append(f"job state: {job.state}")
+    except Exception:
+        pass
+    try:
+        stderr = job.stderr() or ""
+        parts.append("stderr tail:\n" + "\n".join(stderr.splitlines()[-30:]))
+    except Exception:
+        pass
+    try:
+        exc = job.exception()
+        if exc is not None:
+            parts.append(f"submitit: {exc}")
+    except Exception as e:
+        parts.append(f"submitit: {type(e).__name__}: {e}")
+    return "\n".join(parts) or "no information from the scheduler"
+
+
+def chunk_sizes(n_items: int, max_jobs: int, min_samples_per_job: int) -> list[int]:
+    """Sizes of near-equal contiguous chunks: ``min(max_jobs, ceil(n / min_samples))`` jobs.
+
+    Sizes differ by at most one and none is empty.
+    """
+    if n_items <= 0:
+        return []
+    n_jobs = max(1, min(max_jobs, math.ceil(n_items / max(1, min_samples_per_job)), n_items))
+    base, extra = divmod(n_items, n_jobs)
+    return [base + 1 if i < extra else base for i in range(n_jobs)]
+
+
+def chunks(items: tp.Sequence[tp.Any], sizes: list[int]) -> list[list[tp.Any]]:
+    out = []
+    start = 0
+    for size in sizes:
+        out.append(list(items[start : start + size]))
+        start += size
+    return out
+
+
+__all__ = [
+    "SUBMITIT_CLUSTERS",
+    "chunk_sizes",
+    "chunks",
+    "is_alive",
+    "job_failure_text",
+    "logs_folder",
+    "make_executor",
+    "pid_is_alive",
+]

@@ -1,0 +1,228 @@
+"""TaskInfra and MapInfra: frozen dataclasses that say where a method's results are cached and run.
+
+``infra.apply`` turns a method into a descriptor; on an instance it gives a bound object
+(``task.process``) that computes, caches and inspects. The bound object is stored in the instance's
+``__dict__`` on first access, so later accesses are a plain attribute lookup: a cache hit from RAM is
+then one Python call. (A property-like data descriptor was rejected: it would run on every access.)
+
+Default heritage: an infra passed at construction inherits every field it leaves unset from the class
+default infra, so the method author's ``version`` and resources stay unless the caller overrides them.
+"Unset" means "not passed to the constructor": each infra records the names it was given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing as tp
+from pathlib import Path
+
+from .config import InfraMarker
+
+R = tp.TypeVar("R")
+Own = tp.TypeVar("Own")
+X = tp.TypeVar("X")
+
+TASK_CLUSTERS = (None, "local", "slurm", "auto", "debug")
+MAP_CLUSTERS = (*TASK_CLUSTERS, "threadpool", "processpool")
+TASK_MODES = ("cached", "retry", "force", "read-only")
+MAP_MODES = ("cached", "force", "read-only")
+DURABILITIES = ("flush", "fsync")
+
+Cluster = tp.Literal["local", "slurm", "auto", "debug"]
+MapCluster = tp.Literal["local", "slurm", "auto", "debug", "threadpool", "processpool"]
+Mode = tp.Literal["cached", "retry", "force", "read-only"]
+MapMode = tp.Literal["cached", "force", "read-only"]
+
+
+def _choice(cls: type, name: str, value: object, choices: tuple[object, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{cls.__name__}.{name}={value!r} is not one of {choices}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Infra(InfraMarker):
+    """Fields shared by TaskInfra and MapInfra (see SPEC §3)."""
+
+    folder: Path | str | None = None
+    keep_in_ram: bool = True
+    version: str = "0"
+    logs: str = "{folder}/logs/{user}/%j"
+    job_name: str | None = None
+    timeout_min: int | None = None
+    nodes: int | None = 1
+    tasks_per_node: int | None = 1
+    cpus_per_task: int | None = None
+    gpus_per_node: int | None = None
+    mem_gb: float | None = None
+    slurm_partition: str | None = None
+    slurm_constraint: str | None = None
+    slurm_account: str | None = None
+    slurm_qos: str | None = None
+    slurm_additional_parameters: dict[str, tp.Any] | None = None
+    slurm_setup: list[str] | None = None
+    slurm_use_srun: bool = False
+    # names given to the constructor: what an instance infra overrides of the class default
+    explicit_fields: frozenset[str] = dataclasses.field(
+        default=frozenset(), repr=False, compare=False, kw_only=True
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.folder, str):
+            object.__setattr__(self, "folder", Path(self.folder))
+        if not isinstance(self.version, str):
+            raise TypeError(f"{type(self).__name__}.version must be a str, got {self.version!r}")
+
+    def merged_into(self, default: _Infra) -> tp.Self:
+        """This infra with every field it left unset taken from ``default`` (the class default)."""
+        if self is default or type(default) is not type(self):
+            return self
+        given = self.explicit_fields or frozenset(
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name != "explicit_fields" and getattr(self, f.name) != f.default
+        )
+        if not given:
+            return default
+        updates = {name: getattr(self, name) for name in given}
+        updates["explicit_fields"] = default.explicit_fields | given
+        return dataclasses.replace(default, **updates)
+
+
+def _track_explicit_fields(cls: type[X]) -> type[X]:
+    """Wrap the generated ``__init__`` to record which fields the caller passed."""
+    generated = cls.__init__
+    fields = [f for f in dataclasses.fields(cls) if f.init and f.name != "explicit_fields"]  # type: ignore[arg-type]
+    names = [f.name for f in fields]
+    defaults = {f.name: f.default for f in fields}
+
+    @functools.wraps(generated)
+    def __init__(self: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> None:
+        generated(self, *args, **kwargs)
+        given = set(names[: len(args)]) | (kwargs.keys() - {"explicit_fields"})
+        if "explicit_fields" in kwargs:
+            # dataclasses.replace passes every field: keep what the original set, plus changes
+            given = set(kwargs["explicit_fields"]) | {
+                n for n in given if getattr(self, n) != defaults[n]
+            }
+        object.__setattr__(self, "explicit_fields", frozenset(given))
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
+@_track_explicit_fields
+@dataclasses.dataclass(frozen=True)
+class TaskInfra(_Infra):
+    """Cache (and run) one computation per config: the result of a method taking only ``self``."""
+
+    cluster: Cluster | None = None
+    mode: Mode = "cached"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _choice(TaskInfra, "cluster", self.cluster, TASK_CLUSTERS)
+        _choice(TaskInfra, "mode", self.mode, TASK_MODES)
+        if self.cluster is not None and self.folder is None:
+            raise ValueError(
+                f"TaskInfra(cluster={self.cluster!r}) needs a folder: results come back through "
+                "the cache folder; set folder=... (or cluster=None to compute in this process)"
+            )
+
+    @tp.overload
+    def apply(self, method: tp.Callable[[Own], R], /) -> TaskMethod[Own, R]: ...
+
+    @tp.overload
+    def apply(
+        self, /, *, exclude_from_cache_uid: tp.Sequence[str] = ()
+    ) -> tp.Callable[[tp.Callable[[Own], R]], TaskMethod[Own, R]]: ...
+
+    def apply(
+        self,
+        method: tp.Callable[[Own], R] | None = None,
+        /,
+        *,
+        exclude_from_cache_uid: tp.Sequence[str] = (),
+    ) -> TaskMethod[Own, R] | tp.Callable[[tp.Callable[[Own], R]], TaskMethod[Own, R]]:
+        """Decorate a method taking only ``self``: its result is cached per config uid."""
+        exclude = _exclude_tuple(exclude_from_cache_uid)
+
+        def decorate(func: tp.Callable[[Own], R]) -> TaskMethod[Own, R]:
+            from .task import TaskMethod
+
+            return TaskMethod(self, func, exclude)
+
+        return decorate(method) if method is not None else decorate
+
+
+@_track_explicit_fields
+@dataclasses.dataclass(frozen=True)
+class MapInfra(_Infra):
+    """Cache (and run) a method over many items: one cached output per item, in shared shards."""
+
+    cluster: MapCluster | None = None
+    mode: MapMode = "cached"
+    max_jobs: int = 128
+    min_samples_per_job: int = 1
+    forbid_single_item_computation: bool = False
+    durability: tp.Literal["flush", "fsync"] = "flush"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _choice(MapInfra, "cluster", self.cluster, MAP_CLUSTERS)
+        _choice(MapInfra, "mode", self.mode, MAP_MODES)
+        _choice(MapInfra, "durability", self.durability, DURABILITIES)
+        if self.cluster in TASK_CLUSTERS and self.cluster is not None and self.folder is None:
+            raise ValueError(
+                f"MapInfra(cluster={self.cluster!r}) needs a folder: workers write their results "
+                "into the cache folder; set folder=..."
+            )
+        if self.max_jobs < 1 or self.min_samples_per_job < 1:
+            raise ValueError("MapInfra.max_jobs and min_samples_per_job must be >= 1")
+
+    def apply(
+        self,
+        method: tp.Callable[[Own, tp.Sequence[X]], tp.Iterable[R]] | None = None,
+        /,
+        *,
+        item_uid: tp.Callable[[X], str],
+        exclude_from_cache_uid: tp.Sequence[str] = (),
+        cache_type: tp.Literal["array", "msgpack", "pickle"] | None = None,
+    ) -> tp.Callable[[tp.Callable[[Own, tp.Sequence[X]], tp.Iterable[R]]], MapMethod[Own, X, R]]:
+        """Decorate a method taking one sequence of items and yielding one output per item."""
+        if method is not None:
+            raise TypeError(
+                "MapInfra.apply needs item_uid: use @infra.apply(item_uid=str) (a function naming "
+                "each item), not a bare @infra.apply"
+            )
+        if not callable(item_uid):
+            raise TypeError(f"item_uid must be a callable item -> str, got {item_uid!r}")
+        if cache_type not in (None, "array", "msgpack", "pickle"):
+            raise ValueError(
+                f"cache_type={cache_type!r} is not one of None, 'array', 'msgpack', 'pickle'"
+            )
+        exclude = _exclude_tuple(exclude_from_cache_uid)
+
+        def decorate(
+            func: tp.Callable[[Own, tp.Sequence[X]], tp.Iterable[R]],
+        ) -> MapMethod[Own, X, R]:
+            from .mapping import MapMethod
+
+            return MapMethod(self, func, item_uid, exclude, cache_type)
+
+        return decorate
+
+
+def _exclude_tuple(names: tp.Sequence[str]) -> tuple[str, ...]:
+    if isinstance(names, str):
+        raise TypeError(
+            f"exclude_from_cache_uid must be a tuple of field names, got the str {names!r}"
+        )
+    return tuple(names)
+
+
+if tp.TYPE_CHECKING:
+    from .mapping import MapMethod
+    from .task import TaskMethod
+
+__all__ = ["MapInfra", "TaskInfra"]

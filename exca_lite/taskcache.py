@@ -1,0 +1,227 @@
+"""One task result (or failure) per config uid, in a human-readable folder.
+
+Files of a task cache folder (``TaskPaths`` names them all):
+  config.json   full config (infras included), for humans and for the mismatch check
+  uid.json      the uid config: exactly what the uid hash was computed from
+  result.npy    a numpy array result (memory-mapped on load when large), or
+  result.pkl    any other result, pickled
+  error.json    a cached failure: exception type, message and the job's traceback text
+  job.pkl       the submitit job record, to re-attach to a job still running
+  logs          a link to the job's log folder
+  task.lock     serializes submissions of this task between processes
+Results and failures are written to a temp name then published with ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import typing as tp
+import warnings
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from .errors import CorruptCacheWarning, JobError, UidMismatchError
+from .fsio import atomic_write, atomic_writer
+
+MMAP_MIN_BYTES = 1 << 20
+_MISSING: tp.Any = object()
+
+
+class TaskPaths:
+    """Every path inside one task cache folder, as strings computed once (the hit path opens them)."""
+
+    __slots__ = (
+        "config",
+        "error",
+        "folder",
+        "job",
+        "lock",
+        "logs",
+        "result_npy",
+        "result_pkl",
+        "uid",
+    )
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        base = str(folder)
+        self.config = f"{base}/config.json"
+        self.uid = f"{base}/uid.json"
+        self.result_pkl = f"{base}/result.pkl"
+        self.result_npy = f"{base}/result.npy"
+        self.error = f"{base}/error.json"
+        self.job = f"{base}/job.pkl"
+        self.logs = f"{base}/logs"
+        self.lock = f"{base}/task.lock"
+
+
+class Failure(msgspec.Struct):
+    """A cached failure, as stored in ``error.json``."""
+
+    uid: str
+    type: str
+    message: str
+    traceback: str
+    job_id: str = ""
+
+    def error(self) -> JobError:
+        where = f" in job {self.job_id}" if self.job_id else ""
+        return JobError(
+            f"{self.uid} failed{where} (cached failure; mode='retry' recomputes it): "
+            f"{self.type}: {self.message}\n--- traceback of the job ---\n{self.traceback}"
+        )
+
+
+def load_result(paths: TaskPaths) -> tp.Any:
+    """The cached result, or ``_MISSING``; a damaged file warns and counts as missing."""
+    try:
+        with open(paths.result_pkl, "rb") as f:
+            return pickle.load(f)
+    except FileNotFoundError:
+        pass
+    except Exception as e:
+        warnings.warn(
+            f"unreadable cached result {paths.result_pkl} ({type(e).__name__}: {e}); "
+            "it is ignored and will be recomputed",
+            CorruptCacheWarning,
+            stacklevel=3,
+        )
+        return _MISSING
+    try:
+        size = os.stat(paths.result_npy).st_size
+    except FileNotFoundError:
+        return _MISSING
+    try:
+        return np.load(paths.result_npy, mmap_mode="r" if size >= MMAP_MIN_BYTES else None)
+    except Exception as e:
+        warnings.warn(
+            f"unreadable cached result {paths.result_npy} ({type(e).__name__}: {e}); "
+            "it is ignored and will be recomputed",
+            CorruptCacheWarning,
+            stacklevel=3,
+        )
+        return _MISSING
+
+
+def load_failure(paths: TaskPaths) -> Failure | None:
+    try:
+        with open(paths.error, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    try:
+        return msgspec.json.decode(raw, type=Failure)
+    except msgspec.DecodeError as e:
+        warnings.warn(
+            f"unreadable cached failure {paths.error} ({e}); it is ignored",
+            CorruptCacheWarning,
+            stacklevel=3,
+        )
+        return None
+
+
+def has_outcome(paths: TaskPaths) -> bool:
+    return any(os.path.exists(p) for p in (paths.result_pkl, paths.result_npy, paths.error))
+
+
+def save_result(paths: TaskPaths, value: tp.Any) -> None:
+    if isinstance(value, np.ndarray) and value.dtype != object:
+        tmp, publish = atomic_writer(Path(paths.result_npy))
+        try:
+            with open(tmp, "wb") as f:
+                np.save(f, value, allow_pickle=False)
+            publish()
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    else:
+        atomic_write(Path(paths.result_pkl), pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    # a result supersedes an older failure (mode "retry"/"force")
+    _unlink(paths.error)
+
+
+def save_failure(paths: TaskPaths, failure: Failure) -> None:
+    atomic_write(Path(paths.error), msgspec.json.encode(failure))
+
+
+def clear(paths: TaskPaths) -> None:
+    for path in (paths.result_pkl, paths.result_npy, paths.error, paths.job):
+        _unlink(path)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def write_configs(paths: TaskPaths, full_config: dict[str, tp.Any], uid_config: bytes) -> None:
+    """Write config.json and uid.json once (they never change for a uid)."""
+    if not os.path.exists(paths.uid):
+        atomic_write(Path(paths.uid), uid_config)
+    if not os.path.exists(paths.config):
+        atomic_write(Path(paths.config), msgspec.json.format(msgspec.json.encode(full_config)))
+
+
+def check_configs(
+    paths: TaskPaths, uid: str, full_config: dict[str, tp.Any], uid_config: bytes, ignored: set[str]
+) -> None:
+    """Refuse to reuse a folder whose stored configs disagree with the current one.
+
+    uid.json must match exactly (else: a hash collision, or a changed encoding). config.json is
+    compared on the fields both sides have, infras and excluded fields aside: a field whose default
+    changed keeps the same uid but is a different computation. New fields (absent from the stored
+    config) are fine: adding a field with a default keeps old caches.
+    """
+    try:
+        with open(paths.uid, "rb") as f:
+            stored_uid = f.read()
+    except FileNotFoundError:
+        return
+    if msgspec.json.decode(stored_uid) != msgspec.json.decode(uid_config):
+        raise UidMismatchError(
+            f"cache folder {paths.folder} holds uid config {stored_uid.decode()} but {uid} now "
+            f"gives {uid_config.decode()} (hash collision?): clear it or bump the version"
+        )
+    try:
+        with open(paths.config, "rb") as f:
+            stored = msgspec.json.decode(f.read())
+    except (FileNotFoundError, msgspec.DecodeError):
+        return
+    current = msgspec.json.decode(msgspec.json.encode(full_config))
+    diffs: list[str] = []
+    _diff(stored, current, "", ignored, diffs)
+    if diffs:
+        raise UidMismatchError(
+            f"cache folder {paths.folder} was computed with a different config, though the uid "
+            f"{uid} is the same (did a default value change?): {'; '.join(diffs[:5])}. "
+            "Bump the infra version, or clear the cache if the change does not matter."
+        )
+
+
+def _diff(stored: tp.Any, current: tp.Any, path: str, ignored: set[str], out: list[str]) -> None:
+    if path in ignored:
+        return
+    if isinstance(stored, dict) and isinstance(current, dict):
+        for key in stored.keys() & current.keys():
+            _diff(stored[key], current[key], f"{path}.{key}" if path else key, ignored, out)
+    elif stored != current:
+        out.append(f"{path}: stored {stored!r}, now {current!r}")
+
+
+__all__ = [
+    "Failure",
+    "TaskPaths",
+    "check_configs",
+    "clear",
+    "has_outcome",
+    "load_failure",
+    "load_result",
+    "save_failure",
+    "save_result",
+    "write_configs",
+]
