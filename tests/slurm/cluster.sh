@@ -296,11 +296,11 @@ EOF
 dbd_up() { sacctmgr -n -P list cluster format=cluster; }
 
 start_slurmdbd() {
-    LOGS_ON_ERROR=$LOG_SLURM/slurmdbd.log
+    LOGS_ON_ERROR="$LOG_SLURM/slurmdbd.log $LOG_SLURM/slurmdbd.out"
     if running slurmdbd "$RUN_SLURM/slurmdbd.pid"; then
         say "slurmdbd: running"
     else
-        setsid /usr/sbin/slurmdbd -D </dev/null >>"$LOG_SLURM/slurmdbd.log" 2>&1 &
+        setsid /usr/sbin/slurmdbd -D </dev/null >>"$LOG_SLURM/slurmdbd.out" 2>&1 &
         wait_for "$TIMEOUT" "slurmdbd" dbd_up
         say "slurmdbd: started"
     fi
@@ -311,17 +311,17 @@ start_slurmdbd() {
 }
 
 start_slurmctld() {
-    LOGS_ON_ERROR=$LOG_SLURM/slurmctld.log
+    LOGS_ON_ERROR="$LOG_SLURM/slurmctld.log $LOG_SLURM/slurmctld.out"
     if running slurmctld "$RUN_SLURM/slurmctld.pid"; then say "slurmctld: running"; return; fi
-    setsid /usr/sbin/slurmctld -D </dev/null >>"$LOG_SLURM/slurmctld.log" 2>&1 &
+    setsid /usr/sbin/slurmctld -D </dev/null >>"$LOG_SLURM/slurmctld.out" 2>&1 &
     wait_for "$TIMEOUT" "slurmctld" scontrol ping
     say "slurmctld: started"
 }
 
 start_slurmd() {
-    LOGS_ON_ERROR=$LOG_SLURM/slurmd.log
+    LOGS_ON_ERROR="$LOG_SLURM/slurmd.log $LOG_SLURM/slurmd.out"
     if running slurmd "$RUN_SLURM/slurmd.pid"; then say "slurmd: running"; return; fi
-    setsid /usr/sbin/slurmd -D -N "$NODE" </dev/null >>"$LOG_SLURM/slurmd.log" 2>&1 &
+    setsid /usr/sbin/slurmd -D -N "$NODE" </dev/null >>"$LOG_SLURM/slurmd.out" 2>&1 &
     sleep 0.3
     running slurmd "$RUN_SLURM/slurmd.pid" || die "slurmd exited"
     say "slurmd: started"
