@@ -1,0 +1,488 @@
+"""``@MapInfra.apply``: one cached output per item, computed only for missing items.
+
+``feat.embed`` is a ``BoundMap`` stored in the instance's ``__dict__`` on first access; it keeps its
+``MapStore`` open, so a later call reads only the index bytes written since the last one.
+
+A call: name the items (``item_uid``), ask the store which are missing, claim them (other processes
+computing the same items are waited for, not duplicated), compute the claimed ones in chunks (here,
+in a thread/process pool, or as one submitit job array) where each worker writes into the store
+itself, then yield every output from the store in input order.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import time
+import traceback
+import typing as tp
+from pathlib import Path
+
+from . import taskcache
+from .config import InfraMarker, check_owner, field_infos, to_dict
+from .errors import CacheMissError, JobError
+from .mapstore import MapStore
+from .taskcache import TaskPaths
+from .uid import canonical_bytes, item_uid_name, method_uid, uid_config
+
+if tp.TYPE_CHECKING:
+    from .infra import MapInfra
+
+logger = logging.getLogger("exca_lite")
+
+Own = tp.TypeVar("Own")
+X = tp.TypeVar("X")
+R = tp.TypeVar("R")
+
+CacheType = tp.Literal["array", "msgpack", "pickle"] | None
+PROGRESS_MIN_ITEMS = 1000
+_POLL_MAX_S = 0.5
+
+
+class MapMethod(tp.Generic[Own, X, R]):
+    """The descriptor ``@infra.apply(item_uid=...)`` puts on the class."""
+
+    def __init__(
+        self,
+        infra: MapInfra,
+        func: tp.Callable[[Own, tp.Sequence[X]], tp.Iterable[R]],
+        item_uid: tp.Callable[[X], str],
+        exclude: tuple[str, ...],
+        cache_type: CacheType,
+    ) -> None:
+        self.infra = infra
+        self.func = func
+        self.item_uid = item_uid
+        self.exclude = exclude
+        self.cache_type = cache_type
+        self.name = getattr(func, "__name__", "method")
+        self.__doc__ = func.__doc__
+        self.__wrapped__ = func
+        self._infra_field: dict[type, str] = {}
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @tp.overload
+    def __get__(self, obj: None, objtype: type | None = None) -> MapMethod[Own, X, R]: ...
+    @tp.overload
+    def __get__(self, obj: Own, objtype: type | None = None) -> BoundMap[Own, X, R]: ...
+
+    def __get__(
+        self, obj: Own | None, objtype: type | None = None
+    ) -> MapMethod[Own, X, R] | BoundMap[Own, X, R]:
+        if obj is None:
+            return self
+        bound = BoundMap(self, obj)
+        try:  # later accesses find it in the instance dict without calling __get__
+            obj.__dict__[self.name] = bound
+        except AttributeError:  # __slots__ class: bound objects are rebuilt each access
+            pass
+        return bound
+
+    def infra_field(self, cls: type) -> str:
+        name = self._infra_field.get(cls)
+        if name is None:
+            check_owner(cls)
+            for info in field_infos(cls):
+                if info.default is self.infra:
+                    name = info.name
+                    break
+            else:
+                raise TypeError(
+                    f"{cls.__qualname__}.{self.name}: the infra whose apply decorates it must be "
+                    "the default of one of its dataclass fields (infra: MapInfra = MapInfra())"
+                )
+            self._infra_field[cls] = name
+        return name
+
+
+def _find_method(cls: type, name: str) -> MapMethod[tp.Any, tp.Any, tp.Any]:
+    for klass in cls.__mro__:
+        method = klass.__dict__.get(name)
+        if isinstance(method, MapMethod):
+            return method
+    raise AttributeError(f"{cls.__qualname__} has no MapInfra method {name!r}")
+
+
+def _rebind(owner: tp.Any, name: str) -> BoundMap[tp.Any, tp.Any, tp.Any]:
+    return BoundMap(_find_method(type(owner), name), owner)
+
+
+class BoundMap(tp.Generic[Own, X, R]):
+    """``feat.embed``: call it on items; inspect and manage its cache."""
+
+    def __init__(self, method: MapMethod[Own, X, R], owner: Own) -> None:
+        self._method = method
+        self._owner = owner
+        self._prepared = False
+        self._forced: set[str] = set()
+        self._ram: dict[str, tp.Any] = {}  # folder=None only
+
+    def __reduce__(self) -> tuple[tp.Any, ...]:
+        return (_rebind, (self._owner, self._method.name))
+
+    def __repr__(self) -> str:
+        return f"<bound map {type(self._owner).__qualname__}.{self._method.name}>"
+
+    def _prepare(self) -> None:
+        if self._prepared:
+            return
+        method = self._method
+        cls = type(self._owner)
+        field = method.infra_field(cls)
+        given = getattr(self._owner, field)
+        if not isinstance(given, type(method.infra)):
+            raise TypeError(
+                f"{cls.__qualname__}.{field} must be a {type(method.infra).__name__}, got {given!r}"
+            )
+        self._infra: MapInfra = given.merged_into(method.infra)
+        self._uid_config = uid_config(self._owner, method.exclude)
+        self._uid = method_uid(cls, method.name, self._infra.version, self._uid_config)
+        folder = self._infra.folder
+        self._paths = None if folder is None else TaskPaths(Path(folder) / self._uid)
+        self._store = (
+            None
+            if self._paths is None
+            else MapStore(self._paths.folder, durability=self._infra.durability)
+        )
+        if self._store is None and self._infra.cluster not in (None, "threadpool"):
+            raise ValueError(f"MapInfra(cluster={self._infra.cluster!r}) needs a folder")
+        self._checked = False
+        self._prepared = True
+
+    @property
+    def infra(self) -> MapInfra:
+        self._prepare()
+        return self._infra
+
+    def uid(self) -> str:
+        self._prepare()
+        return self._uid
+
+    def folder(self) -> Path | None:
+        self._prepare()
+        return None if self._paths is None else self._paths.folder
+
+    def config(self) -> dict[str, tp.Any]:
+        self._prepare()
+        return dict(self._uid_config)
+
+    # # # naming items # # #
+
+    def _item_uids(self, items: tp.Sequence[X]) -> list[str]:
+        name = self._method.item_uid
+        uids = [name(item) for item in items]
+        for i, uid in enumerate(uids):
+            if type(uid) is not str:
+                raise TypeError(
+                    f"item_uid must return a str, got {type(uid).__name__} for item #{i} ({items[i]!r:.80})"
+                )
+            if len(uid) > 128:
+                uids[i] = item_uid_name(uid)
+        return uids
+
+    # # # public calls # # #
+
+    def __call__(self, items: tp.Iterable[X]) -> tp.Iterator[R]:
+        """Outputs for every item, in input order (duplicates included), computing missing ones."""
+        seq = items if isinstance(items, tp.Sequence) else list(items)
+        uids = self._item_uids(seq)
+        self._ensure(seq, uids)
+        if self._store is None:
+            ram = self._ram
+            return (ram[uid] for uid in uids)
+        load = self._store.load
+        return (load(uid) for uid in uids)
+
+    def stack(self, items: tp.Iterable[X]) -> tp.Any:
+        """One contiguous array ``(len(items), *item_shape)``, computing missing items first."""
+        import numpy as np
+
+        seq = items if isinstance(items, tp.Sequence) else list(items)
+        uids = self._item_uids(seq)
+        self._ensure(seq, uids)
+        if self._store is None:
+            return np.stack([self._ram[uid] for uid in uids])
+        return self._store.stack(uids)
+
+    def compute(self, items: tp.Iterable[X]) -> int:
+        """Make sure every item is cached (loading nothing); returns how many were computed."""
+        seq = items if isinstance(items, tp.Sequence) else list(items)
+        return self._ensure(seq, self._item_uids(seq))
+
+    def cached_uids(self) -> list[str]:
+        self._prepare()
+        if self._store is None:
+            return list(self._ram)
+        self._store.refresh()
+        return self._store.item_uids()
+
+    def clear(self) -> None:
+        """Remove every cached item of this method and config."""
+        self._prepare()
+        self._ram.clear()
+        if self._store is not None and self._infra.mode != "read-only":
+            self._store.clear()
+
+    # # # computing what is missing # # #
+
+    def _ensure(self, items: tp.Sequence[X], uids: list[str]) -> int:
+        self._prepare()
+        infra = self._infra
+        if infra.mode == "force":
+            todo = [u for u in dict.fromkeys(uids) if u not in self._forced]
+            self._forced.update(todo)
+            if todo:
+                logger.debug("%s: mode='force' recomputes %d items", self._uid, len(todo))
+        else:
+            todo = self._missing(uids)
+        if not todo:
+            return 0
+        if infra.mode == "read-only":
+            raise CacheMissError(
+                f"{self._uid}: {len(todo)} of {len(uids)} items are not cached and "
+                f"mode='read-only' never computes; missing item uids: {todo[:10]}"
+                + (" ..." if len(todo) > 10 else "")
+            )
+        if infra.forbid_single_item_computation and len(todo) == 1:
+            raise RuntimeError(
+                f"{self._uid}: exactly one item is missing ({todo[0]!r}) and "
+                "forbid_single_item_computation=True (computing a cache item by item is slow): "
+                "compute items in batches, or set forbid_single_item_computation=False"
+            )
+        by_uid = dict(zip(uids, items, strict=True))
+        if self._store is None:
+            self._run_inline_ram([by_uid[u] for u in todo], todo)
+            return len(todo)
+        self._write_configs()
+        store = self._store
+        computed = 0
+        forced = infra.mode == "force"
+        with store.claim(todo) as claim:
+            mine = todo if forced else claim.mine
+            if mine:
+                self._run([by_uid[u] for u in mine], mine)
+                computed += len(mine)
+            while True:
+                freed = claim.wait_others(poll_max_s=_POLL_MAX_S)
+                if not freed:
+                    break
+                logger.info("%s: taking over %d items of a dead process", self._uid, len(freed))
+                self._run([by_uid[u] for u in freed], freed)
+                computed += len(freed)
+        store.refresh()  # workers wrote through their own writers: read their index records
+        return computed
+
+    def _missing(self, uids: list[str]) -> list[str]:
+        if self._store is None:
+            ram = self._ram
+            return [u for u in dict.fromkeys(uids) if u not in ram]
+        return self._store.missing(uids)
+
+    def _write_configs(self) -> None:
+        if self._checked:
+            return
+        paths = tp.cast(TaskPaths, self._paths)
+        full = to_dict(self._owner)
+        uid_bytes = canonical_bytes(self._uid_config)
+        ignored = {
+            i.name for i in field_infos(type(self._owner)) if isinstance(i.default, InfraMarker)
+        } | set(self._method.exclude)
+        taskcache.check_configs(paths, self._uid, full, uid_bytes, ignored)
+        paths.folder.mkdir(parents=True, exist_ok=True)
+        taskcache.write_configs(paths, full, uid_bytes)
+        self._checked = True
+
+    def _run_inline_ram(self, items: list[X], uids: list[str]) -> None:
+        outputs = _checked_outputs(self._method, self._owner, items, uids)
+        for uid, output in zip(uids, outputs, strict=False):
+            self._ram[uid] = output
+
+    def _run(self, items: list[X], uids: list[str]) -> None:
+        from .execution import chunk_sizes, chunks
+
+        infra = self._infra
+        folder = str(tp.cast(TaskPaths, self._paths).folder)
+        if infra.cluster is None:
+            run_map_chunk(
+                self._owner, self._method.name, folder, items, uids, infra.durability, progress=True
+            )
+            return
+        sizes = chunk_sizes(len(items), infra.max_jobs, infra.min_samples_per_job)
+        item_chunks, uid_chunks = chunks(items, sizes), chunks(uids, sizes)
+        logger.info(
+            "%s: computing %d items in %d %s jobs (sizes %d..%d)",
+            self._uid,
+            len(items),
+            len(sizes),
+            infra.cluster,
+            min(sizes),
+            max(sizes),
+        )
+        args = [
+            (self._owner, self._method.name, folder, c_items, c_uids, infra.durability)
+            for c_items, c_uids in zip(item_chunks, uid_chunks, strict=True)
+        ]
+        if infra.cluster in ("threadpool", "processpool"):
+            self._run_pool(args)
+        else:
+            self._run_submitit(args)
+
+    def _run_pool(self, args: list[tuple[tp.Any, ...]]) -> None:
+        infra = self._infra
+        pool: concurrent.futures.Executor
+        if infra.cluster == "threadpool":
+            pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(infra.max_jobs, len(args)))
+        else:
+            import multiprocessing
+
+            pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=min(infra.max_jobs, len(args)),
+                mp_context=multiprocessing.get_context("spawn"),
+            )
+        errors: list[str] = []
+        with pool, _progress(len(args), f"{self._method.name} jobs") as bar:
+            futures = {pool.submit(run_map_chunk, *a): i for i, a in enumerate(args)}
+            for future in concurrent.futures.as_completed(futures):
+                k = futures[future]
+                exc = future.exception()
+                if exc is not None:
+                    errors.append(f"job {k} ({len(args[k][3])} items): {exc}")
+                bar.update(1)
+        if errors:
+            raise JobError(
+                f"{self._uid}: {len(errors)} of {len(args)} {infra.cluster} jobs failed (items "
+                "completed before the failure stay cached):\n" + "\n".join(errors)
+            )
+
+    def _run_submitit(self, args: list[tuple[tp.Any, ...]]) -> None:
+        from .execution import is_alive, job_failure_text, make_executor
+
+        infra = self._infra
+        name = infra.job_name or f"{type(self._owner).__name__}.{self._method.name}"
+        executor = make_executor(infra, name)
+        with executor.batch():
+            jobs = [executor.submit(run_map_chunk, *a) for a in args]
+        logger.info(
+            "%s: submitted %d jobs to %s (first id %s)",
+            self._uid,
+            len(jobs),
+            executor.cluster,
+            jobs[0].job_id,
+        )
+        errors: list[str] = []
+        pending = list(range(len(jobs)))
+        delay = 0.005
+        with _progress(len(jobs), f"{self._method.name} jobs") as bar:
+            while pending:
+                still = []
+                for k in pending:
+                    job = jobs[k]
+                    if executor.cluster == "debug" or not is_alive(job):
+                        try:
+                            job.result()
+                        except Exception as e:
+                            text = str(e) if isinstance(e, JobError) else job_failure_text(job)
+                            errors.append(f"job {job.job_id} ({len(args[k][3])} items): {text}")
+                        bar.update(1)
+                    else:
+                        still.append(k)
+                pending = still
+                if pending:
+                    time.sleep(delay)
+                    delay = min(delay * 1.5, _POLL_MAX_S)
+        if errors:
+            raise JobError(
+                f"{self._uid}: {len(errors)} of {len(jobs)} jobs failed (items completed before "
+                "the failure stay cached):\n" + "\n".join(errors)
+            )
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _progress(total: int, desc: str) -> tp.Any:
+    """A tqdm bar for long work when tqdm is installed; silent otherwise."""
+    if total < 2:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc=desc, leave=False, mininterval=0.5)
+
+
+def _checked_outputs(
+    method: MapMethod[tp.Any, tp.Any, tp.Any], owner: tp.Any, items: list[tp.Any], uids: list[str]
+) -> tp.Iterator[tp.Any]:
+    """The method's outputs, with a RuntimeError as soon as their count differs from the items'."""
+    outputs = iter(method.func(owner, items))
+    n = 0
+    for n, output in enumerate(outputs, start=1):  # noqa: B007 - n is the count after the loop
+        if n > len(items):
+            raise RuntimeError(
+                f"{type(owner).__qualname__}.{method.name} yielded more outputs than the "
+                f"{len(items)} items it was given"
+            )
+        yield output
+    if n != len(items):
+        raise RuntimeError(
+            f"{type(owner).__qualname__}.{method.name} yielded {n} outputs for {len(items)} "
+            "items: a map method must yield exactly one output per item, in order"
+        )
+
+
+def run_map_chunk(
+    owner: tp.Any,
+    method_name: str,
+    folder: str,
+    items: list[tp.Any],
+    uids: list[str],
+    durability: tp.Literal["flush", "fsync"],
+    progress: bool = False,
+) -> int:
+    """What a worker runs: compute a chunk and write each output into the store itself.
+
+    Outputs are published as they come (the writer flushes in batches), so a failure or a kill
+    keeps every item completed before it.
+    """
+    method = _find_method(type(owner), method_name)
+    store = MapStore(folder, durability=durability)
+    n = 0
+    bar = (
+        _progress(len(uids), method_name)
+        if progress and len(uids) >= PROGRESS_MIN_ITEMS
+        else _NoBar()
+    )
+    try:
+        with bar, store.writer(method.cache_type) as writer:
+            write = writer.write
+            for uid, output in zip(
+                uids, _checked_outputs(method, owner, items, uids), strict=False
+            ):
+                write(uid, output)
+                n += 1
+                if n % 256 == 0:
+                    bar.update(256)
+    except Exception as e:
+        if progress:  # in this process: the caller gets the original exception
+            raise
+        job_id = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID") or ""
+        raise JobError(
+            f"{type(e).__name__}: {e} (after {n} of {len(uids)} items, job {job_id or os.getpid()})\n"
+            f"--- traceback of the job ---\n{traceback.format_exc()}"
+        ) from None
+    return n
+
+
+__all__ = ["BoundMap", "MapMethod", "run_map_chunk"]
