@@ -428,7 +428,7 @@ def _checked_outputs(
     """The method's outputs, with a RuntimeError as soon as their count differs from the items'."""
     outputs = iter(method.func(owner, items))
     n = 0
-    for n, output in enumerate(outputs, start=1):  # noqa: B007 - n is the count after the loop
+    for n, output in enumerate(outputs, start=1):
         if n > len(items):
             raise RuntimeError(
                 f"{type(owner).__qualname__}.{method.name} yielded more outputs than the "
