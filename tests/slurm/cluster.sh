@@ -128,12 +128,14 @@ install_packages() {
         own_policy=1
     fi
     local log=/tmp/slurm-cluster-apt.log ok=""
-    if apt-get install -y -q --no-install-recommends "${missing[@]}" >"$log" 2>&1; then
+    # wait for a dpkg lock held by another apt run rather than fail
+    local apt=(apt-get -y -q -o DPkg::Lock::Timeout=120 --no-install-recommends)
+    if "${apt[@]}" install "${missing[@]}" >"$log" 2>&1; then
         ok=1
     else
         say "apt-get install failed, running apt-get update and retrying"
-        apt-get update -q >>"$log" 2>&1
-        apt-get install -y -q --no-install-recommends "${missing[@]}" >>"$log" 2>&1 && ok=1
+        apt-get -q -o DPkg::Lock::Timeout=120 update >>"$log" 2>&1
+        "${apt[@]}" install "${missing[@]}" >>"$log" 2>&1 && ok=1
     fi
     [ -n "$own_policy" ] && rm -f /usr/sbin/policy-rc.d
     [ -n "$ok" ] || { tail -n 20 "$log" >&2; die "could not install ${missing[*]} (log: $log)"; }
@@ -316,6 +318,14 @@ start_slurmctld() {
     setsid /usr/sbin/slurmctld -D </dev/null >>"$LOG_SLURM/slurmctld.out" 2>&1 &
     wait_for "$TIMEOUT" "slurmctld" scontrol ping
     say "slurmctld: started"
+    # jobs recovered from the saved state belong to an earlier run whose
+    # processes are gone: cancel them instead of letting them run again
+    local left
+    left=$(squeue -h -o %A 2>/dev/null | sort -un | tr '\n' ' ')
+    if [ -n "${left// /}" ]; then
+        scancel $left >/dev/null 2>&1
+        say "cancelled jobs left from an earlier run: $left"
+    fi
 }
 
 start_slurmd() {
