@@ -149,23 +149,6 @@ def _dec_hook(typ: type, value: tp.Any) -> tp.Any:
     raise NotImplementedError(f"unsupported type {typ}")
 
 
-def _check_unknown_keys(cls: type, data: tp.Any, path: str) -> None:
-    """msgspec ignores unknown keys of dataclasses; a config typo must not pass silently."""
-    if not isinstance(data, dict):
-        return
-    hints = _type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    for key, value in data.items():
-        if key not in names:
-            where = _join(path, str(key))
-            raise ValidationError(
-                f"unknown field {where!r} for {cls.__qualname__}; valid fields: {sorted(names)}"
-            )
-        for sub in _dataclass_types(hints.get(key)):
-            if isinstance(value, dict):
-                _check_unknown_keys(sub, value, _join(path, key))
-
-
 @functools.cache
 def _type_hints(cls: type) -> dict[str, tp.Any]:
     return tp.get_type_hints(cls)
@@ -178,17 +161,61 @@ def _dataclass_types(hint: tp.Any) -> list[type]:
     return [a for a in tp.get_args(hint) if isinstance(a, type) and dataclasses.is_dataclass(a)]
 
 
+def _msgspec_hint(hint: tp.Any) -> tp.Any:
+    """msgspec refuses unions of a custom type with str (``Path | str | None``, an infra's folder):
+    decode those as str, which the field accepts too."""
+    args = tp.get_args(hint)
+    if Path in args and str in args:
+        return tp.Union[tuple(a for a in args if a is not Path)]  # noqa: UP007
+    return hint
+
+
+def _build(cls: type, data: tp.Mapping[str, tp.Any], path: str) -> tp.Any:
+    """One dataclass from a mapping, field by field, through its real constructor.
+
+    Field by field rather than one ``msgspec.convert`` of the whole class: msgspec cannot type an
+    infra's ``folder`` (``Path | str | None``), ignores unknown keys, and builds dataclasses without
+    calling ``__init__`` (which infras need, to record the fields they were given).
+    """
+    hints = _type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, tp.Any] = {}
+    for key, value in data.items():
+        where = _join(path, str(key))
+        if key not in names:
+            raise ValidationError(
+                f"unknown field {where!r} for {cls.__qualname__}; valid fields: {sorted(names)}"
+            )
+        kwargs[key] = _convert(hints[key], value, where)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:  # a missing field, or a __post_init__ check (infras)
+        raise ValidationError(f"invalid config at {path or '.'} ({cls.__qualname__}): {e}") from e
+
+
+def _convert(hint: tp.Any, value: tp.Any, where: str) -> tp.Any:
+    subs = _dataclass_types(hint)
+    if len(subs) == 1 and isinstance(value, tp.Mapping):
+        return _build(subs[0], value, where)
+    if subs and isinstance(value, tuple(subs)):
+        return value
+    try:
+        return msgspec.convert(value, _msgspec_hint(hint), dec_hook=_dec_hook, strict=False)
+    except msgspec.ValidationError as e:
+        raise ValidationError(f"invalid value for field {where!r}: {e}") from e
+    except TypeError as e:  # an annotation msgspec cannot decode into
+        raise ValidationError(f"field {where!r}: cannot decode into {hint}: {e}") from e
+
+
 def from_dict(cls: type[T], data: tp.Mapping[str, tp.Any]) -> T:
     """Build a (nested) config from plain dicts, validating types; errors name the field."""
-    if not dataclasses.is_dataclass(cls):
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
         raise ConfigError(f"from_dict expects a dataclass class, got {cls!r}")
-    _check_unknown_keys(cls, dict(data), "")
-    try:
-        return msgspec.convert(dict(data), cls, dec_hook=_dec_hook, strict=False)
-    except msgspec.ValidationError as e:
-        raise ValidationError(f"invalid config for {cls.__qualname__}: {e}") from e
-    except (TypeError, ValueError) as e:  # raised by a __post_init__ (e.g. an infra's checks)
-        raise ValidationError(f"invalid config for {cls.__qualname__}: {e}") from e
+    if not isinstance(data, tp.Mapping):
+        raise ValidationError(
+            f"from_dict({cls.__qualname__}, ...) expects a mapping, got {type(data).__name__}"
+        )
+    return tp.cast(T, _build(cls, data, ""))
 
 
 def load_config(cls: type[T], path: str | os.PathLike[str]) -> T:

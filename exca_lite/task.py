@@ -13,6 +13,9 @@ The job writes the result (or the failure) itself: outcomes never travel back th
 from __future__ import annotations
 
 import atexit
+import contextlib
+import inspect
+import logging
 import os
 import pickle
 import time
@@ -49,6 +52,7 @@ class TaskMethod(tp.Generic[Own, R]):
     def __init__(
         self, infra: TaskInfra, func: tp.Callable[[Own], R], exclude: tuple[str, ...]
     ) -> None:
+        _check_takes_only_self(func)
         self.infra = infra
         self.func = func
         self.exclude = exclude
@@ -93,6 +97,24 @@ class TaskMethod(tp.Generic[Own, R]):
                 )
             self._infra_field[cls] = name
         return name
+
+
+def _check_takes_only_self(func: tp.Callable[..., tp.Any]) -> None:
+    """At decoration time: the bound task is called without arguments, so the method takes none."""
+    name = getattr(func, "__qualname__", repr(func))
+    if not callable(func):
+        raise TypeError(f"TaskInfra.apply decorates a method, got {func!r}")
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):  # no signature to inspect (some builtins): let it be
+        return
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if not params or params[0].kind not in positional or len(params) > 1:
+        raise TypeError(
+            f"{name}{inspect.signature(func)}: a TaskInfra method takes only self (its result is "
+            "cached per config, so every input must be a field of the config): move the "
+            "arguments into dataclass fields, or use MapInfra for a method over items"
+        )
 
 
 def _rebind(owner: tp.Any, name: str) -> BoundTask[tp.Any, tp.Any]:
@@ -304,10 +326,11 @@ class BoundTask(tp.Generic[Own, R]):
         from .execution import is_alive, job_failure_text
 
         if isinstance(job, submitit.DebugJob):
-            try:
-                job.result()  # runs the function here; its outcome is in the folder
-            except Exception:
-                pass
+            with _closing_debug_log_handlers(job):
+                try:
+                    job.result()  # runs the function here; its outcome is in the folder
+                except Exception:
+                    pass
         delay = 0.002
         while True:
             result = taskcache.load_result(paths)
@@ -394,6 +417,31 @@ class InlineJob(tp.Generic[R]):
 
     def done(self) -> bool:
         return self._bound.status() in ("completed", "failed")
+
+
+@contextlib.contextmanager
+def _closing_debug_log_handlers(job: tp.Any) -> tp.Iterator[None]:
+    """Close the log file handlers submitit's DebugJob adds to the root logger.
+
+    submitit 1.5 removes them without closing them, and they are collected as soon as
+    ``job.result()`` returns: a ResourceWarning per file (an error under ``-W error``). Closing them
+    afterwards is too late, so ``removeHandler`` is intercepted while the job runs; only the job's
+    own log files are closed.
+    """
+    logs = {os.path.abspath(job.paths.stdout), os.path.abspath(job.paths.stderr)}
+    root = logging.getLogger()
+    remove = root.removeHandler
+
+    def remove_and_close(handler: logging.Handler) -> None:
+        remove(handler)
+        if isinstance(handler, logging.FileHandler) and handler.baseFilename in logs:
+            handler.close()
+
+    root.removeHandler = remove_and_close  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del root.removeHandler
 
 
 def _link_logs(paths: TaskPaths, job: tp.Any) -> None:
