@@ -35,6 +35,8 @@ def _canon(value: tp.Any, path: str) -> tp.Any:
         return value
     if cls is float:
         return value if math.isfinite(value) else {"__float__": repr(value)}
+    if isinstance(value, InfraMarker):  # infras never count, even inside a container
+        return None
     if isinstance(value, enum.Enum):
         return _canon(value.value, path)
     if isinstance(value, (int, str)):  # subclasses of the plain types
@@ -79,17 +81,32 @@ def uid_config(obj: tp.Any, exclude: tp.Iterable[str] = (), path: str = "") -> d
             continue
         value = getattr(obj, name)
         default = info.default
-        if value is default or (type(value) is type(default) and value == default):
+        if _is_default(value, default):
             continue
         if isinstance(value, InfraMarker):
             continue
         where = f"{path}.{name}" if path else name
         sub_excluded = [e[len(name) + 1 :] for e in excluded if e.startswith(name + ".")]
         if sub_excluded and dataclasses.is_dataclass(value) and not isinstance(value, type):
-            out[name] = uid_config(value, sub_excluded, where)
+            sub = uid_config(value, sub_excluded, where)
+            # differing from the default only in excluded fields is not differing
+            if type(default) is type(value) and sub == uid_config(default, sub_excluded, where):
+                continue
+            out[name] = sub
         else:
             out[name] = _canon(value, where)
     return out
+
+
+def _is_default(value: tp.Any, default: tp.Any) -> bool:
+    if value is default:
+        return True
+    if type(value) is not type(default):
+        return False
+    try:
+        return bool(value == default)
+    except (ValueError, TypeError):  # e.g. a numpy array inside: _canon names it as unsupported
+        return False
 
 
 def canonical_bytes(config: dict[str, tp.Any]) -> bytes:
