@@ -1,0 +1,190 @@
+"""Claims: processes, threads and hosts asking for overlapping items compute each one once.
+
+A claim owner is a random token with its own lock file, held for the claim's life: the owner is
+alive exactly as long as that lock is held, which anyone can test by trying it (the OS drops the
+lock of a dead process, so no heartbeat, pid or hostname is needed, and it works across hosts
+on a shared filesystem with working locks). An owner writes the uids it claims into its own
+``{token}.uids`` file.
+
+Claiming happens under one global lock (``claims/claims.lock``), held for milliseconds: refresh the
+store, read the live owners' claim files, take the free uids, and delete the files of dead owners
+(takeover). Computing and waiting happen outside it, so a process computes its own unclaimed items
+at once and only then waits for the others' (``wait_others``), polling the index incrementally with
+backoff and taking over the items of owners that die meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import types
+import typing as tp
+import uuid
+
+import msgspec
+
+from . import storelocks
+from .errors import StoreError
+
+if tp.TYPE_CHECKING:
+    import filelock
+
+    from .mapstore import MapStore
+
+_process_claims_lock = threading.Lock()
+"""Threads of this process queue here before the file lock: correct even where flock is per
+process (NFS), and cheaper than contending on the file."""
+
+
+class Claim:
+    """The items a caller must compute, and a way to wait for those others are computing.
+
+    Use as a context manager: ``mine`` is set on entry, the claims are released on exit.
+    """
+
+    def __init__(self, store: MapStore, item_uids: tp.Sequence[str]) -> None:
+        self.store = store
+        self.item_uids = list(item_uids)
+        self.token = uuid.uuid4().hex
+        self.mine: list[str] = []
+        self._others: dict[str, str] = {}  # uid -> owner token
+        self._owner: filelock.FileLock | None = None
+
+    def __repr__(self) -> str:
+        return f"Claim(mine={len(self.mine)}, others={len(self._others)}, token={self.token!r})"
+
+    @property
+    def others(self) -> list[str]:
+        """Uids claimed by other live owners when last looked at."""
+        return list(self._others)
+
+    def __enter__(self) -> Claim:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        self.release()
+
+    @contextlib.contextmanager
+    def _globally(self) -> tp.Iterator[None]:
+        with _process_claims_lock, storelocks.new_lock(self.store.paths.claims_lock):
+            yield
+
+    def acquire(self) -> None:
+        paths = self.store.paths
+        try:
+            paths.claims.mkdir(parents=True, exist_ok=True)
+            owner = storelocks.new_lock(paths.owner_lock(self.token))
+            owner.acquire(blocking=False)
+        except OSError as exc:
+            msg = f"cannot claim items in {paths.claims}: {exc}"
+            raise StoreError(msg) from exc
+        self._owner = owner
+        storelocks.live_tokens.add(self.token)
+        with self._globally():
+            self.store.refresh()
+            wanted = [uid for uid in dict.fromkeys(self.item_uids) if uid not in self.store]
+            claimed = self._read_claims()
+            self.mine = [uid for uid in wanted if uid not in claimed]
+            self._others = {uid: claimed[uid] for uid in wanted if uid in claimed}
+            self._append(self.mine)
+
+    def _read_claims(self) -> dict[str, str]:
+        """uid -> token of every live owner's claims; deletes the claim files of dead owners."""
+        paths = self.store.paths
+        claimed: dict[str, str] = {}
+        for entry in os.scandir(paths.claims):
+            if not entry.name.endswith(".uids"):
+                continue
+            token = entry.name[: -len(".uids")]
+            if token == self.token:
+                continue
+            if not self._is_live(token):
+                # takeover: the owner died (its lock is free) or finished (its lock file is gone)
+                for path in (paths.owner_claims(token), paths.owner_lock(token)):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                continue
+            try:
+                with open(entry.path, "rb") as f:
+                    lines = f.read().splitlines()
+            except FileNotFoundError:
+                continue
+            for line in lines:
+                with contextlib.suppress(msgspec.DecodeError):
+                    for uid in msgspec.json.decode(line, type=list[str]):
+                        claimed.setdefault(uid, token)
+        return claimed
+
+    def _is_live(self, token: str) -> bool:
+        if token in storelocks.live_tokens:
+            return True
+        return bool(storelocks.probe_lock(self.store.paths.owner_lock(token)))
+
+    def _append(self, uids: list[str]) -> None:
+        if not uids:
+            return
+        # one JSON line per append, written whole while the global lock is held: readers of the
+        # file also hold it, so they never see half a line
+        with open(self.store.paths.owner_claims(self.token), "ab") as f:
+            f.write(msgspec.json.encode(uids) + b"\n")
+
+    def wait_others(self, poll_max_s: float = 0.5) -> list[str]:
+        """Wait until every item claimed by others is stored or its owner died.
+
+        Returns the items whose owner died before storing them: they are now claimed by this
+        claim, and the caller computes them.
+        """
+        freed: list[str] = []
+        delay_s = 0.01
+        while True:
+            self.store.refresh()
+            store = self.store
+            pending = {uid: t for uid, t in self._others.items() if uid not in store}
+            self._others = pending
+            if not pending:
+                return freed
+            if all(self._is_live(token) for token in set(pending.values())):
+                time.sleep(delay_s)
+                delay_s = min(delay_s * 1.5, poll_max_s)
+                continue
+            with self._globally():
+                store.refresh()
+                claimed = self._read_claims()
+                taken = []
+                for uid in list(self._others):
+                    owner = claimed.get(uid)
+                    if uid in store:
+                        del self._others[uid]
+                    elif owner is None:
+                        taken.append(uid)
+                        del self._others[uid]
+                    else:
+                        self._others[uid] = owner  # another waiter took it over first
+                self._append(taken)
+            freed.extend(taken)
+            delay_s = 0.01
+
+    def release(self) -> None:
+        """Give up this owner's claims (items not stored by now are free for others)."""
+        if self._owner is None:
+            return
+        paths = self.store.paths
+        with self._globally(), contextlib.suppress(FileNotFoundError):
+            paths.owner_claims(self.token).unlink()
+        # the lock file goes while still held: a prober finding no file knows the owner is gone
+        with contextlib.suppress(FileNotFoundError):
+            paths.owner_lock(self.token).unlink()
+        self._owner.release()
+        self._owner = None
+        storelocks.live_tokens.discard(self.token)
+
+
+__all__ = ["Claim"]

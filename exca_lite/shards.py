@@ -1,0 +1,314 @@
+"""Append-only shard and index files: bytes, offsets and framing, not items.
+
+The map store keeps item bytes in *shard* files (``.bin``) and publishes them through *index* files
+(``.idx``). This module owns everything about those two file formats, and the names of every file
+the store puts in its folder, so that ``mapstore`` can think in items only.
+
+Why framed records rather than one line per item: an index record carries a whole flush (often a
+thousand items), so opening a store of a million items decodes about a thousand records; and
+each record checks itself (magic, length, crc32 of the payload), so a reader can tell a torn tail
+(a writer died mid-append: wait, the next holder of the slot truncates it) from damage in the
+middle (skip it, warn once, resynchronise on the next magic).
+
+File formats (little endian)::
+
+    index  = header(32) record*
+    header = b"XLIDX\\0\\x01\\0" file_id(16) reserved(8)
+    record = b"XLR1" payload_len(u32) crc32(payload)(u32) payload
+    shard  = header(64) item bytes at 64-aligned offsets (garbage between items is dead bytes)
+    header = b"XLSHD\\0\\x01\\0" file_id(16) zeros(40)
+
+The shard and the index of one pair share a random ``file_id``: a reader that maps a shard checks it,
+so a pair deleted and re-created under the same name (``clear()``) is never mixed with the old one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import struct
+import uuid
+import zlib
+from pathlib import Path
+
+ALIGN = 64
+"""Item offsets in a shard are multiples of this: arrays are aligned for any dtype and SIMD."""
+
+INDEX_MAGIC = b"XLIDX\x00\x01\x00"
+SHARD_MAGIC = b"XLSHD\x00\x01\x00"
+RECORD_MAGIC = b"XLR1"
+INDEX_HEADER_BYTES = 32
+SHARD_HEADER_BYTES = 64
+RECORD_HEADER = struct.Struct("<4sII")
+MAX_RECORD_BYTES = 1 << 31
+"""A length field above this is damage, not a record (flushes are capped far below)."""
+
+_DATA_NAME = re.compile(r"^(?:w(\d{3,})|c)-g(\d{6,})$")
+
+
+def align_up(size: int) -> int:
+    """The first 64-aligned offset at or after ``size``."""
+    return (size + ALIGN - 1) // ALIGN * ALIGN
+
+
+@dataclasses.dataclass(frozen=True)
+class DataName:
+    """A shard/index pair name: ``w{slot}-g{gen}`` (a writer slot's) or ``c-g{gen}`` (compacted)."""
+
+    stem: str
+    slot: int | None
+    gen: int
+
+    @classmethod
+    def parse(cls, stem: str) -> DataName | None:
+        """The pair name of a file stem, or None if the stem is not one of the store's pairs."""
+        match = _DATA_NAME.match(stem)
+        if match is None:
+            return None
+        slot = None if match.group(1) is None else int(match.group(1))
+        return cls(stem=stem, slot=slot, gen=int(match.group(2)))
+
+    @classmethod
+    def writer(cls, slot: int, gen: int) -> DataName:
+        return cls(stem=f"w{slot:03d}-g{gen:06d}", slot=slot, gen=gen)
+
+    @classmethod
+    def compacted(cls, gen: int) -> DataName:
+        return cls(stem=f"c-g{gen:06d}", slot=None, gen=gen)
+
+
+class StorePaths:
+    """Every path inside a store folder, in one place (nothing else builds store file names)."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self.locks = self.folder / "locks"
+        self.claims = self.folder / "claims"
+
+    def index(self, stem: str) -> Path:
+        return self.folder / f"{stem}.idx"
+
+    def shard(self, stem: str) -> Path:
+        return self.folder / f"{stem}.bin"
+
+    def slot_lock(self, slot: int) -> Path:
+        return self.locks / f"slot-{slot:03d}.lock"
+
+    @property
+    def compact_lock(self) -> Path:
+        return self.locks / "compact.lock"
+
+    @property
+    def claims_lock(self) -> Path:
+        return self.claims / "claims.lock"
+
+    def owner_lock(self, token: str) -> Path:
+        return self.claims / f"{token}.owner"
+
+    def owner_claims(self, token: str) -> Path:
+        return self.claims / f"{token}.uids"
+
+    def list_pairs(self) -> list[DataName] | None:
+        """The pairs whose index file exists, sorted (compacted first); None if no folder."""
+        try:
+            names = os.listdir(self.folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return pairs_from_listing(names)
+
+
+def pairs_from_listing(names: list[str]) -> list[DataName]:
+    """Pair names of the ``.idx`` files in a folder listing, compacted pairs first."""
+    pairs = []
+    for name in names:
+        if name.endswith(".idx"):
+            pair = DataName.parse(name[:-4])
+            if pair is not None:
+                pairs.append(pair)
+    pairs.sort(key=lambda p: (p.slot is not None, p.stem))
+    return pairs
+
+
+def new_file_id() -> bytes:
+    return uuid.uuid4().bytes
+
+
+def index_header(file_id: bytes) -> bytes:
+    return INDEX_MAGIC + file_id + bytes(INDEX_HEADER_BYTES - len(INDEX_MAGIC) - len(file_id))
+
+
+def shard_header(file_id: bytes) -> bytes:
+    return SHARD_MAGIC + file_id + bytes(SHARD_HEADER_BYTES - len(SHARD_MAGIC) - len(file_id))
+
+
+def parse_header(data: bytes, magic: bytes) -> bytes | None:
+    """The file id in an index or shard header, or None if the header is not one."""
+    if len(data) < len(magic) + 16 or data[: len(magic)] != magic:
+        return None
+    return bytes(data[len(magic) : len(magic) + 16])
+
+
+def read_shard_file_id(path: Path) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return parse_header(f.read(SHARD_HEADER_BYTES), SHARD_MAGIC)
+    except FileNotFoundError:
+        return None
+
+
+def read_index_file_id(path: Path) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return parse_header(f.read(INDEX_HEADER_BYTES), INDEX_MAGIC)
+    except FileNotFoundError:
+        return None
+
+
+def create_atomically(path: Path, content: bytes, *, fsync: bool) -> None:
+    """Write ``content`` to a temporary name, then ``os.replace`` it onto ``path``.
+
+    Readers list the folder and open what they see: a file that appears only complete (never
+    headerless) spares them a whole class of half-created states.
+    """
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        write_all(fd, content)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if fsync:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a create/rename in ``folder`` survive power loss (the entry lives in the directory)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """``os.write`` until everything is written (a write may be short, e.g. above 2 GiB)."""
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """``os.pwrite`` until everything is written at ``offset``."""
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def frame(payload: bytes) -> bytes:
+    """One self-checking index record around ``payload``."""
+    return RECORD_HEADER.pack(RECORD_MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+@dataclasses.dataclass
+class Scan:
+    """What ``scan_records`` found in a chunk of index bytes.
+
+    ``records`` are (file offset, payload) of valid records; ``end`` is the file offset just past
+    the last byte that is settled (valid records and skipped damage), where the next read starts
+    and where a new slot holder truncates; ``damage`` lists (file offset, reason) of skipped bytes.
+    """
+
+    records: list[tuple[int, memoryview]]
+    end: int
+    damage: list[tuple[int, str]]
+
+
+def _record_at(data: memoryview, at: int) -> tuple[int, str]:
+    """Check the record at ``at``: (its total length, "") or (0, why it is not one).
+
+    ``"short"`` means the bytes end before the record does: a tail still being written, or torn.
+    """
+    if len(data) - at < RECORD_HEADER.size:
+        return 0, "short"
+    magic, length, crc = RECORD_HEADER.unpack_from(data, at)
+    if magic != RECORD_MAGIC:
+        return 0, "bad magic"
+    if length > MAX_RECORD_BYTES:
+        return 0, "bad length"
+    stop = at + RECORD_HEADER.size + length
+    if stop > len(data):
+        return 0, "short"
+    if zlib.crc32(data[at + RECORD_HEADER.size : stop]) != crc:
+        return 0, "bad checksum"
+    return stop - at, ""
+
+
+def scan_records(data: bytes | memoryview, base: int) -> Scan:
+    """Split index bytes (starting at file offset ``base``) into valid records.
+
+    Bad bytes followed by a valid record are damage: skipped up to that record (a tail still being
+    written never has a valid record after it, so this cannot skip a record in progress). Bad bytes
+    with nothing valid after them stop the scan: they are a tail being written, or torn by a crash,
+    and must not be skipped (the next read retries them; the next slot holder truncates them).
+    """
+    view = memoryview(data).cast("B")
+    records: list[tuple[int, memoryview]] = []
+    damage: list[tuple[int, str]] = []
+    at = 0
+    while at < len(view):
+        size, why = _record_at(view, at)
+        if size:
+            header = RECORD_HEADER.size
+            records.append((base + at, view[at + header : at + size]))
+            at += size
+            continue
+        resync = _next_valid(view, at + 1)
+        if resync < 0:
+            break
+        damage.append((base + at, why))
+        at = resync
+    return Scan(records=records, end=base + at, damage=damage)
+
+
+def _next_valid(view: memoryview, start: int) -> int:
+    """Offset of the next complete valid record at or after ``start``, or -1."""
+    raw = view.obj if isinstance(view.obj, bytes) and len(view.obj) == len(view) else bytes(view)
+    at = start
+    while True:
+        at = raw.find(RECORD_MAGIC, at)
+        if at < 0:
+            return -1
+        size, _ = _record_at(view, at)
+        if size:
+            return at
+        at += 1
+
+
+__all__ = [
+    "ALIGN",
+    "INDEX_HEADER_BYTES",
+    "SHARD_HEADER_BYTES",
+    "DataName",
+    "Scan",
+    "StorePaths",
+    "align_up",
+    "create_atomically",
+    "frame",
+    "fsync_dir",
+    "index_header",
+    "new_file_id",
+    "pairs_from_listing",
+    "parse_header",
+    "pwrite_all",
+    "read_index_file_id",
+    "read_shard_file_id",
+    "scan_records",
+    "shard_header",
+    "write_all",
+]
