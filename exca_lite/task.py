@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
@@ -97,6 +98,25 @@ class TaskMethod(tp.Generic[Own, R]):
                 )
             self._infra_field[cls] = name
         return name
+
+
+def _infra_paths(value: tp.Any, path: str) -> set[str]:
+    """Paths (as in config.json: ``sub.infra``, ``subs[0].infra``) of the infras in a config, at
+    any depth: they never count, so a stored config.json may differ there."""
+    if isinstance(value, InfraMarker):
+        return {path}
+    out: set[str] = set()
+    if isinstance(value, (tuple, list)):
+        for i, item in enumerate(value):
+            out |= _infra_paths(item, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            out |= _infra_paths(item, f"{path}.{key}" if path else str(key))
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for info in field_infos(type(value)):
+            where = f"{path}.{info.name}" if path else info.name
+            out |= _infra_paths(getattr(value, info.name), where)
+    return out
 
 
 def _check_takes_only_self(func: tp.Callable[..., tp.Any]) -> None:
@@ -246,10 +266,7 @@ class BoundTask(tp.Generic[Own, R]):
         return canonical_bytes(self._uid_config)
 
     def _ignored_fields(self) -> set[str]:
-        infra_fields = {
-            i.name for i in field_infos(type(self._owner)) if isinstance(i.default, InfraMarker)
-        }
-        return infra_fields | set(self._method.exclude)
+        return _infra_paths(self._owner, "") | set(self._method.exclude)
 
     def _compute(self) -> tp.Any:
         paths = tp.cast(TaskPaths, self._paths)
@@ -437,7 +454,7 @@ def _closing_debug_log_handlers(job: tp.Any) -> tp.Iterator[None]:
         if isinstance(handler, logging.FileHandler) and handler.baseFilename in logs:
             handler.close()
 
-    root.removeHandler = remove_and_close  # type: ignore[method-assign]
+    root.removeHandler = remove_and_close  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:

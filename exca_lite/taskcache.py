@@ -209,6 +209,9 @@ def _diff(stored: tp.Any, current: tp.Any, path: str, ignored: set[str], out: li
     if isinstance(stored, dict) and isinstance(current, dict):
         for key in stored.keys() & current.keys():
             _diff(stored[key], current[key], f"{path}.{key}" if path else key, ignored, out)
+    elif isinstance(stored, list) and isinstance(current, list) and len(stored) == len(current):
+        for i, (old, new) in enumerate(zip(stored, current, strict=True)):
+            _diff(old, new, f"{path}[{i}]", ignored, out)
     elif stored != current:
         out.append(f"{path}: stored {stored!r}, now {current!r}")
 
