@@ -1,0 +1,422 @@
+"""Map-side scenarios: fill, iterate, stack, open, one new item, bandwidth, parallel speed-up.
+
+exca_lite's ``Featurizer`` (``map_configs``) and exca's ``ExcaFeaturizer`` (memmap cache_type) yield
+the same arrays (``items.make_item``); joblib.Memory caches ``make_item`` per item, and the plain
+baselines write / read one ``.npy`` file per item. Caches are filled once per run and shared by the
+read scenarios (``_filled``), each library's in its own folder.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import Scenario, Sizes, run_fresh, tempdir, timed
+from benchmarks.items import make_item, plain_loop
+
+US = 1e6
+MS = 1e3
+MIB = float(1 << 20)
+
+
+def unavailable() -> str | None:
+    """Why exca_lite's MapInfra cannot be benchmarked (None when a smoke test passes)."""
+    try:
+        import exca_lite as xl
+        from benchmarks.map_configs import Featurizer
+
+        with tempdir("smoke") as tmp:
+            feat = Featurizer(dim=4, infra=xl.MapInfra(folder=tmp))
+            out = list(feat.embed([1, 2, 1]))
+            if [float(x[0]) for x in out] != [1.0, 2.0, 1.0]:
+                return f"wrong outputs {out}"
+            if feat.embed.compute([1, 2, 3]) != 1:
+                return "compute() did not report 1 computed item"
+            fresh = Featurizer(dim=4, infra=xl.MapInfra(folder=tmp))
+            stacked = fresh.embed.stack([3, 1])
+            if stacked.shape != (2, 4) or float(stacked[0, 0]) != 3.0:
+                return f"wrong stack {stacked!r}"
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _featurizer(folder: Path, dim: int, **infra: tp.Any) -> tp.Any:
+    import exca_lite as xl
+    from benchmarks.map_configs import Featurizer
+
+    return Featurizer(dim=dim, infra=xl.MapInfra(folder=folder, **infra))
+
+
+def _exca_featurizer(folder: Path, dim: int, **infra: tp.Any) -> tp.Any:
+    from benchmarks.exca_configs import ExcaFeaturizer
+
+    return ExcaFeaturizer(dim=dim, infra={"folder": folder, **infra})
+
+
+def _fill(lib: str, folder: Path, n: int, dim: int) -> float:
+    """Seconds to compute and store items ``0..n-1`` into a new cache of ``lib``."""
+    items = list(range(n))
+    if lib == "exca_lite":
+        feat = _featurizer(folder, dim)
+        return timed(lambda: feat.embed.compute(items))
+    if lib == "exca":
+        efeat = _exca_featurizer(folder, dim)
+        return timed(lambda: efeat.embed(items))  # computes and stores; loads nothing
+    if lib == "joblib":
+        import joblib
+
+        cached = joblib.Memory(folder, verbose=0).cache(make_item)
+
+        def joblib_loop() -> None:
+            for item in items:
+                cached(item, dim)
+
+        return timed(joblib_loop)
+    if lib == "npy_files":
+        folder.mkdir(parents=True)
+
+        def save_loop() -> None:
+            for item in items:
+                np.save(f"{folder}/{item}.npy", make_item(item, dim))
+
+        return timed(save_loop)
+    raise ValueError(lib)
+
+
+# caches shared by the read scenarios of one run: (lib, n, dim) -> folder
+_FILLED: dict[tuple[str, int, int], Path] = {}
+_ROOTS: list[tp.Any] = []
+
+
+def _filled(lib: str, n: int, dim: int) -> Path:
+    """A cache of ``lib`` holding items ``0..n-1`` (filled once per run, removed at exit)."""
+    key = (lib, n, dim)
+    folder = _FILLED.get(key)
+    if folder is None:
+        root = tempdir(f"filled-{lib}")
+        _ROOTS.append(root)
+        folder = root.__enter__() / "cache"
+        _fill(lib, folder, n, dim)
+        _FILLED[key] = folder
+    return folder
+
+
+def cleanup() -> None:
+    """Remove the shared caches."""
+    while _ROOTS:
+        _ROOTS.pop().__exit__(None, None, None)
+    _FILLED.clear()
+
+
+def _joblib_n(sizes: Sizes) -> int:
+    return min(sizes.joblib_items, sizes.map_items)
+
+
+def bench_map_fill(sizes: Sizes, tmp: Path) -> Scenario:
+    n, dim, n_jl = sizes.map_items, sizes.map_dim, _joblib_n(sizes)
+    scenario = Scenario(
+        "map_fill",
+        "µs/item",
+        target="< 3 µs/item",
+        notes=[
+            f"compute+store {n} arrays of {dim} float32, cluster=None, minus the plain loop; "
+            f"joblib on {n_jl} items"
+        ],
+    )
+    items = list(range(n))
+    repeat = min(sizes.repeat, 3)
+    plain = [timed(lambda: plain_loop(items, dim)) for _ in range(repeat)]
+    plain_per_item = statistics.median(plain) / n
+    libs = {"exca_lite": n, "exca": n, "joblib": n_jl, "npy_files": n}
+    samples: dict[str, list[float]] = {lib: [] for lib in libs}
+    for _ in range(repeat):
+        for lib, count in libs.items():
+            with tempdir(f"fill-{lib}") as folder:
+                seconds = _fill(lib, folder / "cache", count, dim)
+            samples[lib].append(seconds / count - plain_per_item)
+    for lib in libs:
+        scenario.add(lib, samples[lib], US)
+    scenario.extra["plain_loop_us_per_item"] = plain_per_item * US
+    return scenario
+
+
+def bench_map_hit_iter(sizes: Sizes, tmp: Path) -> Scenario:
+    n, dim, n_jl = sizes.map_items, sizes.map_dim, _joblib_n(sizes)
+    scenario = Scenario(
+        "map_hit_iter",
+        "µs/item",
+        target="< 1.5 µs/item",
+        notes=[f"fresh process: open + iterate {n} cached items; joblib on {n_jl} items"],
+    )
+    libs = {"exca_lite": n, "exca": n, "joblib": n_jl, "npy_files": n}
+    folders = {lib: _filled(lib, count, dim) for lib, count in libs.items()}
+    samples: dict[str, list[float]] = {lib: [] for lib in libs}
+    for _ in range(sizes.fresh_repeat):
+        for lib, count in libs.items():
+            report = run_fresh("map_hit_iter", lib=lib, folder=str(folders[lib]), n=count, dim=dim)
+            samples[lib].append(report["seconds"] / count)
+    for lib in libs:
+        scenario.add(lib, samples[lib], US)
+    return scenario
+
+
+def bench_map_hit_stack(sizes: Sizes, tmp: Path) -> Scenario:
+    n, dim = sizes.map_items, sizes.map_dim
+    scenario = Scenario(
+        "map_hit_stack",
+        "µs/item",
+        target="< 0.5 µs/item + memcpy",
+        notes=[
+            f"stack() of {n} cached items on an opened cache; np_stack = np.stack of the same "
+            "arrays held in RAM, memcpy = copy of one array of the same bytes; "
+            "exca = np.stack(list(embed(items)))"
+        ],
+    )
+    items = list(range(n))
+    feat = _featurizer(_filled("exca_lite", n, dim), dim)
+    efeat = _exca_featurizer(_filled("exca", n, dim), dim)
+    arrays = [make_item(item, dim) for item in items]
+    contiguous = np.stack(arrays)
+    first = timed(lambda: feat.embed.stack(items))  # opens the cache
+    if not np.array_equal(feat.embed.stack(items), contiguous):
+        raise RuntimeError("exca_lite stack() differs from the arrays it cached")
+    efeat.embed(items)  # exca opens its cache
+    samples: dict[str, list[float]] = {k: [] for k in ("exca_lite", "exca", "np_stack", "memcpy")}
+    for _ in range(sizes.repeat):
+        samples["exca_lite"].append(timed(lambda: feat.embed.stack(items)) / n)
+        samples["exca"].append(timed(lambda: np.stack(list(efeat.embed(items)))) / n)
+        samples["np_stack"].append(timed(lambda: np.stack(arrays)) / n)
+        samples["memcpy"].append(timed(contiguous.copy) / n)
+    for name, values in samples.items():
+        scenario.add(name, values, US)
+    scenario.extra["exca_lite_first_stack_us_per_item"] = first / n * US
+    scenario.extra["exca_lite_minus_memcpy"] = (
+        tp.cast(float, scenario.exca_lite) - (scenario.peers["memcpy"])
+    )
+    return scenario
+
+
+def bench_map_open(sizes: Sizes, tmp: Path) -> Scenario:
+    dim = 16
+    scenario = Scenario(
+        "map_open",
+        "ms",
+        target="< 10 ms at 20k, < 1 s at 1M",
+        notes=[
+            "fresh process: open a cache + find which of N items are cached (all are), via "
+            "embed.compute(items) / exca embed(items) unconsumed; items of 16 float32"
+        ],
+    )
+    for count in sizes.open_items:
+        label = f"{count // 1000}k" if count < 1_000_000 else f"{count // 1_000_000}M"
+        lite_folder = _filled("exca_lite", count, dim)
+        libs = ["exca_lite", "exca"] if count <= sizes.exca_open_max else ["exca_lite"]
+        folders = {lib: _filled(lib, count, dim) for lib in libs}
+        folders["exca_lite"] = lite_folder
+        samples: dict[str, list[float]] = {lib: [] for lib in libs}
+        uids: list[float] = []
+        for _ in range(sizes.fresh_repeat):
+            for lib in libs:
+                report = run_fresh("map_open", lib=lib, folder=str(folders[lib]), n=count, dim=dim)
+                samples[lib].append(report["seconds"])
+            report = run_fresh(
+                "map_open", lib="exca_lite", folder=str(lite_folder), n=count, dim=dim, how="uids"
+            )
+            uids.append(report["seconds"])
+        if count == sizes.open_items[0]:  # the headline figure is the smallest size
+            for lib in libs:
+                scenario.add(lib, samples[lib], MS)
+        else:
+            scenario.samples[f"exca_lite_{label}"] = [s * MS for s in samples["exca_lite"]]
+        scenario.extra[f"exca_lite_{label}_ms"] = statistics.median(samples["exca_lite"]) * MS
+        scenario.extra[f"exca_lite_{label}_cached_uids_ms"] = statistics.median(uids) * MS
+        if "exca" in libs:
+            scenario.extra[f"exca_{label}_ms"] = statistics.median(samples["exca"]) * MS
+    return scenario
+
+
+def bench_map_one_new(sizes: Sizes, tmp: Path) -> Scenario:
+    n, dim = sizes.one_new_cache, sizes.map_dim
+    scenario = Scenario(
+        "map_one_new",
+        "ms",
+        target="< 1 ms",
+        notes=[
+            f"list(embed([new_item])) on a cache of {n} items this process wrote; "
+            "all_plus_one = the same with the n cached items + 1 new (compute / unconsumed call)"
+        ],
+    )
+    items = list(range(n))
+    feat = _featurizer(tmp / "lite", dim)
+    feat.embed.compute(items)
+    efeat = _exca_featurizer(tmp / "exca", dim)
+    efeat.embed(items)
+    new = iter(range(n, 10 * n + 1000))
+    samples: dict[str, list[float]] = {"exca_lite": [], "exca": []}
+    plus: dict[str, list[float]] = {"exca_lite": [], "exca": []}
+    for _ in range(sizes.repeat):
+        item = next(new)
+        samples["exca_lite"].append(timed(lambda: list(feat.embed([item]))))  # noqa: B023
+        samples["exca"].append(timed(lambda: list(efeat.embed([item]))))  # noqa: B023
+        item = next(new)
+        plus["exca_lite"].append(timed(lambda: feat.embed.compute([*items, item])))  # noqa: B023
+        plus["exca"].append(timed(lambda: efeat.embed([*items, item])))  # noqa: B023
+    for lib in samples:
+        scenario.add(lib, samples[lib], MS)
+        scenario.extra[f"{lib}_all_plus_one_ms"] = statistics.median(plus[lib]) * MS
+    return scenario
+
+
+def _bandwidth_round(lib: str, tmp: Path, n_items: int, item_bytes: int) -> tuple[float, float]:
+    """Seconds to write then read ``n_items`` blocks of ``item_bytes`` with ``lib``."""
+    import exca_lite as xl
+    from benchmarks.items import buffer
+    from benchmarks.map_configs import Blob
+
+    items = list(range(n_items))
+    total = n_items * item_bytes
+    if lib == "exca_lite":
+        writer = Blob(nbytes=item_bytes, infra=xl.MapInfra(folder=tmp / "lite"))
+        write_s = timed(lambda: writer.embed.compute(items))
+        reader = Blob(nbytes=item_bytes, infra=xl.MapInfra(folder=tmp / "lite"))
+        start = time.perf_counter()
+        out = reader.embed.stack(items)
+        read_s = time.perf_counter() - start
+    elif lib == "exca":
+        from benchmarks.exca_configs import ExcaBlob
+
+        ewriter = ExcaBlob(nbytes=item_bytes, infra={"folder": tmp / "exca"})
+        write_s = timed(lambda: ewriter.embed(items))
+        ereader = ExcaBlob(nbytes=item_bytes, infra={"folder": tmp / "exca"})
+        start = time.perf_counter()
+        out = np.stack(list(ereader.embed(items)))
+        read_s = time.perf_counter() - start
+    elif lib == "raw":
+        buf = buffer(item_bytes)
+        path = tmp / "raw.bin"
+
+        def write() -> None:
+            with open(path, "wb") as f:
+                for _ in items:
+                    f.write(buf)
+
+        write_s = timed(write)
+        start = time.perf_counter()
+        out = np.fromfile(path, dtype=np.float32)
+        read_s = time.perf_counter() - start
+    else:
+        raise ValueError(lib)
+    if out.nbytes != total:
+        raise RuntimeError(f"{lib} read {out.nbytes} bytes, expected {total}")
+    return write_s, read_s
+
+
+def _bandwidth(sizes: Sizes, tmp: Path) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    n_items = sizes.bandwidth_bytes // sizes.bandwidth_item_bytes
+    writes: dict[str, list[float]] = {"exca_lite": [], "raw": [], "exca": []}
+    reads: dict[str, list[float]] = {"exca_lite": [], "raw": [], "exca": []}
+    mib = sizes.bandwidth_bytes / MIB
+    for _ in range(min(sizes.repeat, 3)):
+        for lib in writes:
+            with tempdir(f"bw-{lib}") as folder:
+                write_s, read_s = _bandwidth_round(lib, folder, n_items, sizes.bandwidth_item_bytes)
+            writes[lib].append(mib / write_s)
+            reads[lib].append(mib / read_s)
+    return writes, reads
+
+
+_BANDWIDTH: dict[Sizes, tuple[dict[str, list[float]], dict[str, list[float]]]] = {}
+
+
+def _bandwidth_scenario(sizes: Sizes, tmp: Path, direction: str) -> Scenario:
+    if sizes not in _BANDWIDTH:  # one measurement round gives both the write and the read line
+        _BANDWIDTH[sizes] = _bandwidth(sizes, tmp)
+    writes, reads = _BANDWIDTH[sizes]
+    samples = writes if direction == "write" else reads
+    how = (
+        "embed.compute / f.write per item"
+        if direction == "write"
+        else "stack() from a fresh object / np.fromfile / exca np.stack(list(...))"
+    )
+    scenario = Scenario(
+        f"map_bandwidth_{direction}",
+        "MiB/s",
+        target=">= 80% of raw (ratio <= 1.25)",
+        notes=[
+            f"{sizes.bandwidth_bytes >> 20} MiB in {sizes.bandwidth_item_bytes >> 20} MiB items, "
+            f"{how}; page cache not dropped (reads come from RAM); ratio = peer/exca_lite"
+        ],
+    )
+    for lib in ("exca_lite", "raw", "exca"):
+        scenario.add(lib, samples[lib])
+    scenario.extra["exca_lite/raw"] = tp.cast(float, scenario.exca_lite) / scenario.peers["raw"]
+    return scenario
+
+
+def bench_map_bandwidth_write(sizes: Sizes, tmp: Path) -> Scenario:
+    return _bandwidth_scenario(sizes, tmp, "write")
+
+
+def bench_map_bandwidth_read(sizes: Sizes, tmp: Path) -> Scenario:
+    return _bandwidth_scenario(sizes, tmp, "read")
+
+
+def bench_map_parallel(sizes: Sizes, tmp: Path) -> Scenario:
+    import exca_lite as xl
+    from benchmarks.exca_configs import ExcaBurner
+    from benchmarks.map_configs import Burner
+
+    n, work = sizes.parallel_items, sizes.parallel_work
+    scenario = Scenario(
+        "map_parallel",
+        "s",
+        target=">= 1.8x speed-up (ratio vs serial)",
+        notes=[
+            f"{n} CPU-bound items (pure-Python loop of {work}): processpool max_jobs=2 vs "
+            "cluster=None; exca = its processpool (max_jobs=2)"
+        ],
+    )
+    items = list(range(n))
+    samples: dict[str, list[float]] = {"exca_lite": [], "serial": [], "exca": [], "exca_serial": []}
+    for r in range(min(sizes.repeat, 3)):
+        pool = Burner(
+            work=work,
+            infra=xl.MapInfra(folder=tmp / f"pool{r}", cluster="processpool", max_jobs=2),
+        )
+        samples["exca_lite"].append(timed(lambda: pool.embed.compute(items)))  # noqa: B023
+        serial = Burner(work=work, infra=xl.MapInfra(folder=tmp / f"serial{r}"))
+        samples["serial"].append(timed(lambda: serial.embed.compute(items)))  # noqa: B023
+        epool = ExcaBurner(
+            work=work,
+            infra={"folder": tmp / f"epool{r}", "cluster": "processpool", "max_jobs": 2},
+        )
+        samples["exca"].append(timed(lambda: epool.embed(items)))  # noqa: B023
+        eserial = ExcaBurner(work=work, infra={"folder": tmp / f"eserial{r}"})
+        samples["exca_serial"].append(timed(lambda: eserial.embed(items)))  # noqa: B023
+    for name, values in samples.items():
+        scenario.add(name, values)
+    exca_serial = scenario.peers.pop("exca_serial")
+    scenario.extra["exca_lite_speedup"] = scenario.peers["serial"] / tp.cast(
+        float, scenario.exca_lite
+    )
+    scenario.extra["exca_speedup"] = exca_serial / scenario.peers["exca"]
+    return scenario
+
+
+SCENARIOS: dict[str, tp.Callable[[Sizes, Path], Scenario]] = {
+    "map_fill": bench_map_fill,
+    "map_hit_iter": bench_map_hit_iter,
+    "map_hit_stack": bench_map_hit_stack,
+    "map_open": bench_map_open,
+    "map_one_new": bench_map_one_new,
+    "map_bandwidth_write": bench_map_bandwidth_write,
+    "map_bandwidth_read": bench_map_bandwidth_read,
+    "map_parallel": bench_map_parallel,
+}
+
+__all__ = ["SCENARIOS", "cleanup", "unavailable"]

@@ -1,0 +1,109 @@
+"""Run every scenario side by side with its peers: ``python benchmarks/run.py [--quick] [--only A,B]``.
+
+Prints one line per scenario (``name: exca_lite=... peer=... ratio=peer/exca_lite``) and writes all
+figures to ``benchmarks/results/latest.json`` (``--out`` elsewhere); ``benchmarks/table.py`` turns
+that file into the README table. Map scenarios are skipped, with a note, while ``exca_lite.mapping``
+is missing or broken; any other failure is printed and makes the exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import traceback
+import typing as tp
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable as a package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import RESULTS_DIR, ROOT, Scenario, Sizes, tempdir, write_results
+
+
+def _scenarios() -> dict[str, tp.Callable[[Sizes, Path], Scenario]]:
+    from benchmarks import bench_map, bench_task
+
+    return {**bench_task.SCENARIOS, **bench_map.SCENARIOS}
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke run, < 2 min)")
+    parser.add_argument("--only", default="", help="comma-separated scenario names")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS_DIR / "latest.json", help="results file to write"
+    )
+    parser.add_argument("--list", action="store_true", help="list the scenario names and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    # submitit jobs and pool workers unpickle benchmark configs: they must import ``benchmarks``
+    path = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + path if path else "")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars cost time and clutter the lines
+    logging.getLogger("exca").setLevel(logging.WARNING)
+    scenarios = _scenarios()
+    if args.list:
+        print("\n".join(scenarios))
+        return 0
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(scenarios)
+    unknown = [n for n in names if n not in scenarios]
+    if unknown:
+        print(f"unknown scenario(s) {unknown}; choose among {list(scenarios)}", file=sys.stderr)
+        return 2
+    sizes = Sizes.make(args.quick)
+    from benchmarks import bench_map
+
+    map_problem = bench_map.unavailable() if any(n in bench_map.SCENARIOS for n in names) else None
+    if map_problem:
+        print(f"map scenarios skipped: exca_lite.MapInfra not available yet ({map_problem})")
+    started = time.perf_counter()
+    results: list[Scenario] = []
+    try:
+        failed = _run_all(names, scenarios, sizes, map_problem, results)
+    finally:
+        bench_map.cleanup()
+    elapsed = time.perf_counter() - started
+    write_results(args.out, results, sizes, elapsed, merge=bool(args.only))
+    print(f"# {len(results)} scenarios in {elapsed:.0f} s -> {args.out}")
+    return 1 if failed else 0
+
+
+def _run_all(
+    names: list[str],
+    scenarios: dict[str, tp.Callable[[Sizes, Path], Scenario]],
+    sizes: Sizes,
+    map_problem: str | None,
+    results: list[Scenario],
+) -> bool:
+    """Run ``names`` in order, appending to ``results``; whether any failed."""
+    from benchmarks import bench_map
+
+    failed = False
+    for name in names:
+        if map_problem and name in bench_map.SCENARIOS:
+            scenario = Scenario(name, "", status="skipped", notes=["exca_lite.mapping unavailable"])
+            results.append(scenario)
+            print(scenario.line(), flush=True)
+            continue
+        t0 = time.perf_counter()
+        try:
+            with tempdir(name) as tmp:
+                scenario = scenarios[name](sizes, tmp)
+        except Exception as e:
+            failed = True
+            traceback.print_exc()
+            scenario = Scenario(name, "", status="failed", notes=[f"{type(e).__name__}: {e}"])
+        scenario.seconds = time.perf_counter() - t0
+        results.append(scenario)
+        print(scenario.line(), flush=True)
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())
