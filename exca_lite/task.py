@@ -291,7 +291,11 @@ class BoundTask(tp.Generic[Own, R]):
             _JOBS.pop(self._uid, None)
         elif taskcache.has_outcome(paths):
             failure = taskcache.load_failure(paths)
-            if failure is None or not retry_now:
+            if failure is not None and not retry_now:
+                return None
+            # a result written meanwhile by another process; an unreadable one (already reported
+            # by _from_disk) is recomputed, not served as "no outcome"
+            if failure is None and taskcache.load_result(paths, warn=False) is not _MISSING:
                 return None
             taskcache.clear(paths)
             _JOBS.pop(self._uid, None)
@@ -352,11 +356,11 @@ class BoundTask(tp.Generic[Own, R]):
         while True:
             result = taskcache.load_result(paths)
             if result is not _MISSING:
-                _JOBS.pop(self._uid, None)
+                _let_local_job_exit(_JOBS.pop(self._uid, job))
                 return result
             failure = taskcache.load_failure(paths)
             if failure is not None:
-                _JOBS.pop(self._uid, None)
+                _let_local_job_exit(_JOBS.pop(self._uid, job))
                 raise failure.error()
             if not is_alive(job):
                 # the outcome may have landed between the two checks
@@ -459,6 +463,21 @@ def _closing_debug_log_handlers(job: tp.Any) -> tp.Iterator[None]:
         yield
     finally:
         del root.removeHandler
+
+
+def _let_local_job_exit(job: tp.Any, timeout_s: float = 10.0) -> None:
+    """Wait for a local job's process, which wrote the outcome and is only finishing up.
+
+    Dropped while still running, its ``Popen`` warns (ResourceWarning) when collected; waiting a
+    little is cheaper than keeping finished jobs around to reap later.
+    """
+    process = getattr(job, "_process", None)
+    if process is None or not hasattr(process, "wait"):
+        return
+    try:
+        process.wait(timeout=timeout_s)
+    except Exception:  # still busy (threads left by the method?): let submitit handle it
+        pass
 
 
 def _link_logs(paths: TaskPaths, job: tp.Any) -> None:

@@ -75,7 +75,7 @@ class Failure(msgspec.Struct):
         )
 
 
-def load_result(paths: TaskPaths) -> tp.Any:
+def load_result(paths: TaskPaths, warn: bool = True) -> tp.Any:
     """The cached result, or ``_MISSING``; a damaged file warns and counts as missing."""
     try:
         with open(paths.result_pkl, "rb") as f:
@@ -83,6 +83,8 @@ def load_result(paths: TaskPaths) -> tp.Any:
     except FileNotFoundError:
         pass
     except Exception as e:
+        if not warn:
+            return _MISSING
         warnings.warn(
             f"unreadable cached result {paths.result_pkl} ({type(e).__name__}: {e}); "
             "it is ignored and will be recomputed",
@@ -97,6 +99,8 @@ def load_result(paths: TaskPaths) -> tp.Any:
     try:
         return np.load(paths.result_npy, mmap_mode="r" if size >= MMAP_MIN_BYTES else None)
     except Exception as e:
+        if not warn:
+            return _MISSING
         warnings.warn(
             f"unreadable cached result {paths.result_npy} ({type(e).__name__}: {e}); "
             "it is ignored and will be recomputed",

@@ -100,9 +100,12 @@ class Flaky:
     @infra.apply(exclude_from_cache_uid=("flag", "counter"))
     def process(self) -> str:
         record(self.counter)
-        if os.path.exists(self.flag):
-            raise RuntimeError("flag file present")
+        self._check_flag()
         return "ok"
+
+    def _check_flag(self) -> None:
+        if os.path.exists(self.flag):
+            raise RuntimeError(f"flag file present: {self.flag}")
 
 
 @dataclasses.dataclass(frozen=True)

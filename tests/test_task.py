@@ -1,0 +1,516 @@
+"""TaskInfra: caching, modes, failures, folder layout and concurrency, with real processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+import subprocess
+import sys
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+import pytest
+from task_defs import Arrays, Failing, Flaky, Task, Versioned, count
+
+import exca_lite as xl
+from exca_lite import task as task_module
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_state() -> tp.Iterator[None]:
+    """RAM results are keyed by uid only: tests reusing a config in another folder must not see
+    each other's results, as if each test ran in its own process."""
+    task_module._RAM.clear()
+    yield
+    task_module._RAM.clear()
+    task_module._JOBS.clear()
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+
+
+# # # caching per cluster # # #
+
+
+@pytest.mark.parametrize("cluster", [None, "debug", "local"])
+def test_result_is_cached_and_not_recomputed(cluster: str | None, tmp_path: Path) -> None:
+    counter = tmp_path / "counter"
+    infra = xl.TaskInfra(folder=tmp_path / "cache", cluster=cluster)  # type: ignore[arg-type]
+    task = Task(param=3, counter=str(counter), infra=infra)
+    assert task.process.status() == "not submitted"
+    out = task.process()
+    assert isinstance(out, float) and 0 <= out <= 3
+    assert count(counter) == 1
+    assert task.process.status() == "completed"
+    assert task.process() == out
+    # a new object, nothing in RAM: loaded from the folder
+    task_module._RAM.clear()
+    again = Task(param=3, counter=str(counter), infra=infra)
+    assert again.process() == out
+    assert count(counter) == 1
+    # another config is another computation
+    assert Task(param=4, counter=str(counter), infra=infra).process() != out
+    assert count(counter) == 2
+
+
+def test_folder_layout_of_a_local_job(tmp_path: Path) -> None:
+    task = Task(param=5, infra=xl.TaskInfra(folder=tmp_path, cluster="local"))
+    out = task.process()
+    folder = task.process.folder()
+    assert folder is not None
+    assert folder == tmp_path / "task_defs.Task.process,1" / folder.name
+    assert {"config.json", "uid.json", "result.pkl", "job.pkl", "logs"} <= _files(folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["param"] == 5 and config["infra"]["cluster"] == "local"
+    assert json.loads((folder / "uid.json").read_text()) == task.process.config() == {"param": 5}
+    with open(folder / "result.pkl", "rb") as f:
+        assert pickle.load(f) == out
+    assert (folder / "logs").is_symlink() and (folder / "logs").resolve().is_dir()
+    assert any((folder / "logs").resolve().iterdir())  # the job's log files
+
+
+def test_cluster_none_writes_no_job_files(tmp_path: Path) -> None:
+    task = Task(param=5, infra=xl.TaskInfra(folder=tmp_path))
+    task.process()
+    folder = task.process.folder()
+    assert folder is not None
+    assert {"config.json", "uid.json", "result.pkl"} <= _files(folder)
+    assert not (folder / "job.pkl").exists() and not (folder / "logs").exists()
+
+
+def test_no_folder_computes_in_ram_only(tmp_path: Path) -> None:
+    counter = tmp_path / "counter"
+    task = Task(param=2, counter=str(counter))
+    assert task.process.folder() is None
+    assert task.process.status() == "not submitted"
+    out = task.process()
+    assert task.process() == out
+    assert Task(param=2, counter=str(counter)).process() == out  # kept in RAM, by uid
+    assert count(counter) == 1
+    assert task.process.status() == "completed"
+    assert list(tmp_path.iterdir()) == [counter]
+
+
+def test_keep_in_ram(tmp_path: Path) -> None:
+    counter = tmp_path / "counter"
+    kept = Task(param=6, counter=str(counter), infra=xl.TaskInfra(folder=tmp_path))
+    first = kept.process()
+    folder = kept.process.folder()
+    assert folder is not None
+    (folder / "result.pkl").unlink()
+    # keep_in_ram=True: served from memory, for this object and any equal config
+    assert kept.process() is first
+    assert (
+        Task(param=6, counter=str(counter), infra=xl.TaskInfra(folder=tmp_path)).process() is first
+    )
+    assert count(counter) == 1
+    # keep_in_ram=False: every call goes to the folder (here: gone, so recomputed, and stored)
+    infra = xl.TaskInfra(folder=tmp_path, keep_in_ram=False)
+    not_kept = Task(param=6, counter=str(counter), infra=infra)
+    second = not_kept.process()
+    assert second != first
+    assert count(counter) == 2
+    assert not_kept.process() == second and not_kept.process() is not not_kept.process()
+    assert count(counter) == 2
+
+
+# # # modes # # #
+
+
+def test_mode_force_recomputes_once_per_object(tmp_path: Path) -> None:
+    counter = tmp_path / "counter"
+    cached = Task(param=7, counter=str(counter), infra=xl.TaskInfra(folder=tmp_path))
+    first = cached.process()
+    forced = Task(param=7, counter=str(counter), infra=xl.TaskInfra(folder=tmp_path, mode="force"))
+    second = forced.process()
+    assert second != first and count(counter) == 2
+    assert forced.process() == second and count(counter) == 2  # once per object
+    # the forced result overwrote the cache
+    task_module._RAM.clear()
+    fresh = Task(param=7, counter=str(counter), infra=xl.TaskInfra(folder=tmp_path))
+    assert fresh.process() == second
+    other = Task(param=7, counter=str(counter), infra=xl.TaskInfra(folder=tmp_path, mode="force"))
+    assert other.process() not in (first, second) and count(counter) == 3
+
+
+def test_mode_read_only_never_computes_nor_writes(tmp_path: Path) -> None:
+    counter = tmp_path / "counter"
+    cache = tmp_path / "cache"
+    ro = xl.TaskInfra(folder=cache, mode="read-only")
+    task = Task(param=8, counter=str(counter), infra=ro)
+    with pytest.raises(xl.CacheMissError, match=r"read-only") as info:
+        task.process()
+    assert isinstance(info.value, LookupError)
+    assert task.process.uid() in str(info.value)
+    assert task.process.status() == "not submitted"
+    with pytest.raises(xl.CacheMissError):
+        task.process.job().result()
+    task.process.clear()
+    assert list(tmp_path.iterdir()) == []  # no folder, no file, no counter: nothing ran
+    with pytest.raises(xl.CacheMissError):
+        Task(param=8, infra=xl.TaskInfra(mode="read-only")).process()  # no folder at all
+    # once cached by someone else, read-only serves it
+    out = Task(param=8, counter=str(counter), infra=xl.TaskInfra(folder=cache)).process()
+    task_module._RAM.clear()
+    assert Task(param=8, counter=str(counter), infra=ro).process() == out
+    assert count(counter) == 1
+
+
+def test_cached_failure_inline_then_retry(tmp_path: Path) -> None:
+    counter = tmp_path / "counter"
+    flag = tmp_path / "flag"
+    flag.touch()
+    infra = xl.TaskInfra(folder=tmp_path / "cache")
+    task = Flaky(flag=str(flag), counter=str(counter), infra=infra)
+    with pytest.raises(RuntimeError, match="flag file present"):
+        task.process()  # computed in this process: the original exception
+    assert task.process.status() == "failed"
+    flag.unlink()
+    # "cached": the failure is re-raised without running
+    again = Flaky(flag=str(flag), counter=str(counter), infra=infra)
+    with pytest.raises(xl.JobError, match=r"RuntimeError: flag file present") as info:
+        again.process()
+    assert "_check_flag" in str(info.value)
+    assert count(counter) == 1
+    # "retry": the failure is recomputed
+    retried = Flaky(
+        flag=str(flag), counter=str(counter), infra=dataclasses.replace(infra, mode="retry")
+    )
+    assert retried.process() == "ok"
+    assert count(counter) == 2 and retried.process.status() == "completed"
+    # and the success is what "cached" now serves
+    assert Flaky(flag=str(flag), counter=str(counter), infra=infra).process() == "ok"
+    assert count(counter) == 2
+
+
+def test_failure_in_a_local_job_carries_its_traceback(tmp_path: Path) -> None:
+    counter = tmp_path / "counter"
+    flag = tmp_path / "flag"
+    flag.touch()
+    infra = xl.TaskInfra(folder=tmp_path / "cache", cluster="local")
+    task = Flaky(flag=str(flag), counter=str(counter), infra=infra)
+    with pytest.raises(xl.JobError) as info:
+        task.process()
+    text = str(info.value)
+    assert isinstance(info.value, RuntimeError)
+    assert f"flag file present: {flag}" in text  # the original message
+    assert "Traceback" in text and "_check_flag" in text  # the job's own traceback
+    assert task.process.uid() in text
+    assert count(counter) == 1
+    assert task.process.status() == "failed"
+    # cached: a new object re-raises without submitting anything
+    flag.unlink()
+    again = Flaky(flag=str(flag), counter=str(counter), infra=infra)
+    with pytest.raises(xl.JobError, match="flag file present"):
+        again.process()
+    assert count(counter) == 1
+    retried = Flaky(
+        flag=str(flag), counter=str(counter), infra=dataclasses.replace(infra, mode="retry")
+    )
+    assert retried.process() == "ok"
+    assert count(counter) == 2
+
+
+def test_failing_without_folder_is_not_cached(tmp_path: Path) -> None:
+    counter = tmp_path / "counter"
+    task = Failing(message="nowhere", counter=str(counter))
+    for _ in range(2):
+        with pytest.raises(ValueError, match="deliberate failure: nowhere"):
+            task.process()
+    assert count(counter) == 2
+
+
+# # # job(), status(), clear() # # #
+
+
+def test_job_returns_without_waiting_and_another_process_reattaches(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    counter = tmp_path / "counter"
+    infra = xl.TaskInfra(folder=tmp_path / "cache", cluster="local")
+    task = Task(param=9, counter=str(counter), sleep_s=2.0, infra=infra)
+    job = task.process.job()  # submits, does not wait for the 2 s job
+    assert not job.done()
+    assert task.process.status() == "running"
+    assert task.process.job() is job  # not submitted twice
+    folder = task.process.folder()
+    assert folder is not None and (folder / "job.pkl").exists()
+    # another process finds job.pkl of the running job and waits for it instead of submitting
+    script = (
+        "import exca_lite as xl, task_defs as d\n"
+        f"infra = xl.TaskInfra(folder={str(tmp_path / 'cache')!r}, cluster='local')\n"
+        f"print(repr(d.Task(param=9, counter={str(counter)!r}, sleep_s=2.0, infra=infra).process()))\n"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", script],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert other.returncode == 0, other.stderr
+    out = task.process()
+    assert float(other.stdout.strip()) == out
+    assert count(counter) == 1
+    assert task.process.status() == "completed"
+    job.wait()
+    assert job.done()
+
+
+def test_job_with_cluster_none_is_a_local_handle(tmp_path: Path) -> None:
+    counter = tmp_path / "counter"
+    task = Task(param=10, counter=str(counter), infra=xl.TaskInfra(folder=tmp_path))
+    job = task.process.job()
+    assert count(counter) == 0 and not job.done()
+    out = job.result()
+    assert job.done() and out == task.process() and count(counter) == 1
+
+
+def test_clear(tmp_path: Path) -> None:
+    counter = tmp_path / "counter"
+    infra = xl.TaskInfra(folder=tmp_path, cluster="debug")
+    task = Task(param=11, counter=str(counter), infra=infra)
+    first = task.process()
+    folder = task.process.folder()
+    assert folder is not None and (folder / "result.pkl").exists()
+    task.process.clear()
+    assert task.process.status() == "not submitted"
+    assert not {"result.pkl", "result.npy", "error.json", "job.pkl"} & _files(folder)
+    second = task.process()  # neither RAM nor disk: recomputed
+    assert second != first and count(counter) == 2
+    failing = Failing(infra=xl.TaskInfra(folder=tmp_path))
+    with pytest.raises(ValueError, match="deliberate"):
+        failing.process()
+    assert failing.process.status() == "failed"
+    failing.process.clear()
+    assert failing.process.status() == "not submitted"
+
+
+# # # results as arrays # # #
+
+
+def test_arrays_are_stored_as_npy_and_large_ones_memory_mapped(tmp_path: Path) -> None:
+    infra = xl.TaskInfra(folder=tmp_path, keep_in_ram=False)
+    small = Arrays(size=10, infra=infra)
+    np.testing.assert_array_equal(small.process(), np.arange(10))
+    folder = small.process.folder()
+    assert folder is not None and (folder / "result.npy").exists()
+    assert not (folder / "result.pkl").exists()
+    loaded = small.process()
+    assert type(loaded) is np.ndarray
+    np.testing.assert_array_equal(np.load(folder / "result.npy"), np.arange(10))
+    large = Arrays(size=1 << 18, infra=infra)  # 2 MiB of float64
+    computed = large.process()
+    assert computed.shape == (1 << 18,)
+    loaded = large.process()
+    assert isinstance(loaded, np.memmap)
+    assert not loaded.flags.writeable
+    np.testing.assert_array_equal(loaded, np.arange(1 << 18, dtype=np.float64))
+
+
+# # # damaged or disagreeing caches # # #
+
+
+def test_corrupt_result_warns_and_recomputes(tmp_path: Path) -> None:
+    counter = tmp_path / "counter"
+    infra = xl.TaskInfra(folder=tmp_path, keep_in_ram=False)
+    task = Task(param=12 + 1, counter=str(counter), infra=infra)
+    task.process()
+    folder = task.process.folder()
+    assert folder is not None
+    (folder / "result.pkl").write_bytes(b"\x80\x05 not a pickle")
+    with pytest.warns(xl.CorruptCacheWarning, match="result.pkl"):
+        out = task.process()
+    assert count(counter) == 2
+    with open(folder / "result.pkl", "rb") as f:
+        assert pickle.load(f) == out  # rewritten
+    np_task = Arrays(size=5, counter=str(counter), infra=infra)
+    np_task.process()
+    npy = np_task.process.folder() / "result.npy"  # type: ignore[operator]
+    npy.write_bytes(npy.read_bytes()[:20])  # truncated
+    with pytest.warns(xl.CorruptCacheWarning, match="result.npy"):
+        np.testing.assert_array_equal(np_task.process(), np.arange(5))
+    assert count(counter) == 4
+
+
+def test_corrupt_job_record_warns_and_recomputes(tmp_path: Path) -> None:
+    counter = tmp_path / "counter"
+    task = Task(
+        param=14, counter=str(counter), infra=xl.TaskInfra(folder=tmp_path, cluster="debug")
+    )
+    folder = task.process.folder()
+    assert folder is not None
+    folder.mkdir(parents=True)
+    (folder / "job.pkl").write_bytes(b"garbage")
+    with pytest.warns(xl.CorruptCacheWarning, match="job.pkl"):
+        out = task.process()
+    assert isinstance(out, float) and count(counter) == 1
+
+
+def test_disagreeing_stored_config_is_a_uid_mismatch(tmp_path: Path) -> None:
+    infra = xl.TaskInfra(folder=tmp_path, keep_in_ram=False)
+    task = Versioned(x=0, infra=infra)
+    assert task.process() == 1
+    folder = task.process.folder()
+    assert folder is not None
+    # as if the default of x had been 5 when the cache was written
+    config = json.loads((folder / "config.json").read_text())
+    config["x"] = 5
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(xl.UidMismatchError, match=r"x: stored 5, now 0"):
+        Versioned(x=0, infra=infra).process()
+    # infra fields may differ: they never count
+    config["x"] = 0
+    config["infra"]["cluster"] = "local"
+    (folder / "config.json").write_text(json.dumps(config))
+    assert Versioned(x=0, infra=infra).process() == 1
+    # a uid.json that disagrees
+    (folder / "uid.json").write_text('{"x": 3}')
+    with pytest.raises(xl.UidMismatchError, match="uid"):
+        Versioned(x=0, infra=infra).process()
+
+
+# # # infra checks and default heritage # # #
+
+
+def test_submitit_cluster_needs_a_folder() -> None:
+    for cluster in ("local", "debug", "slurm", "auto"):
+        with pytest.raises(ValueError, match="folder"):
+            xl.TaskInfra(cluster=cluster)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "choices"),
+    [
+        ({"cluster": "locall"}, ["'local'", "'slurm'", "'debug'", "'auto'"]),
+        ({"mode": "cache"}, ["'cached'", "'retry'", "'force'", "'read-only'"]),
+    ],
+)
+def test_unknown_cluster_or_mode_lists_valid_choices(
+    kwargs: dict[str, str], choices: list[str], tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError) as info:
+        xl.TaskInfra(folder=tmp_path, **kwargs)  # type: ignore[arg-type]
+    for choice in choices:
+        assert choice in str(info.value)
+    assert repr(next(iter(kwargs.values()))) in str(info.value)
+
+
+def test_method_with_arguments_is_refused_at_decoration() -> None:
+    with pytest.raises(TypeError, match=r"takes only self"):
+
+        @dataclasses.dataclass(frozen=True)
+        class WithArgs:
+            infra: xl.TaskInfra = xl.TaskInfra()
+
+            @infra.apply  # type: ignore[arg-type]
+            def process(self, x: int) -> int:
+                return x
+
+    with pytest.raises(TypeError, match=r"takes only self"):
+        xl.TaskInfra().apply(lambda: 1)  # type: ignore[arg-type]
+
+
+def test_infra_must_be_a_field_default() -> None:
+    infra = xl.TaskInfra()
+
+    @dataclasses.dataclass(frozen=True)
+    class Elsewhere:
+        x: int = 0
+
+        @infra.apply
+        def process(self) -> int:
+            return self.x
+
+    with pytest.raises(TypeError, match="default of one of its dataclass fields"):
+        Elsewhere().process()
+
+
+def test_default_heritage(tmp_path: Path) -> None:
+    inherited = Versioned(infra=xl.TaskInfra(folder=tmp_path)).process
+    assert inherited.infra.version == "1" and inherited.infra.cpus_per_task == 3
+    assert inherited.infra.folder == tmp_path
+    assert ",1/" in inherited.uid()
+    explicit = Versioned(
+        infra=xl.TaskInfra(folder=tmp_path, version="0", cpus_per_task=None)
+    ).process
+    assert explicit.infra.version == "0" and explicit.infra.cpus_per_task is None
+    assert ",0/" in explicit.uid()
+    # positional arguments count as set, and replace keeps what was set
+    positional = Versioned(infra=xl.TaskInfra(tmp_path)).process
+    assert positional.infra.folder == tmp_path and positional.infra.version == "1"
+    replaced = dataclasses.replace(xl.TaskInfra(folder=tmp_path), mode="force")
+    derived = Versioned(infra=replaced).process.infra
+    assert derived.version == "1" and derived.mode == "force" and derived.folder == tmp_path
+    # the class default itself
+    assert Versioned().process.infra.version == "1"
+
+
+# # # processes # # #
+
+
+def test_two_processes_compute_once(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+    counter = tmp_path / "counter"
+    script = (
+        "import exca_lite as xl, task_defs as d\n"
+        f"infra = xl.TaskInfra(folder={str(tmp_path / 'cache')!r})\n"
+        f"print(repr(d.Task(param=15, counter={str(counter)!r}, sleep_s=1.0, infra=infra).process()))\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            env=subprocess_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=60) for p in procs]
+    for proc, (_, err) in zip(procs, outs, strict=True):
+        assert proc.returncode == 0, err
+    results = {float(out.strip()) for out, _ in outs}
+    assert len(results) == 1
+    assert count(counter) == 1
+
+
+def test_import_does_not_import_submitit(subprocess_env: dict[str, str]) -> None:
+    script = (
+        "import sys, exca_lite as xl, task_defs as d\n"
+        "d.Task(param=16).process()\n"
+        "assert 'submitit' not in sys.modules, 'submitit imported'\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+
+
+def test_bound_task_pickles_with_its_owner(tmp_path: Path) -> None:
+    task = Task(param=17, infra=xl.TaskInfra(folder=tmp_path))
+    out = task.process()
+    clone = pickle.loads(pickle.dumps(task))
+    assert clone == task
+    assert clone.process.uid() == task.process.uid()
+    assert clone.process() == out
+
+
+def test_cache_hits_never_resubmit(tmp_path: Path) -> None:
+    task = Task(param=18, infra=xl.TaskInfra(folder=tmp_path, cluster="local", keep_in_ram=False))
+    out = task.process()
+    folder = task.process.folder()
+    assert folder is not None
+    job_record = (folder / "job.pkl").read_bytes()
+    for _ in range(5):
+        assert task.process() == out
+        assert Task(param=18, infra=task.infra).process() == out
+    assert (folder / "job.pkl").read_bytes() == job_record
