@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import queue
 import threading
 import time
 import types
@@ -53,6 +54,7 @@ so batching saves nothing while a process waiting for the item would wait one mo
 LARGE_ITEM_BYTES = 256 << 10
 """Items this big skip the write buffer and go to the shard straight from their own memory."""
 COMPACT_RECORD_ITEMS = 1 << 16
+STACK_CHUNK_BYTES = 4 << 20
 
 _ENTRIES = 0
 _RETIRE = 1
@@ -224,7 +226,7 @@ class MapStore:
         pair.pos = scan.end
 
     def _ingest(self, ix: _Index, pair: _Pair, obj: list[tp.Any], shard_size: int) -> None:
-        _, uids, offs_b, nbytes_b, crcs_b, mix_b, metas = obj
+        _, uids, offs_b, nbytes_b, crcs_b, mix_b, metas, _span = obj
         n = len(uids)
         offsets = np.frombuffer(offs_b, dtype="<i8")
         nbytes = np.frombuffer(nbytes_b, dtype="<i8")
@@ -297,7 +299,9 @@ class MapStore:
         """``refresh()``, then the uids not stored: deduplicated, in first-seen order."""
         self.refresh()
         rows = self._ix.rows
-        return [uid for uid in dict.fromkeys(item_uids) if uid not in rows]
+        # dedup only what is missing (usually few): hashing every uid into a set costs as much
+        # as the lookups themselves on a million items
+        return list(dict.fromkeys([uid for uid in item_uids if uid not in rows]))
 
     def load(self, item_uid: str) -> tp.Any:
         """The stored value; arrays are read-only views on the shard's memory map (KeyError if absent)."""
@@ -324,7 +328,7 @@ class MapStore:
                 empty = np.empty(shape, dtype=dtype)
                 empty.flags.writeable = False
                 return empty
-            return np.ndarray(shape, dtype=dtype, buffer=mm, offset=offset)
+            return np.ndarray(shape, dtype, mm, offset)  # positional: twice as fast as keywords
         with memoryview(mm) as view:
             data = view[offset : offset + nbytes]
             if zlib.crc32(data) != crc & 0xFFFFFFFF:
@@ -400,7 +404,7 @@ class MapStore:
         out = np.empty((n, *shape), dtype=dtype)
         if nbytes == 0:
             return out
-        flat = out.reshape(n, -1).view(np.uint8).reshape(n, nbytes)
+        flat = out.reshape(n, -1).view(np.uint8)
         numbers = table[:, 0]
         distinct = np.unique(numbers)
         for number in distinct.tolist():
@@ -414,6 +418,9 @@ class MapStore:
             if mm is None or need > len(mm):
                 mm = self._map(ix, number, need)
             lowest = int(offsets.min())
+            # start reading ahead the whole span now rather than faulting it in page by page
+            start = lowest - lowest % mmap.PAGESIZE
+            mm.madvise(mmap.MADV_WILLNEED, start, min(need, len(mm)) - start)
             # one strided view of fixed-size records starting every 64 bytes (they overlap, which
             # is fine for reading): gathering rows of it is a single vectorized copy per shard
             count = (len(mm) - lowest - nbytes) // sh.ALIGN + 1
@@ -424,11 +431,16 @@ class MapStore:
                 offset=lowest,
                 strides=(sh.ALIGN,),
             )
-            picked = records[(offsets - lowest) // sh.ALIGN]
-            if select is None:
-                flat[...] = picked.view(np.uint8).reshape(n, nbytes)
-            else:
-                flat[select] = picked.view(np.uint8).reshape(len(select), nbytes)
+            picks = (offsets - lowest) // sh.ALIGN
+            # in chunks of a few MiB: the temporary of a fancy-index gather is then reused warm
+            # memory, where one n-item temporary would cost a page fault per 4 KiB, twice
+            step = max(1, STACK_CHUNK_BYTES // nbytes)
+            for start in range(0, len(picks), step):
+                part = records[picks[start : start + step]].view(np.uint8).reshape(-1, nbytes)
+                if select is None:
+                    flat[start : start + len(part)] = part
+                else:
+                    flat[select[start : start + len(part)]] = part
         return out
 
     # ----------------------------------------------------------------- writing
@@ -511,31 +523,52 @@ class MapStore:
                     if obj[0] == _RETIRE:
                         retired.update(str(stem) for stem in obj[1])
                         continue
-                    _, uids, offs_b, nbytes_b, crcs_b, mix_b, metas = obj
-                    entries = zip(
-                        uids,
-                        np.frombuffer(offs_b, "<i8").tolist(),
-                        np.frombuffer(nbytes_b, "<i8").tolist(),
-                        np.frombuffer(crcs_b, "<u4").tolist(),
-                        np.frombuffer(mix_b, "<u4").tolist(),
-                        strict=True,
-                    )
-                    for uid, offset, nbytes, crc, mix in entries:
-                        self._intern(metas[mix])
-                        if offset < sh.SHARD_HEADER_BYTES or offset % sh.ALIGN or nbytes < 0:
-                            problems.append(f"{idx_path}: item {uid!r} has a bad offset {offset}")
-                        elif offset + nbytes > size:
-                            problems.append(
-                                f"{idx_path}: item {uid!r} points past the end of {bin_path.name}"
-                                f" ({offset}+{nbytes} > {size})"
-                            )
-                        elif zlib.crc32(view[offset : offset + nbytes]) != crc:
-                            problems.append(
-                                f"{bin_path}: bytes of item {uid!r} at offset {offset} do not "
-                                "match their checksum"
-                            )
+                    problems.extend(self._verify_record(obj, view, size, idx_path, bin_path))
                 except (msgspec.DecodeError, ValueError, TypeError, IndexError) as exc:
                     problems.append(f"{idx_path}: record at offset {at} unreadable ({exc!r})")
+        return problems
+
+    def _verify_record(
+        self, obj: list[tp.Any], view: memoryview, size: int, idx_path: Path, bin_path: Path
+    ) -> list[str]:
+        _, uids, offs_b, nbytes_b, crcs_b, mix_b, metas, span = obj
+        problems = []
+        entries = zip(
+            uids,
+            np.frombuffer(offs_b, "<i8").tolist(),
+            np.frombuffer(nbytes_b, "<i8").tolist(),
+            np.frombuffer(crcs_b, "<u4").tolist(),
+            np.frombuffer(mix_b, "<u4").tolist(),
+            strict=True,
+        )
+        in_span = []
+        for uid, offset, nbytes, crc, mix in entries:
+            fmt = self._metas[self._intern(metas[mix])][0]
+            if offset < sh.SHARD_HEADER_BYTES or offset % sh.ALIGN or nbytes < 0:
+                problems.append(f"{idx_path}: item {uid!r} has a bad offset {offset}")
+            elif offset + nbytes > size:
+                problems.append(
+                    f"{idx_path}: item {uid!r} points past the end of {bin_path.name}"
+                    f" ({offset}+{nbytes} > {size})"
+                )
+            elif fmt != enc.ARRAY:
+                if zlib.crc32(view[offset : offset + nbytes]) != crc:
+                    problems.append(
+                        f"{bin_path}: bytes of item {uid!r} at offset {offset} do not match "
+                        "their checksum"
+                    )
+            elif nbytes:
+                in_span.append(uid)
+        if span is not None:
+            start, end, crc = span
+            if end > size:
+                problems.append(f"{idx_path}: a record points past the end of {bin_path.name}")
+            elif zlib.crc32(view[start:end]) != crc:
+                names = ", ".join(map(repr, in_span[:3])) + (", ..." if len(in_span) > 3 else "")
+                problems.append(
+                    f"{bin_path}: bytes {start}-{end} do not match their checksum: "
+                    f"{len(in_span)} arrays there may be damaged ({names})"
+                )
         return problems
 
     def compact(self) -> dict[str, int]:
@@ -581,9 +614,14 @@ class MapStore:
         retired = [p.name.stem for p in ix.pairs if p.number in sources]
         payloads = [_payload_encoder.encode([_RETIRE, retired])]
         metas = [self._meta_repr(i) for i in range(len(self._metas))]
+        with open(self.paths.shard(name.stem), "rb") as f:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if len(chosen) else None
         for start in range(0, len(chosen), COMPACT_RECORD_ITEMS):
             part = chosen[start : start + COMPACT_RECORD_ITEMS]
             sub = table[part]
+            first = int(new_offsets[start])
+            last = int(new_offsets[start + len(part) - 1] + sub[-1, 2])
+            span = [first, last, zlib.crc32(data[first:last]) if data is not None else 0]
             payloads.append(
                 _payload_encoder.encode(
                     [
@@ -594,6 +632,7 @@ class MapStore:
                         sub[:, 4].astype("<u4").tobytes(),
                         sub[:, 3].astype("<u4").tobytes(),
                         metas,
+                        span,
                     ]
                 )
             )
@@ -730,8 +769,9 @@ def _file_size(path: Path) -> int:
 class MapWriter:
     """Appends items to one slot's shard and publishes them in batches to its index.
 
-    ``write`` only buffers (no system call for small items); ``flush`` publishes: data bytes first,
-    then one index record holding every buffered entry.
+    ``write`` only buffers (no system call for small items); full buffers go to a background I/O
+    thread, which writes the data bytes, then one index record holding all their entries. ``flush``
+    returns once everything written so far is published.
     """
 
     def __init__(self, store: MapStore, cache_type: CacheType = None) -> None:
@@ -760,7 +800,12 @@ class MapWriter:
         self._pending_bytes = 0
         self._first_t = 0.0
         self._last_t = 0.0
-        self._write_lock = threading.Lock()
+        self._span_start = -1  # shard span of the data written since the last index record
+        self._span_end = 0
+        self._span_crc = 0
+        self._jobs: queue.Queue[tp.Any] = queue.Queue(maxsize=4)  # backpressure: 4 buffers
+        self._thread: threading.Thread | None = None
+        self._failed: BaseException | None = None
 
     @property
     def slot(self) -> int:
@@ -844,48 +889,51 @@ class MapWriter:
             if self._forced is None and type(value) is np.ndarray and not value.dtype.hasobject
             else enc.pick_format(value, self._forced)
         )
-        with self._write_lock:
-            if fmt == enc.ARRAY:
-                arr = value
-                key = (arr.dtype, arr.shape)
-                found = self._meta_of.get(key)
-                if found is None:
-                    found = self._new_array_meta(arr)
-                mix, as_bytes = found
-                if not arr.flags.c_contiguous:
-                    arr = np.ascontiguousarray(arr)
-                if as_bytes:  # dtypes without a buffer export (datetime64): their raw bytes
-                    arr = arr.reshape(-1).view(np.uint8)
-                nbytes = arr.nbytes
-                data: tp.Any = arr
-            else:
-                data = enc.encode_other(value, fmt)
-                nbytes = len(data)
-                mix = self._other_meta(fmt)
-            if nbytes >= LARGE_ITEM_BYTES:
-                self._write_direct(item_uid, data, nbytes, mix)
-            else:
-                buf = self._buf
-                self._offsets.append(self._buf_start + len(buf))
-                buf.extend(data)
-                buf += _ZEROS[: -nbytes % sh.ALIGN]
-                self._uids.append(item_uid)
-                self._nbytes.append(nbytes)
-                self._crcs.append(zlib.crc32(data))
-                self._mix.append(mix)
-            self._pending_bytes += nbytes
-            now = time.monotonic()
-            if len(self._uids) == 1:
-                self._first_t = now
-            slow = now - self._last_t > SLOW_PRODUCER_S
-            self._last_t = now
-            if (
-                slow
-                or self._pending_bytes >= FLUSH_MAX_BYTES
-                or len(self._uids) >= FLUSH_MAX_ITEMS
-                or now - self._first_t > FLUSH_MAX_AGE_S
-            ):
-                self._flush()
+        if self._failed is not None:
+            self._raise_failed()
+        if fmt == enc.ARRAY:
+            arr = value
+            key = (arr.dtype, arr.shape)
+            found = self._meta_of.get(key)
+            if found is None:
+                found = self._new_array_meta(arr)
+            mix, as_bytes = found
+            if not arr.flags.c_contiguous:
+                arr = np.ascontiguousarray(arr)
+            if as_bytes:  # dtypes without a buffer export (datetime64): their raw bytes
+                arr = arr.reshape(-1).view(np.uint8)
+            nbytes = arr.nbytes
+            data: tp.Any = arr
+            crc = 0  # arrays are covered by their record's span checksum (I/O thread)
+        else:
+            data = enc.encode_other(value, fmt)
+            nbytes = len(data)
+            mix = self._other_meta(fmt)
+            crc = zlib.crc32(data)  # checked on every load of a decoded item
+        if nbytes >= LARGE_ITEM_BYTES:
+            self._write_direct(item_uid, data, nbytes, mix, crc)
+        else:
+            buf = self._buf
+            self._offsets.append(self._buf_start + len(buf))
+            buf.extend(data)
+            buf += _ZEROS[: -nbytes % sh.ALIGN]
+            self._uids.append(item_uid)
+            self._nbytes.append(nbytes)
+            self._crcs.append(crc)
+            self._mix.append(mix)
+        self._pending_bytes += nbytes
+        now = time.monotonic()
+        if len(self._uids) == 1:
+            self._first_t = now
+        slow = now - self._last_t > SLOW_PRODUCER_S
+        self._last_t = now
+        if (
+            slow
+            or self._pending_bytes >= FLUSH_MAX_BYTES
+            or len(self._uids) >= FLUSH_MAX_ITEMS
+            or now - self._first_t > FLUSH_MAX_AGE_S
+        ):
+            self._hand_over()
 
     def _new_array_meta(self, arr: np.ndarray) -> tuple[int, bool]:
         try:
@@ -906,37 +954,37 @@ class MapWriter:
             self._meta_of[fmt] = found
         return found[0]
 
-    def _write_direct(self, item_uid: str, data: tp.Any, nbytes: int, mix: int) -> None:
-        """Write a large item from its own memory (no copy into the buffer)."""
-        self._write_buffer()
+    def _write_direct(self, item_uid: str, data: tp.Any, nbytes: int, mix: int, crc: int) -> None:
+        """Write a large item from its own memory (no copy into a buffer).
+
+        ``write`` returns only once the I/O thread wrote it, so the caller may reuse the array's
+        memory right after.
+        """
         raw = data if isinstance(data, bytes) else data.reshape(-1).view(np.uint8).data
+        self._queue_data()
         offset = self._buf_start
-        sh.pwrite_all(self._bin_fd, raw, offset)
+        self._submit((raw, offset, None))
+        self._wait_io()
         self._buf_start = sh.align_up(offset + nbytes)
         self._uids.append(item_uid)
         self._offsets.append(offset)
         self._nbytes.append(nbytes)
-        self._crcs.append(zlib.crc32(raw))
+        self._crcs.append(crc)
         self._mix.append(mix)
 
-    def _write_buffer(self) -> None:
+    def _queue_data(self) -> None:
+        """Send the buffered bytes to the I/O thread (no index record: their items may be joined
+        by more before the next flush)."""
         if self._buf:
-            sh.pwrite_all(self._bin_fd, self._buf, self._buf_start)
+            self._submit((self._buf, self._buf_start, None))
             self._buf_start += len(self._buf)
-            self._buf.clear()
+            self._buf = bytearray()
 
-    def flush(self) -> None:
-        """Publish every buffered item: their bytes reach the shard before the index record."""
-        with self._write_lock:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._uids or self._idx_fd < 0:
+    def _hand_over(self) -> None:
+        """Send buffered bytes, then the index record of every pending item, to the I/O thread."""
+        if not self._uids:
             return
-        self._write_buffer()
-        if self._fsync:
-            # power loss must not leave an index record pointing at bytes the disk never got
-            os.fsync(self._bin_fd)
+        self._queue_data()
         obj = [
             _ENTRIES,
             self._uids,
@@ -946,6 +994,56 @@ class MapWriter:
             np.array(self._mix, dtype="<u4").tobytes(),
             self._metas,
         ]
+        self._submit((b"", self._buf_start, obj))
+        self._uids, self._offsets, self._nbytes, self._crcs, self._mix = [], [], [], [], []
+        self._metas = []
+        self._meta_of = {}
+        self._pending_bytes = 0
+
+    def _submit(self, job: tuple[tp.Any, int, list[tp.Any] | None]) -> None:
+        # one I/O thread per writer does every write in order, so the shard bytes of an item always
+        # reach the OS before the index record naming it, while this thread keeps encoding items
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._io_loop, name=f"exca-lite-writer-{self._slot}", daemon=True
+            )
+            self._thread.start()
+        self._jobs.put(job)
+
+    def _io_loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                if self._failed is None:
+                    self._do_io(*job)
+            except BaseException as exc:  # reported to the caller by its next call
+                self._failed = exc
+            finally:
+                self._jobs.task_done()
+
+    def _do_io(self, data: tp.Any, offset: int, obj: list[tp.Any] | None) -> None:
+        if len(data):
+            # the bytes of one record's items are contiguous (only alignment padding, which reads
+            # as zeros, between them): one running crc32 covers them, computed here where zlib
+            # releases the GIL, instead of a call per item in the writing thread
+            if self._span_start < 0:
+                self._span_start = self._span_end = offset
+                self._span_crc = 0
+            if offset > self._span_end:
+                self._span_crc = zlib.crc32(bytes(offset - self._span_end), self._span_crc)
+            sh.pwrite_all(self._bin_fd, data, offset)
+            self._span_crc = zlib.crc32(data, self._span_crc)
+            self._span_end = offset + len(data)
+        if obj is None:
+            return
+        span = None if self._span_start < 0 else [self._span_start, self._span_end, self._span_crc]
+        obj.append(span)
+        self._span_start = -1
+        if self._fsync:
+            # power loss must not leave an index record pointing at bytes the disk never got
+            os.fsync(self._bin_fd)
         record = sh.frame(_payload_encoder.encode(obj))
         start = self._idx_end
         # one write per record (O_APPEND): a kill inside it leaves a torn tail, never a gap
@@ -953,19 +1051,39 @@ class MapWriter:
         if self._fsync:
             os.fsync(self._idx_fd)
         self._idx_end = start + len(record)
-        self.store._own_flush(self._stem, start, self._idx_end, obj, self._buf_start)
-        self._uids, self._offsets, self._nbytes, self._crcs, self._mix = [], [], [], [], []
-        self._metas = []
-        self._meta_of = {}
-        self._pending_bytes = 0
+        self.store._own_flush(self._stem, start, self._idx_end, obj, offset)
+
+    def _wait_io(self) -> None:
+        if self._thread is not None:
+            self._jobs.join()
+        if self._failed is not None:
+            self._raise_failed()
+
+    def _raise_failed(self) -> tp.NoReturn:
+        msg = (
+            f"writing to {self.store.paths.shard(self._stem)} failed: {self._failed!r}; "
+            "items written since the last successful flush are lost"
+        )
+        raise StoreError(msg) from self._failed
+
+    def flush(self) -> None:
+        """Publish every buffered item: their bytes reach the shard before the index record."""
+        if self._idx_fd < 0:
+            return
+        self._hand_over()
+        self._wait_io()
 
     def close(self) -> None:
-        """Flush, close the files and free the slot."""
+        """Flush, stop the I/O thread, close the files and free the slot."""
         if self._lock is None:
             return
         try:
             self.flush()
         finally:
+            if self._thread is not None:
+                self._jobs.put(None)
+                self._thread.join()
+                self._thread = None
             self._close_files()
             storelocks.release_slot(self.store.paths, self._slot, self._lock)
             self._lock = None
