@@ -148,3 +148,16 @@ class Versioned:
     @infra.apply
     def process(self) -> int:
         return self.x + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Dying:
+    """Kills its own process without raising: the job ends without writing an outcome."""
+
+    code: int = 3
+    infra: xl.TaskInfra = xl.TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        print("about to die", flush=True)
+        os._exit(self.code)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from task_defs import Arrays, Failing, Flaky, Task, Versioned, count
+from task_defs import Arrays, Dying, Failing, Flaky, Task, Versioned, count
 
 import exca_lite as xl
 from exca_lite import task as task_module
@@ -214,6 +214,18 @@ def test_failure_in_a_local_job_carries_its_traceback(tmp_path: Path) -> None:
     )
     assert retried.process() == "ok"
     assert count(counter) == 2
+
+
+def test_job_dying_without_an_outcome_is_a_cached_failure(tmp_path: Path) -> None:
+    task = Dying(infra=xl.TaskInfra(folder=tmp_path, cluster="local"))
+    with pytest.raises(xl.JobError, match="ended without writing a result") as info:
+        task.process()
+    assert "about to die" in str(info.value)  # the tail of the job's output
+    assert task.process.status() == "failed"
+    folder = task.process.folder()
+    assert folder is not None and (folder / "error.json").exists()
+    with pytest.raises(xl.JobError, match="ended without writing a result"):
+        Dying(infra=task.infra).process()
 
 
 def test_failing_without_folder_is_not_cached(tmp_path: Path) -> None:
