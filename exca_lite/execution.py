@@ -6,7 +6,9 @@ Everything about submitit lives here, imported only when a job is actually submi
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import logging
 import math
 import os
 import typing as tp
@@ -121,17 +123,15 @@ def job_failure_text(job: tp.Any) -> str:
         parts.append(f"job state: {job.state}")
     except Exception:
         pass
-    try:
-        stderr = job.stderr() or ""
-        parts.append("stderr tail:\n" + "\n".join(stderr.splitlines()[-30:]))
-    except Exception:
-        pass
-    try:
-        exc = job.exception()
-        if exc is not None:
-            parts.append(f"submitit: {exc}")
-    except Exception as e:
-        parts.append(f"submitit: {type(e).__name__}: {e}")
+    # the log files only: job.exception() would wait up to 15 s for a result file that a dead
+    # job never writes
+    for name in ("stderr", "stdout"):
+        try:
+            text = getattr(job, name)() or ""
+        except Exception:
+            continue
+        if text.strip():
+            parts.append(f"{name} tail:\n" + "\n".join(text.splitlines()[-30:]))
     return "\n".join(parts) or "no information from the scheduler"
 
 
@@ -156,7 +156,33 @@ def chunks(items: tp.Sequence[tp.Any], sizes: list[int]) -> list[list[tp.Any]]:
     return out
 
 
+@contextlib.contextmanager
+def closing_debug_log_handlers(job: tp.Any) -> tp.Iterator[None]:
+    """Close the log file handlers submitit's DebugJob adds to the root logger.
+
+    submitit 1.5 removes them without closing them, and they are collected as soon as
+    ``job.result()`` returns: a ResourceWarning per file (an error under ``-W error``). Closing them
+    afterwards is too late, so ``removeHandler`` is intercepted while the job runs; only the job's
+    own log files are closed.
+    """
+    logs = {os.path.abspath(job.paths.stdout), os.path.abspath(job.paths.stderr)}
+    root = logging.getLogger()
+    remove = root.removeHandler
+
+    def remove_and_close(handler: logging.Handler) -> None:
+        remove(handler)
+        if isinstance(handler, logging.FileHandler) and handler.baseFilename in logs:
+            handler.close()
+
+    root.removeHandler = remove_and_close  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        del root.removeHandler
+
+
 __all__ = [
+    "closing_debug_log_handlers",
     "SUBMITIT_CLUSTERS",
     "chunk_sizes",
     "chunks",

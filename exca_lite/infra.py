@@ -182,13 +182,13 @@ class MapInfra(_Infra):
 
     def apply(
         self,
-        method: tp.Callable[[Own, tp.Sequence[X]], tp.Iterable[R]] | None = None,
+        method: tp.Callable[..., tp.Any] | None = None,
         /,
         *,
-        item_uid: tp.Callable[[X], str],
+        item_uid: tp.Callable[[tp.Any], str],
         exclude_from_cache_uid: tp.Sequence[str] = (),
         cache_type: tp.Literal["array", "msgpack", "pickle"] | None = None,
-    ) -> tp.Callable[[tp.Callable[[Own, tp.Sequence[X]], tp.Iterable[R]]], MapMethod[Own, X, R]]:
+    ) -> MapDecorator:
         """Decorate a method taking one sequence of items and yielding one output per item."""
         if method is not None:
             raise TypeError(
@@ -201,16 +201,28 @@ class MapInfra(_Infra):
             raise ValueError(
                 f"cache_type={cache_type!r} is not one of None, 'array', 'msgpack', 'pickle'"
             )
-        exclude = _exclude_tuple(exclude_from_cache_uid)
+        return MapDecorator(self, item_uid, _exclude_tuple(exclude_from_cache_uid), cache_type)
 
-        def decorate(
-            func: tp.Callable[[Own, tp.Sequence[X]], tp.Iterable[R]],
-        ) -> MapMethod[Own, X, R]:
-            from .mapping import MapMethod
 
-            return MapMethod(self, func, item_uid, exclude, cache_type)
+class MapDecorator:
+    """What ``MapInfra.apply(item_uid=...)`` returns: applied to the method, gives the descriptor."""
 
-        return decorate
+    def __init__(
+        self,
+        infra: MapInfra,
+        item_uid: tp.Callable[[tp.Any], str],
+        exclude: tuple[str, ...],
+        cache_type: tp.Literal["array", "msgpack", "pickle"] | None,
+    ) -> None:
+        self._args = (infra, item_uid, exclude, cache_type)
+
+    def __call__(
+        self, func: tp.Callable[[Own, tp.Sequence[X]], tp.Iterable[R]]
+    ) -> MapMethod[Own, X, R]:
+        from .mapping import MapMethod
+
+        infra, item_uid, exclude, cache_type = self._args
+        return MapMethod(infra, func, item_uid, exclude, cache_type)
 
 
 def _exclude_tuple(names: tp.Sequence[str]) -> tuple[str, ...]:

@@ -47,7 +47,7 @@ class MapMethod(tp.Generic[Own, X, R]):
         self,
         infra: MapInfra,
         func: tp.Callable[[Own, tp.Sequence[X]], tp.Iterable[R]],
-        item_uid: tp.Callable[[X], str],
+        item_uid: tp.Callable[[tp.Any], str],
         exclude: tuple[str, ...],
         cache_type: CacheType,
     ) -> None:
@@ -297,8 +297,8 @@ class BoundMap(tp.Generic[Own, X, R]):
 
     def _run_inline_ram(self, items: list[X], uids: list[str]) -> None:
         outputs = _checked_outputs(self._method, self._owner, items, uids)
-        for uid, output in zip(uids, outputs, strict=False):
-            self._ram[uid] = output
+        for i, output in enumerate(outputs):
+            self._ram[uids[i]] = output
 
     def _run(self, items: list[X], uids: list[str]) -> None:
         from .execution import chunk_sizes, chunks
@@ -358,7 +358,7 @@ class BoundMap(tp.Generic[Own, X, R]):
             )
 
     def _run_submitit(self, args: list[tuple[tp.Any, ...]]) -> None:
-        from .execution import is_alive, job_failure_text, make_executor
+        from .execution import closing_debug_log_handlers, is_alive, job_failure_text, make_executor
 
         infra = self._infra
         name = infra.job_name or f"{type(self._owner).__name__}.{self._method.name}"
@@ -382,7 +382,8 @@ class BoundMap(tp.Generic[Own, X, R]):
                     job = jobs[k]
                     if executor.cluster == "debug" or not is_alive(job):
                         try:
-                            job.result()
+                            with closing_debug_log_handlers(job):
+                                job.result()
                         except Exception as e:
                             text = str(e) if isinstance(e, JobError) else job_failure_text(job)
                             errors.append(f"job {job.job_id} ({len(args[k][3])} items): {text}")
@@ -467,10 +468,8 @@ def run_map_chunk(
     try:
         with bar, store.writer(method.cache_type) as writer:
             write = writer.write
-            for uid, output in zip(
-                uids, _checked_outputs(method, owner, items, uids), strict=False
-            ):
-                write(uid, output)
+            for output in _checked_outputs(method, owner, items, uids):
+                write(uids[n], output)
                 n += 1
                 if n % 256 == 0:
                     bar.update(256)

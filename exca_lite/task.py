@@ -13,10 +13,8 @@ The job writes the result (or the failure) itself: outcomes never travel back th
 from __future__ import annotations
 
 import atexit
-import contextlib
 import dataclasses
 import inspect
-import logging
 import os
 import pickle
 import time
@@ -344,10 +342,10 @@ class BoundTask(tp.Generic[Own, R]):
     def _wait(self, job: tp.Any, paths: TaskPaths) -> tp.Any:
         import submitit
 
-        from .execution import is_alive, job_failure_text
+        from .execution import closing_debug_log_handlers, is_alive, job_failure_text
 
         if isinstance(job, submitit.DebugJob):
-            with _closing_debug_log_handlers(job):
+            with closing_debug_log_handlers(job):
                 try:
                     job.result()  # runs the function here; its outcome is in the folder
                 except Exception:
@@ -438,31 +436,6 @@ class InlineJob(tp.Generic[R]):
 
     def done(self) -> bool:
         return self._bound.status() in ("completed", "failed")
-
-
-@contextlib.contextmanager
-def _closing_debug_log_handlers(job: tp.Any) -> tp.Iterator[None]:
-    """Close the log file handlers submitit's DebugJob adds to the root logger.
-
-    submitit 1.5 removes them without closing them, and they are collected as soon as
-    ``job.result()`` returns: a ResourceWarning per file (an error under ``-W error``). Closing them
-    afterwards is too late, so ``removeHandler`` is intercepted while the job runs; only the job's
-    own log files are closed.
-    """
-    logs = {os.path.abspath(job.paths.stdout), os.path.abspath(job.paths.stderr)}
-    root = logging.getLogger()
-    remove = root.removeHandler
-
-    def remove_and_close(handler: logging.Handler) -> None:
-        remove(handler)
-        if isinstance(handler, logging.FileHandler) and handler.baseFilename in logs:
-            handler.close()
-
-    root.removeHandler = remove_and_close  # type: ignore[method-assign,assignment]
-    try:
-        yield
-    finally:
-        del root.removeHandler
 
 
 def _let_local_job_exit(job: tp.Any, timeout_s: float = 10.0) -> None:

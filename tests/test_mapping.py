@@ -1,0 +1,251 @@
+"""MapInfra end to end: clusters, chunking, modes, errors, and real processes racing on one cache."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from map_defs import Featurizer, Miscounted, Objects, PidFeaturizer, counts
+
+import exca_lite as xl
+from exca_lite.execution import chunk_sizes
+
+pytestmark = pytest.mark.timeout(120)
+
+ITEMS = [f"item{i:03d}" + "x" * (i % 5) for i in range(40)]
+
+
+def expected(item: str, dim: int = 4) -> np.ndarray:
+    return np.full(dim, len(item), dtype=np.float32) + np.arange(dim)
+
+
+@pytest.mark.parametrize(
+    "cluster", [None, "threadpool", "processpool", "debug", "local"], ids=lambda c: str(c)
+)
+def test_clusters_compute_once_and_match(tmp_path: Path, cluster: str | None) -> None:
+    counter = str(tmp_path / "counter")
+    feat = Featurizer(
+        counter=counter, infra=xl.MapInfra(folder=tmp_path / "cache", cluster=cluster, max_jobs=3)
+    )
+    items = [*ITEMS, ITEMS[0], ITEMS[5]]  # duplicates are computed once, yielded twice
+    outputs = list(feat.embed(items))
+    assert len(outputs) == len(items)
+    for item, out in zip(items, outputs, strict=True):
+        np.testing.assert_array_equal(out, expected(item))
+    assert counts(counter) == {item: 1 for item in ITEMS}
+    # a second object, same config: everything from the cache, nothing recomputed
+    again = Featurizer(
+        counter=counter, infra=xl.MapInfra(folder=tmp_path / "cache", cluster=cluster)
+    )
+    stacked = again.embed.stack(items)
+    assert stacked.shape == (len(items), 4)
+    np.testing.assert_array_equal(stacked, np.stack([expected(i) for i in items]))
+    assert counts(counter) == {item: 1 for item in ITEMS}
+    assert sorted(again.embed.cached_uids()) == sorted(ITEMS)
+
+
+def test_cached_arrays_are_readonly_views(tmp_path: Path) -> None:
+    feat = Featurizer(infra=xl.MapInfra(folder=tmp_path))
+    out = next(feat.embed(["abc"]))
+    assert not out.flags.writeable
+    with pytest.raises(ValueError):
+        out[0] = 1
+
+
+def test_no_folder_computes_in_ram(tmp_path: Path) -> None:
+    counter = str(tmp_path / "counter")
+    feat = Featurizer(counter=counter)
+    assert feat.embed.folder() is None
+    assert len(list(feat.embed(ITEMS[:5]))) == 5
+    assert len(list(feat.embed(ITEMS[:6]))) == 6
+    assert sum(counts(counter).values()) == 6
+
+
+def test_partial_cache_computes_only_missing(tmp_path: Path) -> None:
+    counter = str(tmp_path / "counter")
+    feat = Featurizer(counter=counter, infra=xl.MapInfra(folder=tmp_path))
+    assert feat.embed.compute(ITEMS[:10]) == 10
+    assert feat.embed.compute(ITEMS[:20]) == 10
+    assert feat.embed.compute(ITEMS[:20]) == 0
+    assert counts(counter) == {item: 1 for item in ITEMS[:20]}
+
+
+@pytest.mark.parametrize(
+    ("n", "max_jobs", "min_samples", "sizes"),
+    [
+        (10, 3, 1, [4, 3, 3]),
+        (10, 128, 4, [4, 3, 3]),
+        (2, 8, 1, [1, 1]),
+        (7, 1, 1, [7]),
+        (100, 8, 50, [50, 50]),
+        (1, 4, 1, [1]),
+        (0, 4, 1, []),
+    ],
+)
+def test_chunk_sizes(n: int, max_jobs: int, min_samples: int, sizes: list[int]) -> None:
+    got = chunk_sizes(n, max_jobs, min_samples)
+    assert got == sizes
+    assert sum(got) == n
+    if got:
+        assert max(got) - min(got) <= 1 and min(got) > 0
+
+
+def test_processpool_uses_the_right_number_of_workers(tmp_path: Path) -> None:
+    counter = str(tmp_path / "counter")
+    feat = Featurizer(
+        counter=counter,
+        infra=xl.MapInfra(
+            folder=tmp_path, cluster="processpool", max_jobs=2, min_samples_per_job=5
+        ),
+    )
+    feat.embed.compute(ITEMS[:10])
+    with open(counter) as f:
+        lines = f.read().splitlines()
+    assert sorted(lines) == sorted(ITEMS[:10])
+    # chunks are contiguous: the first 5 items in one worker, the last 5 in the other
+    pids = _pids_by_item(tmp_path, feat, ITEMS[:10])
+    assert len(set(pids[:5])) == 1 and len(set(pids[5:])) == 1 and pids[0] != pids[5]
+
+
+def _pids_by_item(tmp_path: Path, feat: Featurizer, items: list[str]) -> list[int]:
+    """Which process computed each item, read back through a second cache recording pids."""
+    folder = tmp_path / "pids"
+    pid_feat = PidFeaturizer(
+        infra=xl.MapInfra(folder=folder, cluster="processpool", max_jobs=2, min_samples_per_job=5)
+    )
+    return [int(x) for x in pid_feat.pid.stack(items)]
+
+
+def test_count_mismatch_is_an_error_and_keeps_completed_items(tmp_path: Path) -> None:
+    fewer = Miscounted(extra=-1, infra=xl.MapInfra(folder=tmp_path / "fewer"))
+    with pytest.raises(RuntimeError, match="yielded 2 outputs for 3 items"):
+        fewer.embed.compute(["a", "b", "c"])
+    assert sorted(fewer.embed.cached_uids()) == ["a", "b"]
+    more = Miscounted(extra=2, infra=xl.MapInfra(folder=tmp_path / "more"))
+    with pytest.raises(RuntimeError, match="more outputs than the 3 items"):
+        more.embed.compute(["a", "b", "c"])
+
+
+@pytest.mark.parametrize("cluster", [None, "processpool", "local"], ids=lambda c: str(c))
+def test_failure_keeps_completed_items(tmp_path: Path, cluster: str | None) -> None:
+    counter = str(tmp_path / "counter")
+    items = [f"i{k}" for k in range(8)]
+    feat = Featurizer(
+        counter=counter,
+        fail_on="i5",
+        infra=xl.MapInfra(folder=tmp_path / "cache", cluster=cluster, max_jobs=2),
+    )
+    error: type[BaseException] = ValueError if cluster is None else xl.JobError
+    with pytest.raises(error, match="cannot embed 'i5'") as info:
+        feat.embed.compute(items)
+    if cluster is not None:
+        assert "Traceback" in str(info.value) and "map_defs.py" in str(info.value)
+        assert "job" in str(info.value)
+    done = set(feat.embed.cached_uids())
+    assert {"i0", "i1", "i2", "i3", "i4"} <= done and "i5" not in done
+    # fixed: only what is missing is computed
+    fixed = Featurizer(
+        counter=counter, infra=xl.MapInfra(folder=tmp_path / "cache", cluster=cluster)
+    )
+    assert fixed.embed.compute(items) == len(items) - len(done)
+    assert all(n == 1 for n in counts(counter).values())
+
+
+def test_modes(tmp_path: Path) -> None:
+    counter = str(tmp_path / "counter")
+    feat = Featurizer(counter=counter, infra=xl.MapInfra(folder=tmp_path / "c"))
+    feat.embed.compute(ITEMS[:3])
+    forced = Featurizer(counter=counter, infra=xl.MapInfra(folder=tmp_path / "c", mode="force"))
+    assert forced.embed.compute(ITEMS[:3]) == 3
+    assert forced.embed.compute(ITEMS[:3]) == 0  # once per object
+    assert counts(counter) == {item: 2 for item in ITEMS[:3]}
+    read_only = Featurizer(infra=xl.MapInfra(folder=tmp_path / "c", mode="read-only"))
+    assert read_only.embed.stack(ITEMS[:3]).shape == (3, 4)
+    with pytest.raises(xl.CacheMissError, match=r"3 of 4 items .*item004"):
+        read_only.embed.compute(ITEMS[2:6])
+
+
+def test_read_only_creates_nothing(tmp_path: Path) -> None:
+    feat = Featurizer(infra=xl.MapInfra(folder=tmp_path / "none", mode="read-only"))
+    with pytest.raises(xl.CacheMissError):
+        list(feat.embed(["a"]))
+    assert not (tmp_path / "none").exists()
+
+
+def test_forbid_single_item_computation(tmp_path: Path) -> None:
+    feat = Featurizer(infra=xl.MapInfra(folder=tmp_path, forbid_single_item_computation=True))
+    with pytest.raises(RuntimeError, match="exactly one item is missing"):
+        feat.embed.compute(["a"])
+    assert feat.embed.compute(["a", "b"]) == 2
+    assert feat.embed.compute(["a"]) == 0  # cached: nothing to compute, no error
+
+
+def test_non_array_outputs_round_trip_with_their_type(tmp_path: Path) -> None:
+    obj = Objects(infra=xl.MapInfra(folder=tmp_path))
+    first = list(obj.describe(range(6)))
+    again = list(Objects(infra=xl.MapInfra(folder=tmp_path)).describe(range(6)))
+    for x, a, b in zip(range(6), first, again, strict=True):
+        assert type(a) is type(b), (x, a, b)
+        if x % 3 == 0:
+            assert b == {"x": x, "name": f"n{x}", "values": [x, x / 2]}
+        elif x % 3 == 1:
+            assert b == (x, "tuple")
+        else:
+            assert isinstance(b, np.float32) and b == x
+
+
+def test_long_item_uids_are_shortened(tmp_path: Path) -> None:
+    feat = Featurizer(infra=xl.MapInfra(folder=tmp_path))
+    long_items = ["x" * 300, "x" * 299 + "y"]
+    out = feat.embed.stack(long_items)
+    assert out.shape == (2, 4)
+    uids = feat.embed.cached_uids()
+    assert len(uids) == 2 and all(len(u) <= 128 for u in uids)
+
+
+def test_uid_and_folder(tmp_path: Path) -> None:
+    feat = Featurizer(dim=8, infra=xl.MapInfra(folder=tmp_path))
+    assert feat.embed.uid().startswith("map_defs.Featurizer.embed,1/dim=8-")
+    assert feat.embed.folder() == tmp_path / feat.embed.uid()
+    assert feat.embed.config() == {"dim": 8}
+    feat.embed.compute(["a", "b"])
+    assert (tmp_path / feat.embed.uid() / "config.json").exists()
+    feat.embed.clear()
+    assert feat.embed.cached_uids() == []
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys
+    import exca_lite as xl
+    from map_defs import Featurizer
+    folder, counter, start, stop = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    items = [f"item{i:04d}" for i in range(start, stop)]
+    feat = Featurizer(counter=counter, delay_s=0.002, infra=xl.MapInfra(folder=folder))
+    out = feat.embed.stack(items)
+    assert out.shape == (len(items), 4), out.shape
+    print("ok", len(items))
+    """
+)
+
+
+def test_four_processes_compute_each_item_once(tmp_path: Path) -> None:
+    counter = str(tmp_path / "counter")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(tmp_path / "cache"), counter, "0", "200"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=100)
+        assert proc.returncode == 0, err
+        assert out.strip() == "ok 200"
+    assert counts(counter) == {f"item{i:04d}": 1 for i in range(200)}
