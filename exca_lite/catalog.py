@@ -289,7 +289,7 @@ def _task_status(paths: TaskPaths) -> str:
         return "failed"
     if os.path.exists(paths.job):
         return "submitted"
-    return "empty"
+    return "not submitted"
 
 
 def _job_id(paths: TaskPaths) -> str | None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import sys
 import textwrap
 import threading
 import time
 import typing as tp
+import warnings
 from pathlib import Path
 
 from . import catalog
@@ -27,7 +29,7 @@ EXIT_PERMISSION = 3
 EPILOG = """\
 exit codes:
   0  success (verify: the cache is healthy)
-  1  verify found damage; clear was not confirmed (nothing removed)
+  1  damage found (verify; compact refuses a damaged cache); clear not confirmed
   2  bad usage, or a path that is missing, not a folder, or not a cache folder
   3  permission denied (reading a folder, or writing for compact/clear)
 
@@ -141,7 +143,21 @@ def _compact(args: argparse.Namespace) -> int:
     if summary.kind != "map":
         print(f"{summary.uid}: a task cache holds one file per result: nothing to compact")
         return EXIT_OK
-    _progress(f"compacting {summary.items:,} item(s), {human_bytes(summary.bytes)} in {path}")
+    # the store copies items' bytes as they are: compacting a damaged cache would carry the damage
+    # into a file whose checksums then agree with it, so damage is refused here, not laundered
+    _progress(f"checking {summary.items:,} item(s), {human_bytes(summary.bytes)} in {path}")
+    with _heartbeat("verify"):
+        problems = catalog.verify(path)
+    if problems:
+        for problem in problems:
+            print(f"damaged: {problem}")
+        print(
+            f"{len(problems)} problem(s) found in {summary.uid}: not compacted (compacting would "
+            "keep the damaged items); `exca-lite clear` the cache and recompute it",
+            file=sys.stderr,
+        )
+        return EXIT_DAMAGE
+    _progress(f"compacting {summary.items:,} item(s) in {path}")
     with _heartbeat("compact"):
         result = catalog.compact(path)
     before, after = result["bytes_before"], result["bytes_after"]
@@ -217,6 +233,19 @@ def _heartbeat(what: str) -> tp.Iterator[None]:
     print(f"{what} took {seconds:.1f} s", file=sys.stderr, flush=True)
 
 
+def _show_warning(
+    command: str,
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: tp.TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Library warnings (damaged data skipped) as one line, without a source line to confuse."""
+    print(f"exca-lite {command}: warning: {message}", file=sys.stderr)
+
+
 def _permission_message(error: PermissionError) -> str:
     if error.filename is not None and str(error.filename) not in str(error.args[-1]):
         return f"permission denied: {error.filename}"
@@ -280,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
         "merge a map cache's shards into one file",
         "Merge the shards of a map cache into one contiguous file, dropping duplicate and dead "
         "bytes. Other processes keep reading and writing meanwhile: the shards of writers busy "
-        "right now are left for the next compaction. Values are unchanged; nothing is lost.",
+        "right now are left for the next compaction. Values are unchanged; nothing is lost. "
+        "The cache is verified first: a damaged cache is not compacted (exit 1).",
     )
     compact.add_argument("cache_dir", type=Path, metavar="CACHE_DIR", help="one cache folder")
     compact.set_defaults(run=_compact)
@@ -311,7 +341,9 @@ def main(argv: tp.Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prefix = f"exca-lite {args.command}: error:"
     try:
-        return int(args.run(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = functools.partial(_show_warning, args.command)
+            return int(args.run(args))
     except PermissionError as e:
         print(f"{prefix} {_permission_message(e)}", file=sys.stderr)
         return EXIT_PERMISSION

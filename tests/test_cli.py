@@ -431,6 +431,21 @@ def test_compact_reports_bytes(filled: Path, env: dict[str, str]) -> None:
     assert proc.returncode == 0 and "nothing to compact" in proc.stdout
 
 
+@pytest.mark.timeout(120)
+def test_compact_refuses_a_damaged_cache(filled: Path, env: dict[str, str]) -> None:
+    """Compaction copies bytes as they are: it must not turn damage into a 'healthy' cache."""
+    cache = map_cache(filled)
+    shard = max(shard_files(cache), key=lambda p: p.stat().st_size)
+    os.truncate(shard, shard.stat().st_size - 64)
+    files = {p.name: p.stat().st_size for p in cache.iterdir() if p.is_file()}
+    proc = cli(env, "compact", cache)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "not compacted" in proc.stderr and "damaged:" in proc.stdout
+    assert {p.name: p.stat().st_size for p in cache.iterdir() if p.is_file()} == files
+    # the store's warning about the damage is one readable line, not a Python warning dump
+    assert "warning: " in proc.stderr and "mapstore.py" not in proc.stderr
+
+
 # # # clear # # #
 
 
