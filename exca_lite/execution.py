@@ -123,9 +123,6 @@ def job_failure_text(job: tp.Any) -> str:
         parts.append(f"job state: {job.state}")
     except Exception:
         pass
-    process = getattr(job, "_process", None)  # a local job started by this process
-    if process is not None and process.poll() is not None:
-        parts.append(f"exit code: {process.returncode}")
     # the log files only: job.exception() would wait up to 15 s for a result file that a dead
     # job never writes
     for name in ("stderr", "stdout"):
