@@ -567,7 +567,11 @@ class MapStore:
                 names = ", ".join(map(repr, in_span[:3])) + (", ..." if len(in_span) > 3 else "")
                 problems.append(
                     f"{bin_path}: bytes {start}-{end} do not match their checksum: "
-                    f"{len(in_span)} arrays there may be damaged ({names})"
+                    + (
+                        f"{len(in_span)} arrays there may be damaged ({names})"
+                        if in_span
+                        else "only padding or already reported items are there"
+                    )
                 )
         return problems
 

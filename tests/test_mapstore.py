@@ -1,0 +1,423 @@
+"""The map store: formats, incremental reads, concurrent writers, damage, compaction, read-only use.
+
+Real processes (``tests/store_worker.py``), real files, no mocks.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+import typing as tp
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from store_worker import value_of
+
+from exca_lite.errors import CorruptCacheWarning, StoreError
+from exca_lite.mapstore import MapStore
+
+WORKER = str(Path(__file__).with_name("store_worker.py"))
+
+
+def run_worker(*args: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, WORKER, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout_s: float = 50) -> list[str]:
+    stdout, stderr = proc.communicate(timeout=timeout_s)
+    assert proc.returncode == 0, stderr[-2000:]
+    return stdout.splitlines()
+
+
+def fill(folder: Path, uids: tp.Iterable[str], **kwargs: tp.Any) -> MapStore:
+    store = MapStore(folder, **kwargs)
+    with store.writer() as w:
+        for uid in uids:
+            w.write(uid, value_of(uid))
+    return store
+
+
+def same(a: tp.Any, b: tp.Any) -> bool:
+    if isinstance(a, np.ndarray):
+        return type(b) is np.ndarray and a.dtype == b.dtype and np.array_equal(a, b)
+    return type(a) is type(b) and bool(a == b)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*")}
+
+
+@pytest.mark.timeout(60)
+def test_missing_folder_is_an_empty_store_and_creates_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "nope" / "cache"
+    store = MapStore(folder)
+    assert len(store) == 0 and "x" not in store and store.item_uids() == []
+    assert store.missing(["a", "b", "a"]) == ["a", "b"]
+    assert store.verify() == []
+    with pytest.raises(KeyError):
+        store.load("a")
+    assert not (tmp_path / "nope").exists()
+
+
+@pytest.mark.timeout(60)
+def test_reading_never_writes(tmp_path: Path) -> None:
+    uids = [f"item-{i}" for i in range(50)]
+    fill(tmp_path / "c", uids)
+    before = snapshot(tmp_path)
+    time.sleep(0.01)
+    store = MapStore(tmp_path / "c")
+    assert store.missing([*uids, "item-999"]) == ["item-999"]
+    for uid in uids:
+        assert same(store.load(uid), value_of(uid))
+    store.stack(["item-0", "item-20", "item-30"])
+    assert store.verify() == []
+    store.stats()
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.timeout(60)
+def test_read_only_folder(tmp_path: Path) -> None:
+    uids = [f"item-{i}" for i in range(20)]
+    fill(tmp_path / "c", uids)
+    for path in [tmp_path / "c", *(tmp_path / "c").rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        store = MapStore(tmp_path / "c")
+        assert store.missing(uids) == []
+        assert all(same(store.load(u), value_of(u)) for u in uids)
+    finally:
+        for path in [tmp_path / "c", *(tmp_path / "c").rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+@pytest.mark.timeout(60)
+def test_arrays_are_read_only_views_and_formats_come_back(tmp_path: Path) -> None:
+    store = MapStore(tmp_path)
+    values: dict[str, tp.Any] = {
+        "f32": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "be": np.arange(5, dtype=">f4"),
+        "zero_d": np.array(3.5),
+        "empty": np.zeros((0, 4), dtype=np.int16),
+        "strided": np.arange(20).reshape(4, 5)[:, ::2],
+        "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+        "dates": np.array(["2020-01-01", "2021-02-03"], dtype="M8[D]"),
+        "struct": np.zeros(2, dtype=[("a", "<i4"), ("b", ">f8", (2,))]),
+        "tuple": (1, "a"),
+        "np_scalar": np.float32(2.5),
+        "dict_of_arrays": {"a": np.ones(3)},
+        "plain": {"a": [1, 2.5, None, True, "s", b"b"]},
+        "big_int": 1 << 70,
+        "object_array": np.array([1, "a"], dtype=object),
+        "masked": np.ma.masked_array([1, 2], mask=[0, 1]),
+        "large": np.random.default_rng(0).random(300_000),
+    }
+    with store.writer() as w:
+        for uid, value in values.items():
+            w.write(uid, value)
+    fresh = MapStore(tmp_path)
+    for uid, value in values.items():
+        got = fresh.load(uid)
+        assert type(got) is type(value), uid
+        if isinstance(value, np.ndarray) and value.dtype != object:
+            assert got.dtype == value.dtype and got.shape == value.shape, uid
+            np.testing.assert_array_equal(got, value)
+            if type(value) is np.ndarray:
+                assert not got.flags.writeable, uid
+                with pytest.raises(ValueError):
+                    got[...] = 0
+    assert fresh.load("plain") == values["plain"]
+    assert fresh.load("tuple") == (1, "a")
+    assert fresh.load("big_int") == 1 << 70
+    assert np.ma.getmask(fresh.load("masked")).tolist() == [False, True]
+
+
+@pytest.mark.timeout(60)
+def test_cache_type_forces_a_format_or_says_why_not(tmp_path: Path) -> None:
+    store = MapStore(tmp_path)
+    with store.writer("pickle") as w:
+        w.write("a", np.arange(3))
+        w.write("b", [1, 2])
+    assert type(store.load("a")) is np.ndarray and store.load("a").flags.writeable
+    with store.writer("msgpack") as w:
+        w.write("c", {"x": [1]})
+        with pytest.raises(StoreError, match="msgpack"):
+            w.write("d", (1, 2))
+    with store.writer("array") as w, pytest.raises(StoreError, match="array"):
+        w.write("e", [1, 2])
+    assert store.load("c") == {"x": [1]}
+    with pytest.raises(ValueError, match="cache_type"):
+        store.writer("npy")  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(60)
+def test_stack(tmp_path: Path) -> None:
+    store = MapStore(tmp_path)
+    with store.writer() as w:
+        for i in range(300):
+            w.write(f"a{i}", np.full((2, 3), i, dtype=">i2"))
+        w.write("other", np.zeros(6, dtype=">i2"))
+        w.write("obj", {"x": 1})
+    with store.writer() as w:  # a second shard: the gather spans files
+        for i in range(300, 400):
+            w.write(f"a{i}", np.full((2, 3), i, dtype=">i2"))
+    uids = [f"a{i}" for i in range(399, -1, -3)] + ["a0", "a0"]
+    out = store.stack(uids)
+    assert out.shape == (len(uids), 2, 3) and out.dtype == np.dtype(">i2")
+    assert out.flags.c_contiguous and out.flags.writeable
+    np.testing.assert_array_equal(out[:, 0, 0], [int(u[1:]) for u in uids])
+    with pytest.raises(StoreError, match="'other'"):
+        store.stack(["a1", "other"])
+    with pytest.raises(StoreError, match="'obj'"):
+        store.stack(["a1", "obj"])
+    with pytest.raises(KeyError):
+        store.stack(["a1", "nope"])
+    empty = MapStore(tmp_path / "e")
+    with empty.writer() as w:
+        w.write("z0", np.zeros((0, 2)))
+        w.write("z1", np.zeros((0, 2)))
+        w.write("s0", np.array(1.5))
+    assert empty.stack(["z0", "z1"]).shape == (2, 0, 2)
+    assert empty.stack(["s0", "s0"]).tolist() == [1.5, 1.5]
+
+
+@pytest.mark.timeout(60)
+def test_reader_picks_up_new_items_incrementally(tmp_path: Path) -> None:
+    reader = MapStore(tmp_path)
+    writer_store = MapStore(tmp_path)
+    with writer_store.writer() as w:
+        w.write("item-1", value_of("item-1"))
+        w.flush()
+        assert "item-1" not in reader  # no refresh on `in`
+        assert reader.missing(["item-1", "item-2"]) == ["item-2"]
+        w.write("item-2", value_of("item-2"))
+        w.flush()
+        assert reader.missing(["item-2"]) == []
+    positions = {p.name.stem: p.pos for p in reader._ix.pairs}
+    reader.refresh()
+    assert {p.name.stem: p.pos for p in reader._ix.pairs} == positions
+    # own writes are visible at once, and checking one new uid does not re-read anything
+    own = MapStore(tmp_path / "own")
+    with own.writer() as w:
+        for i in range(20_000):
+            w.write(f"x{i}", np.zeros(4, dtype=np.float32))
+    own.missing(["new"])
+    t0 = time.perf_counter()
+    for _ in range(100):
+        assert own.missing(["new"]) == ["new"]
+    assert (time.perf_counter() - t0) / 100 < 1e-3
+
+
+@pytest.mark.timeout(60)
+def test_threads_get_their_own_slots(tmp_path: Path) -> None:
+    store = MapStore(tmp_path)
+    slots = []
+
+    def work(k: int) -> None:
+        with store.writer() as w:
+            slots.append(w.slot)
+            for i in range(200):
+                w.write(f"t{k}-{i}", np.full(8, k * 1000 + i))
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(slots) == [0, 1, 2, 3]
+    fresh = MapStore(tmp_path)
+    assert len(fresh) == 800
+    assert fresh.load("t3-199")[0] == 3199
+    assert fresh.verify() == []
+
+
+@pytest.mark.timeout(60)
+def test_four_processes_write_at_once(tmp_path: Path) -> None:
+    procs = [run_worker("write", tmp_path, k * 500, (k + 1) * 500, 100, 0.0) for k in range(4)]
+    outputs = [finish(p) for p in procs]
+    store = MapStore(tmp_path)
+    uids = [f"item-{i}" for i in range(2000)]
+    assert store.missing(uids) == []
+    for uid in uids:
+        assert same(store.load(uid), value_of(uid))
+    shards = list(tmp_path.glob("*.bin"))
+    slots = {line for out in outputs for line in out if line.startswith("slot")}
+    assert len(shards) == len(slots) <= 4
+    assert store.verify() == []
+    # a second round reuses the slots: the file count follows concurrency, not history
+    for p in [
+        run_worker("write", tmp_path, 2000 + k * 10, 2010 + k * 10, 5, 0.0) for k in range(2)
+    ]:
+        finish(p)
+    assert len(list(tmp_path.glob("*.bin"))) <= 4
+
+
+@pytest.mark.timeout(60)
+def test_corrupt_index_record_warns_once_and_skips_it(tmp_path: Path) -> None:
+    store = MapStore(tmp_path)
+    with store.writer() as w:
+        for i in range(30):
+            w.write(f"item-{i}", value_of(f"item-{i}"))
+            if i % 10 == 9:
+                w.flush()  # three records of ten items
+    (idx,) = tmp_path.glob("*.idx")
+    data = bytearray(idx.read_bytes())
+    second = data.find(b"XLR1", data.find(b"XLR1") + 1)
+    data[second + 40 : second + 48] = b"\xff" * 8  # inside the second record's payload
+    idx.write_bytes(bytes(data))
+    with pytest.warns(CorruptCacheWarning) as caught:
+        fresh = MapStore(tmp_path)
+        fresh.missing(["item-0"])
+        for uid in fresh.item_uids():
+            assert same(fresh.load(uid), value_of(uid))
+        fresh.refresh()
+    assert len(caught) == 1
+    assert sorted(fresh.item_uids()) == sorted(
+        [f"item-{i}" for i in range(10)] + [f"item-{i}" for i in range(20, 30)]
+    )
+    assert any("damaged index record" in p for p in fresh.verify())
+    # the items are recomputed and served again
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CorruptCacheWarning)
+        store2 = MapStore(tmp_path)
+        with store2.writer() as w:
+            for uid in store2.missing([f"item-{i}" for i in range(30)]):
+                w.write(uid, value_of(uid))
+        assert MapStore(tmp_path).missing([f"item-{i}" for i in range(30)]) == []
+
+
+@pytest.mark.timeout(60)
+def test_corrupt_shard_bytes_are_reported(tmp_path: Path) -> None:
+    store = MapStore(tmp_path)
+    with store.writer("pickle") as w:
+        for i in range(10):
+            w.write(f"p-{i}", {"i": i, "pad": "x" * 100})
+    with store.writer("array") as w:
+        for i in range(10):
+            w.write(f"a-{i}", np.full(100, i, dtype=np.int32))
+    (shard,) = tmp_path.glob("*.bin")
+    data = bytearray(shard.read_bytes())
+    for pattern in (pickle.dumps({"i": 1, "pad": "x" * 100}, protocol=5), b"\x01\0\0\0" * 100):
+        at = data.find(pattern)
+        assert at > 0
+        data[at + 20 : at + 24] = b"\x00\xff\x00\xff"
+    shard.write_bytes(bytes(data))
+    problems = MapStore(tmp_path).verify()
+    assert any("'p-1'" in p for p in problems) and any("'a-1'" in p for p in problems), problems
+    assert not any("'p-2'" in p for p in problems), problems  # arrays: per flush span
+    fresh = MapStore(tmp_path)
+    with pytest.warns(CorruptCacheWarning) as caught:
+        for i in range(10):
+            if i == 1:
+                with pytest.raises(KeyError):
+                    fresh.load("p-1")
+            else:
+                assert fresh.load(f"p-{i}") == {"i": i, "pad": "x" * 100}
+        with pytest.raises(KeyError):
+            fresh.load("p-1")
+    assert len(caught) == 1
+    assert fresh.missing(["p-1", "p-2"]) == ["p-1"]  # damaged = missing: it gets recomputed
+
+
+@pytest.mark.timeout(60)
+def test_entries_pointing_past_the_shard_are_rejected(tmp_path: Path) -> None:
+    store = MapStore(tmp_path)
+    with store.writer() as w:
+        for i in range(10):
+            w.write(f"item-{i}", np.full(100, i, dtype=np.int64))
+    (shard,) = tmp_path.glob("*.bin")
+    os.truncate(shard, shard.stat().st_size - 1000)
+    with pytest.warns(CorruptCacheWarning, match="outside"):
+        fresh = MapStore(tmp_path)
+    assert 0 < len(fresh) < 10
+    for uid in fresh.item_uids():
+        assert fresh.load(uid)[0] == int(uid.split("-")[1])
+    assert fresh.verify()
+
+
+@pytest.mark.timeout(60)
+def test_compact_drops_duplicates_and_keeps_values(tmp_path: Path) -> None:
+    uids = [f"item-{i}" for i in range(300)]
+    fill(tmp_path, uids)
+    fill(tmp_path, uids[:200])  # duplicates
+    store = MapStore(tmp_path)
+    before = store.stats()
+    assert before["dead_bytes"] > 0
+    report = store.compact()
+    assert report["items"] == 300 and report["bytes_after"] < report["bytes_before"]
+    assert [p.name for p in tmp_path.glob("*.bin")] == ["c-g000001.bin"]
+    fresh = MapStore(tmp_path)
+    for uid in uids:
+        assert same(fresh.load(uid), value_of(uid))
+    assert fresh.stats()["dead_bytes"] == 0 and fresh.verify() == []
+    # writing after a compaction and compacting again
+    fill(tmp_path, [f"item-{i}" for i in range(300, 320)])
+    assert MapStore(tmp_path).compact()["items"] == 320
+    assert len(list(tmp_path.glob("*.bin"))) == 1
+    assert MapStore(tmp_path).missing(uids) == []
+
+
+@pytest.mark.timeout(60)
+def test_compact_while_others_read_and_write(tmp_path: Path) -> None:
+    uids = [f"item-{i}" for i in range(600)]
+    fill(tmp_path, uids[:300])
+    fill(tmp_path, uids[:100])  # dead bytes
+    old_view = MapStore(tmp_path)
+    kept = old_view.load("item-0")
+    reader = run_worker("read", tmp_path, 3.0)
+    writer = run_worker("write", tmp_path, 300, 600, 10, 0.005)
+    store = MapStore(tmp_path)
+    reports = []
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        reports.append(store.compact())
+        time.sleep(0.1)
+    finish(writer)
+    assert finish(reader)[-1].startswith("done")
+    assert reports[0]["bytes_after"] < reports[0]["bytes_before"]
+    final = MapStore(tmp_path)
+    assert final.missing(uids) == []
+    for uid in uids:
+        assert same(final.load(uid), value_of(uid))
+    np.testing.assert_array_equal(kept, value_of("item-0"))  # old maps stay valid
+    assert same(old_view.load("item-5"), value_of("item-5"))  # an old reader reloads
+    assert final.verify() == []
+
+
+@pytest.mark.timeout(60)
+def test_clear_and_stats(tmp_path: Path) -> None:
+    store = fill(tmp_path / "c", [f"item-{i}" for i in range(50)])
+    stats = store.stats()
+    assert stats["items"] == 50 and stats["writers"] == 0 and stats["bytes"] > 0
+    assert stats["last_write"] > time.time() - 60 and len(stats["shards"]) == 1
+    with store.writer():
+        assert store.stats()["writers"] == 1
+    other = MapStore(tmp_path / "c")
+    store.clear()
+    assert len(store) == 0 and not list((tmp_path / "c").glob("*.bin"))
+    assert other.missing(["item-1"]) == ["item-1"]
+    fill(tmp_path / "c", ["item-1"])
+    other.refresh()
+    assert same(other.load("item-1"), value_of("item-1"))
+    assert other.missing(["item-2"]) == ["item-2"]
+
+
+@pytest.mark.timeout(60)
+def test_fsync_durability_and_bad_values(tmp_path: Path) -> None:
+    store = fill(tmp_path, [f"item-{i}" for i in range(20)], durability="fsync")
+    assert MapStore(tmp_path).missing([f"item-{i}" for i in range(20)]) == []
+    with pytest.raises(ValueError, match="durability"):
+        MapStore(tmp_path, durability="sometimes")  # type: ignore[arg-type]
+    with store.writer() as w, pytest.raises(StoreError, match="pickle"):
+        w.write("lambda", lambda: 1)
