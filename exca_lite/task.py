@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import taskcache
 from .config import InfraMarker, check_owner, field_infos, to_dict
-from .errors import CacheMissError, CorruptCacheWarning
+from .errors import CacheMissError, ConfigError, CorruptCacheWarning
 from .fsio import atomic_write, file_lock
 from .taskcache import _MISSING, Failure, TaskPaths
 from .uid import canonical_bytes, method_uid, uid_config
@@ -94,8 +94,34 @@ class TaskMethod(tp.Generic[Own, R]):
                     f"{cls.__qualname__}.{self.name}: the infra whose apply decorates it must be "
                     "the default of one of its dataclass fields (infra: TaskInfra = TaskInfra())"
                 )
+            for excluded in self.exclude:
+                _check_excluded_name(cls, excluded, self.name)
             self._infra_field[cls] = name
         return name
+
+
+def _check_excluded_name(cls: type, dotted: str, method: str) -> None:
+    """A name in exclude_from_cache_uid must be a field (a typo would silently keep it in the uid).
+
+    Nested parts are checked as far as the field defaults are dataclasses (a nested config that
+    defaults to None cannot be checked further: its type is only an annotation).
+    """
+    klass: type | None = cls
+    walked: list[str] = []
+    for part in dotted.split("."):
+        if klass is None:
+            return
+        infos = {info.name: info for info in field_infos(klass)}
+        if part not in infos:
+            where = ".".join(walked) or cls.__qualname__
+            raise ConfigError(
+                f"{cls.__qualname__}.{method}: exclude_from_cache_uid names {dotted!r}, but "
+                f"{where} has no field {part!r}; its fields: {sorted(infos)}"
+            )
+        walked.append(part)
+        default = infos[part].default
+        is_config = dataclasses.is_dataclass(default) and not isinstance(default, type)
+        klass = type(default) if is_config else None
 
 
 def _infra_paths(value: tp.Any, path: str) -> set[str]:
@@ -301,12 +327,20 @@ class BoundTask(tp.Generic[Own, R]):
         if self._infra.cluster is None:
             run_task_job(self._owner, self._method.name, str(paths.folder), self._uid)
             return None
-        job = self._live_job(paths)
-        return job if job is not None else self._submit(paths)
+        job = self._recorded_job(paths)
+        if job is None:
+            return self._submit(paths)
+        if self._is_alive(job):
+            return job
+        if not taskcache.has_outcome(paths):
+            # the recorded job died without an outcome (cancelled, killed, timed out): that is its
+            # failure, cached like any other ("retry" resubmits), never silently resubmitted
+            taskcache.save_failure(paths, self._death(job))
+        _JOBS.pop(self._uid, None)
+        return None
 
-    def _live_job(self, paths: TaskPaths) -> tp.Any:
-        from .execution import is_alive
-
+    def _recorded_job(self, paths: TaskPaths) -> tp.Any:
+        """The job of this process, else the one recorded in job.pkl (None if none)."""
         job = _JOBS.get(self._uid)
         if job is None:
             try:
@@ -318,13 +352,30 @@ class BoundTask(tp.Generic[Own, R]):
                 warnings.warn(
                     f"unreadable job record {paths.job} ({type(e).__name__}: {e}); ignored",
                     CorruptCacheWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
                 return None
+        return job
+
+    def _is_alive(self, job: tp.Any) -> bool:
+        from .execution import is_alive
+
         if is_alive(job):
             _JOBS[self._uid] = job
-            return job
-        return None
+            return True
+        return False
+
+    def _death(self, job: tp.Any) -> Failure:
+        """The failure of a job that ended without writing an outcome."""
+        from .execution import job_failure_text
+
+        return Failure(
+            uid=self._uid,
+            type="JobDied",
+            message=f"job {job.job_id} ended without writing a result",
+            traceback=job_failure_text(job),
+            job_id=str(job.job_id),
+        )
 
     def _submit(self, paths: TaskPaths) -> tp.Any:
         from .execution import make_executor
@@ -342,7 +393,7 @@ class BoundTask(tp.Generic[Own, R]):
     def _wait(self, job: tp.Any, paths: TaskPaths) -> tp.Any:
         import submitit
 
-        from .execution import closing_debug_log_handlers, is_alive, job_failure_text
+        from .execution import closing_debug_log_handlers, is_alive
 
         if isinstance(job, submitit.DebugJob):
             with closing_debug_log_handlers(job):
@@ -364,13 +415,7 @@ class BoundTask(tp.Generic[Own, R]):
                 # the outcome may have landed between the two checks
                 if taskcache.has_outcome(paths):
                     continue
-                failure = Failure(
-                    uid=self._uid,
-                    type="JobDied",
-                    message=f"job {job.job_id} ended without writing a result",
-                    traceback=job_failure_text(job),
-                    job_id=str(job.job_id),
-                )
+                failure = self._death(job)
                 taskcache.save_failure(paths, failure)
                 _JOBS.pop(self._uid, None)
                 raise failure.error()
@@ -388,9 +433,15 @@ class BoundTask(tp.Generic[Own, R]):
             return "completed"
         if os.path.exists(paths.error):
             return "failed"
-        if self._infra.cluster is not None and self._live_job(paths) is not None:
+        job = None if self._infra.cluster is None else self._recorded_job(paths)
+        if job is None:
+            return "not submitted"
+        if self._is_alive(job):
             return "running"
-        return "not submitted"
+        # ended: its outcome may have landed since the checks above; without one, it died
+        if os.path.exists(paths.result_pkl) or os.path.exists(paths.result_npy):
+            return "completed"
+        return "failed"
 
     def job(self) -> tp.Any:
         """The submitit job computing this task (submitted now if needed, not waited for).

@@ -287,3 +287,24 @@ def test_different_configs_give_different_uids(a: Gen, b: Gen) -> None:
     assume(a != b)
     assert a.process.uid() != b.process.uid()
     assert a.process.config() != b.process.config()
+
+
+def test_exclude_from_cache_uid_names_must_be_fields() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Typo:
+        seed: int = 0
+        model: Model = Model()
+        infra: xl.TaskInfra = xl.TaskInfra()
+
+        @infra.apply(exclude_from_cache_uid=("sede",))
+        def process(self) -> int:
+            return self.seed
+
+        @infra.apply(exclude_from_cache_uid=("model.encoder.nmae",))
+        def nested(self) -> int:
+            return self.seed
+
+    with pytest.raises(xl.ConfigError, match=r"'sede'.*\['infra', 'model', 'seed'\]"):
+        Typo().process.uid()
+    with pytest.raises(xl.ConfigError, match=r"model\.encoder has no field 'nmae'"):
+        Typo().nested()
