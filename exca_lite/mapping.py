@@ -381,12 +381,17 @@ class BoundMap(tp.Generic[Own, X, R]):
                 for k in pending:
                     job = jobs[k]
                     if executor.cluster == "debug" or not is_alive(job):
-                        try:
-                            with closing_debug_log_handlers(job):
-                                job.result()
-                        except Exception as e:
-                            text = str(e) if isinstance(e, JobError) else job_failure_text(job)
-                            errors.append(f"job {job.job_id} ({len(args[k][3])} items): {text}")
+                        where = f"job {job.job_id} ({len(args[k][3])} items)"
+                        if executor.cluster != "debug" and not job.paths.result_pickle.exists():
+                            # ended without a result file (cancelled, killed, timed out):
+                            # job.result() would wait 15 s for one, then say less than this
+                            errors.append(f"{where}: {job_failure_text(job)}")
+                        else:
+                            try:
+                                with closing_debug_log_handlers(job):
+                                    job.result()
+                            except Exception as e:  # the job's error, with its traceback
+                                errors.append(f"{where}: {e}")
                         bar.update(1)
                     else:
                         still.append(k)
