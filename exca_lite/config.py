@@ -179,9 +179,12 @@ def _build(cls: type, data: tp.Mapping[str, tp.Any], path: str) -> tp.Any:
     """
     hints = _type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
+    derived = {f.name for f in dataclasses.fields(cls) if not f.init}
     kwargs: dict[str, tp.Any] = {}
     for key, value in data.items():
         where = _join(path, str(key))
+        if key in derived:  # init=False: computed by the class (to_dict writes it for humans)
+            continue
         if key not in names:
             raise ValidationError(
                 f"unknown field {where!r} for {cls.__qualname__}; valid fields: {sorted(names)}"

@@ -185,6 +185,20 @@ def test_from_dict_nested_infra_as_dict_keeps_default_heritage(tmp_path: Path) -
     assert again.process.uid() == task.process.uid()
 
 
+def test_from_dict_skips_derived_fields() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Derived:
+        a: int = 1
+        double: int = dataclasses.field(init=False, default=0)
+
+        def __post_init__(self) -> None:
+            object.__setattr__(self, "double", 2 * self.a)
+
+    data = xl.to_dict(Derived(a=3))
+    assert data == {"a": 3, "double": 6}
+    assert xl.from_dict(Derived, data) == Derived(a=3)
+
+
 def test_from_dict_partial_nested_config() -> None:
     task = xl.from_dict(Nested, {"model": {"encoder": {"depth": 9}}, "names": ["b", "a"]})
     assert task == Nested(model=Model(encoder=Encoder(depth=9)), names=frozenset({"a", "b"}))
