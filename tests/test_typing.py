@@ -21,9 +21,6 @@ _MYPY_LINE = re.compile(r"^(?P<path>[^:]+):(?P<line>\d+): (?P<kind>error|note): 
 # an expectation: a comment after code (two spaces), as ruff format writes it
 _MARKER = re.compile(r"\S  # (?P<kind>revealed|error): (?P<value>.+?)\s*$")
 _TOP_LEVEL = re.compile(r"^(?:class|def) (?P<name>\w+)")
-# MapInfra.apply(item_uid=...) binds the method's type variables at the apply() call (to Never),
-# so ``feat.embed`` does not type-check yet: an overload like TaskInfra.apply's would fix it
-_PENDING = {"Featurizer", "map_examples"}
 
 
 def _sections() -> dict[str, list[tuple[int, str]]]:
@@ -66,20 +63,7 @@ def mypy_messages() -> dict[int, list[tuple[str, str]]]:
     return messages
 
 
-def _section_ids() -> list[object]:
-    return [
-        pytest.param(
-            name,
-            marks=[pytest.mark.xfail(reason="MapInfra.apply typing", strict=False)]
-            if name in _PENDING
-            else [],
-            id=name,
-        )
-        for name in _sections()
-    ]
-
-
-@pytest.mark.parametrize("section", _section_ids())
+@pytest.mark.parametrize("section", list(_sections()))
 def test_typed_surface(section: str, mypy_messages: dict[int, list[tuple[str, str]]]) -> None:
     problems = []
     for number, text in _sections()[section]:
@@ -106,4 +90,4 @@ def test_every_expectation_is_checked() -> None:
     markers = [_MARKER.search(line) for line in EXAMPLES.read_text().splitlines()]
     kinds = [m["kind"] for m in markers if m]
     assert kinds.count("revealed") >= 10 and kinds.count("error") >= 4
-    assert {"MyTask", "task_examples", "config_examples", "error_examples"} <= set(_sections())
+    assert {"MyTask", "task_examples", "map_examples", "config_examples"} <= set(_sections())

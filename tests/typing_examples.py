@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 import exca_lite as xl
+from exca_lite.mapping import BoundMap
 from exca_lite.task import BoundTask, TaskMethod
 
 
@@ -70,6 +71,10 @@ def map_examples(tmp_path: Path) -> None:
     tp.assert_type(feat.embed.stack(["a"]), tp.Any)
     tp.reveal_type(feat.embed.compute(["a"]))  # revealed: int
     tp.reveal_type(feat.embed.uid())  # revealed: str
+    tp.reveal_type(feat.embed.folder())  # revealed: pathlib.Path | None
+    tp.reveal_type(feat.embed.cached_uids())  # revealed: list[str]
+    tp.assert_type(feat.embed, BoundMap[Featurizer, str, npt.NDArray[np.float32]])
+    feat.embed([1, 2])  # error: list-item
 
 
 def config_examples(path: Path) -> None:
