@@ -1,0 +1,139 @@
+"""Round trips through the map store for generated values: every dtype, shape and layout of arrays,
+plain data through msgpack, everything else through pickle, each coming back with its own type."""
+
+from __future__ import annotations
+
+import itertools
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from exca_lite.encoding import is_plain
+from exca_lite.mapstore import MapStore
+
+_counter = itertools.count()
+_SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+DTYPES = st.sampled_from(
+    [
+        "<f4",
+        ">f4",
+        "<f8",
+        ">i8",
+        "<i2",
+        "u1",
+        "?",
+        "<c16",
+        ">c8",
+        "<M8[ns]",
+        ">m8[s]",
+        "<U5",
+        "S3",
+        "<f2",
+        ">u4",
+    ]
+).map(np.dtype)
+
+
+def roundtrip(folder: Path, value: tp.Any, cache_type: tp.Any = None) -> tp.Any:
+    uid = f"v{next(_counter)}"
+    with MapStore(folder).writer(cache_type) as w:
+        w.write(uid, value)
+    return MapStore(folder).load(uid)
+
+
+@st.composite
+def arrays(draw: st.DrawFn) -> np.ndarray:
+    dtype = draw(DTYPES)
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5))
+    arr = draw(hnp.arrays(dtype, shape))
+    layout = draw(st.sampled_from(["c", "transposed", "strided"]))
+    if layout == "transposed" and arr.ndim > 1:
+        arr = arr.T
+    elif layout == "strided" and arr.ndim >= 1:
+        arr = arr[::2]
+    return arr
+
+
+@pytest.mark.timeout(60)
+@_SETTINGS
+@given(arr=arrays())
+def test_arrays_round_trip(tmp_path: Path, arr: np.ndarray) -> None:
+    got = roundtrip(tmp_path, arr)
+    assert type(got) is np.ndarray
+    assert got.dtype == arr.dtype and got.shape == arr.shape
+    assert not got.flags.writeable
+    assert got.tobytes() == np.ascontiguousarray(arr).tobytes()  # bitwise: NaN and NaT included
+
+
+plain = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=10)
+    | st.binary(max_size=10),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@pytest.mark.timeout(60)
+@_SETTINGS
+@given(value=plain)
+def test_plain_data_round_trips_through_msgpack(tmp_path: Path, value: tp.Any) -> None:
+    assert is_plain(value)
+    got = roundtrip(tmp_path, value, "msgpack")
+    assert got == value and type(got) is type(value)
+    assert roundtrip(tmp_path, value) == value
+
+
+others = st.one_of(
+    st.tuples(st.integers(), st.text(max_size=4)),
+    st.floats(width=32).map(np.float32),
+    st.integers(min_value=-(2**31), max_value=2**31 - 1).map(np.int32),
+    st.frozensets(st.integers(), max_size=4),
+    st.dictionaries(st.text(max_size=4), hnp.arrays(np.float32, 3), min_size=1, max_size=3),
+    st.integers(min_value=2**64),
+    st.dictionaries(st.integers(), st.integers(), min_size=1, max_size=3),
+)
+
+
+@pytest.mark.timeout(60)
+@_SETTINGS
+@given(value=others)
+def test_other_values_round_trip_through_pickle_with_their_type(
+    tmp_path: Path, value: tp.Any
+) -> None:
+    assert not is_plain(value)
+    got = roundtrip(tmp_path, value)
+    assert type(got) is type(value)
+    if isinstance(value, dict) and value and isinstance(next(iter(value.values())), np.ndarray):
+        assert value.keys() == got.keys()
+        for key in value:
+            np.testing.assert_array_equal(got[key], value[key])
+    elif isinstance(value, float) and value != value:
+        assert got != got
+    else:
+        assert got == value
+
+
+@pytest.mark.timeout(60)
+def test_is_plain_is_exact() -> None:
+    assert is_plain({"a": [1, 2.0, None, "x", b"y", True]})
+    for value in [(1,), np.float64(1.0), {1: 2}, [1, (2,)], 1 << 64, bytearray(b"x")]:
+        assert not is_plain(value), value
+
+    class Sub(str):
+        pass
+
+    assert not is_plain(Sub("x"))
