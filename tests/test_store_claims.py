@@ -27,8 +27,17 @@ def start_claimer(
     folder: Path, first: int, last: int, side: Path, work_s: float, go: Path | str = "-"
 ) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, WORKER, "claim", str(folder), str(first), str(last), str(side)]
-        + [str(work_s), str(go)],
+        [
+            sys.executable,
+            WORKER,
+            "claim",
+            str(folder),
+            str(first),
+            str(last),
+            str(side),
+            str(work_s),
+            str(go),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

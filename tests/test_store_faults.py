@@ -36,8 +36,16 @@ def kill_one_writer(folder: Path, start: int, stop: int, rng: random.Random) -> 
     flush_every = rng.choice([1, 3, 17, 200])
     sleep_s = rng.choice([0.0, 0.0, 0.0005])
     proc = subprocess.Popen(
-        [sys.executable, WORKER, "write", str(folder), str(start), str(stop)]
-        + [str(flush_every), str(sleep_s)],
+        [
+            sys.executable,
+            WORKER,
+            "write",
+            str(folder),
+            str(start),
+            str(stop),
+            str(flush_every),
+            str(sleep_s),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
