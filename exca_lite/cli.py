@@ -145,9 +145,11 @@ def _compact(args: argparse.Namespace) -> int:
         return EXIT_OK
     # the store copies items' bytes as they are: compacting a damaged cache would carry the damage
     # into a file whose checksums then agree with it, so damage is refused here, not laundered
-    _progress(f"checking {summary.items:,} item(s), {human_bytes(summary.bytes)} in {path}")
-    with _heartbeat("verify"):
-        problems = catalog.verify(path)
+    problems: list[str] = []
+    if not args.no_verify:
+        _progress(f"checking {summary.items:,} item(s), {human_bytes(summary.bytes)} in {path}")
+        with _heartbeat("verify"):
+            problems = catalog.verify(path)
     if problems:
         for problem in problems:
             print(f"damaged: {problem}")
@@ -313,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
         "The cache is verified first: a damaged cache is not compacted (exit 1).",
     )
     compact.add_argument("cache_dir", type=Path, metavar="CACHE_DIR", help="one cache folder")
+    compact.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the integrity check (one read of every byte; damaged bytes are then copied)",
+    )
     compact.set_defaults(run=_compact)
 
     clear = add(
