@@ -91,8 +91,10 @@ def is_alive(job: tp.Any) -> bool:
         process = getattr(job, "_process", None)
         if process is not None:
             return bool(process.poll() is None)
-        # record from another process: the job id is the pid of its controller process
-        return pid_is_alive(int(str(job.job_id).split("_")[0]))
+        # record from another process: the job id is the pid of its controller process, which
+        # must still be a submitit process (a pid reused by anything else would be waited forever)
+        pid = int(str(job.job_id).split("_")[0])
+        return pid_is_alive(pid) and _runs_submitit(pid)
     try:
         return not job.done(force_check=False)
     except Exception:  # the scheduler cannot tell (job too old for sacct): treat as gone
@@ -114,6 +116,16 @@ def pid_is_alive(pid: int) -> bool:
         return True
     state = stat.rsplit(b")", 1)[-1].split()[0:1]
     return state not in ([b"Z"], [b"X"])
+
+
+def _runs_submitit(pid: int) -> bool:
+    """Whether a live pid is a submitit local job controller (True where /proc cannot tell)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return True
+    return b"submitit" in cmdline
 
 
 def job_failure_text(job: tp.Any) -> str:

@@ -526,3 +526,32 @@ def test_cache_hits_never_resubmit(tmp_path: Path) -> None:
         assert task.process() == out
         assert Task(param=18, infra=task.infra).process() == out
     assert (folder / "job.pkl").read_bytes() == job_record
+
+
+def test_job_record_of_a_reused_pid_is_not_waited_for(tmp_path: Path) -> None:
+    """A job.pkl naming a pid now used by an unrelated live process: that job is gone (a failure
+    without an outcome), not a job to wait for until the stranger exits."""
+    import submitit
+
+    counter = tmp_path / "counter"
+    infra = xl.TaskInfra(folder=tmp_path, cluster="local")
+    task = Task(param=19, counter=str(counter), infra=infra)
+    folder = task.process.folder()
+    assert folder is not None
+    folder.mkdir(parents=True)
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as stranger:
+        try:
+            record = submitit.LocalJob(folder=tmp_path / "old_logs", job_id=str(stranger.pid))
+            (folder / "job.pkl").write_bytes(pickle.dumps(record))
+            del record
+            assert task.process.status() == "failed"
+            with pytest.raises(xl.JobError, match="ended without writing a result"):
+                task.process()
+            retried = Task(
+                param=19, counter=str(counter), infra=dataclasses.replace(infra, mode="retry")
+            )
+            assert isinstance(retried.process(), float)
+            assert count(counter) == 1
+            assert stranger.poll() is None  # still running: nothing waited for it
+        finally:
+            stranger.kill()
