@@ -36,7 +36,7 @@ class Sizes:
     micro_number: int  # calls per sample for sub-µs figures
     map_items: int  # map_fill / map_hit_iter / map_hit_stack
     map_dim: int
-    joblib_items: int  # joblib is ~100x slower per item: fewer items, same per-item figure
+    slow_items: int  # joblib and npy files are ~100x slower per item: fewer items, same figure
     open_items: tuple[int, ...]  # map_open sizes
     exca_open_max: int  # exca is only opened up to this size
     one_new_cache: int  # map_one_new cache size
@@ -56,7 +56,7 @@ class Sizes:
                 micro_number=20_000,
                 map_items=5_000,
                 map_dim=256,
-                joblib_items=500,
+                slow_items=500,
                 open_items=(5_000,),
                 exca_open_max=5_000,
                 one_new_cache=2_000,
@@ -73,14 +73,14 @@ class Sizes:
             micro_number=200_000,
             map_items=100_000,
             map_dim=256,
-            joblib_items=10_000,
+            slow_items=5_000,
             open_items=(20_000, 1_000_000),
             exca_open_max=20_000,
             one_new_cache=20_000,
             bandwidth_bytes=2 << 30,
             bandwidth_item_bytes=1 << 20,
             parallel_items=200,
-            parallel_work=100_000,
+            parallel_work=200_000,
             submitit_repeat=5,
         )
 
@@ -99,6 +99,7 @@ class Scenario:
     target: str = ""
     status: tp.Literal["ok", "skipped", "failed"] = "ok"
     seconds: float = 0.0  # wall time spent on the scenario
+    load_avg: tuple[float, float] = (0.0, 0.0)  # 1-min load average before / after: noise check
 
     def add(self, name: str, samples: tp.Sequence[float], scale: float = 1.0) -> float:
         """Record samples (in seconds, or any base unit) and return their median times ``scale``."""
@@ -148,6 +149,7 @@ class Scenario:
             "target": self.target,
             "status": self.status,
             "seconds": round(self.seconds, 2),
+            "load_avg_before_after": self.load_avg,
             "samples": self.samples,
         }
 

@@ -70,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         bench_map.cleanup()
     elapsed = time.perf_counter() - started
     write_results(args.out, results, sizes, elapsed, merge=bool(args.only))
+    loads = [load for r in results if r.status == "ok" for load in r.load_avg]
+    cores = os.cpu_count() or 1
+    if loads and max(loads) > cores:
+        print(
+            f"# note: load average reached {max(loads):.1f} on {cores} cores during the run "
+            "(other processes): absolute figures are inflated, ratios less so"
+        )
     print(f"# {len(results)} scenarios in {elapsed:.0f} s -> {args.out}")
     return 1 if failed else 0
 
@@ -91,7 +98,7 @@ def _run_all(
             results.append(scenario)
             print(scenario.line(), flush=True)
             continue
-        t0 = time.perf_counter()
+        t0, load0 = time.perf_counter(), os.getloadavg()[0]
         try:
             with tempdir(name) as tmp:
                 scenario = scenarios[name](sizes, tmp)
@@ -100,6 +107,7 @@ def _run_all(
             traceback.print_exc()
             scenario = Scenario(name, "", status="failed", notes=[f"{type(e).__name__}: {e}"])
         scenario.seconds = time.perf_counter() - t0
+        scenario.load_avg = (round(load0, 2), round(os.getloadavg()[0], 2))
         results.append(scenario)
         print(scenario.line(), flush=True)
     return failed
