@@ -70,8 +70,10 @@ def test_folder_layout_of_a_local_job(tmp_path: Path) -> None:
     assert json.loads((folder / "uid.json").read_text()) == task.process.config() == {"param": 5}
     with open(folder / "result.pkl", "rb") as f:
         assert pickle.load(f) == out
-    assert (folder / "logs").is_symlink() and (folder / "logs").resolve().is_dir()
-    assert any((folder / "logs").resolve().iterdir())  # the job's log files
+    logs = (folder / "logs").resolve()
+    assert (folder / "logs").is_symlink() and logs.is_dir()
+    assert logs.parent.parent == (tmp_path / "logs").resolve()  # {folder}/logs/{user}/%j
+    assert any(p.name.endswith("_log.out") for p in logs.iterdir())  # the job's log files
 
 
 def test_cluster_none_writes_no_job_files(tmp_path: Path) -> None:
