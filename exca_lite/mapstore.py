@@ -71,10 +71,11 @@ class _StaleError(Exception):
 class _Pair:
     """What a reader knows about one shard/index pair."""
 
-    __slots__ = ("bad", "file_id", "ino", "name", "number", "pos", "warned")
+    __slots__ = ("bad", "file_id", "index_path", "ino", "name", "number", "pos", "warned")
 
-    def __init__(self, name: sh.DataName, number: int) -> None:
+    def __init__(self, name: sh.DataName, number: int, index_path: str) -> None:
         self.name = name
+        self.index_path = index_path
         self.number = number
         self.pos = 0
         self.ino = 0
@@ -98,8 +99,8 @@ class _Index:
         self.table = np.zeros((1024, _COLS), dtype=np.int64)
         self.count = 0
 
-    def add_pair(self, name: sh.DataName) -> _Pair:
-        pair = _Pair(name, len(self.pairs))
+    def add_pair(self, name: sh.DataName, index_path: str) -> _Pair:
+        pair = _Pair(name, len(self.pairs), index_path)
         self.pairs.append(pair)
         self.by_stem[name.stem] = pair
         self.maps.append(None)
@@ -173,15 +174,15 @@ class MapStore:
                 if name.slot is None and name.gen != cgen:
                     continue  # an older compacted pair, retired by the newest one
                 # read it at once: the compacted pair's first record names the pairs it retired
-                self._read_new(ix, ix.add_pair(name))
+                self._read_new(ix, ix.add_pair(name, str(self.paths.index(name.stem))))
             ix.listing = names
         for pair in ix.pairs:
             self._read_new(ix, pair)
 
     def _read_new(self, ix: _Index, pair: _Pair) -> None:
-        path = self.paths.index(pair.name.stem)
+        path = pair.index_path
         try:
-            stat = os.stat(path)
+            stat = os.stat(path)  # the only system call when nothing changed
         except FileNotFoundError:
             raise _StaleError from None
         if pair.ino and stat.st_ino != pair.ino:
@@ -191,11 +192,18 @@ class MapStore:
         if stat.st_size < pair.pos:
             raise _StaleError
         try:
-            with open(path, "rb") as f:
-                f.seek(pair.pos)
-                data = f.read(stat.st_size - pair.pos)
+            fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             raise _StaleError from None
+        try:
+            if pair.pos and pair.file_id != sh.parse_header(
+                os.pread(fd, sh.INDEX_HEADER_BYTES, 0), sh.INDEX_MAGIC
+            ):
+                # removed and re-created under the same name (clear) on a reused inode
+                raise _StaleError
+            data = sh.pread_all(fd, stat.st_size - pair.pos, pair.pos)
+        finally:
+            os.close(fd)
         base = pair.pos
         if pair.pos == 0:
             file_id = sh.parse_header(data, sh.INDEX_MAGIC)

@@ -210,6 +210,22 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
         offset += written
 
 
+def pread_all(fd: int, size: int, offset: int) -> bytes:
+    """``os.pread`` until ``size`` bytes are read at ``offset`` (one call reads at most ~2 GiB)."""
+    data = os.pread(fd, size, offset)
+    if len(data) == size:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < size:
+        part = os.pread(fd, size - got, offset + got)
+        if not part:
+            break  # the file is shorter than its size said: read what is there
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
 def frame(payload: bytes) -> bytes:
     """One self-checking index record around ``payload``."""
     return RECORD_HEADER.pack(RECORD_MAGIC, len(payload), zlib.crc32(payload)) + payload
@@ -305,6 +321,7 @@ __all__ = [
     "new_file_id",
     "pairs_from_listing",
     "parse_header",
+    "pread_all",
     "pwrite_all",
     "read_index_file_id",
     "read_shard_file_id",
