@@ -90,7 +90,8 @@ class JobFeaturizer:
     """A map whose workers record ``item where pid`` per computed item.
 
     It raises on ``fail_item`` while ``fail_flag`` exists; ``gate`` (if set) must exist before any
-    item is computed. Outputs depend on the item only, so every cluster gives the same arrays.
+    item is computed, and each worker first writes its pid into ``{started}/{where}`` (if set).
+    Outputs depend on the item only, so every cluster gives the same arrays.
     """
 
     dim: int = 3
@@ -98,15 +99,18 @@ class JobFeaturizer:
     fail_item: str = ""
     fail_flag: str = ""
     gate: str = ""
+    started: str = ""
     delay_s: float = 0.0
     infra: xl.MapInfra = xl.MapInfra(version="1")
 
     @infra.apply(
         item_uid=str,
-        exclude_from_cache_uid=("counter", "fail_item", "fail_flag", "gate", "delay_s"),
+        exclude_from_cache_uid=("counter", "fail_item", "fail_flag", "gate", "started", "delay_s"),
     )
     def embed(self, items: tp.Sequence[str]) -> tp.Iterator[np.ndarray[tp.Any, tp.Any]]:
         here = f"{where()} {os.getpid()}"
+        if self.started:
+            record_lines(os.path.join(self.started, where()), [str(os.getpid())])
         wait_for(self.gate)
         for item in items:
             if item == self.fail_item and self.fail_flag and os.path.exists(self.fail_flag):

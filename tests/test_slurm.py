@@ -28,6 +28,7 @@ import pytest
 from slurm_defs import Gated, JobFeaturizer, read_records
 
 import exca_lite as xl
+from exca_lite.execution import pid_is_alive
 
 pytestmark = [pytest.mark.slurm]
 
@@ -208,6 +209,7 @@ def test_second_process_reattaches_to_running_job(tmp_path: Path) -> None:
         f"""
         import json
         import exca_lite as xl
+from exca_lite.execution import pid_is_alive
         from slurm_defs import Gated
         task = Gated(param=5, gate={str(gate)!r}, counter={str(counter)!r},
                      infra=xl.TaskInfra(folder={str(cache)!r}, cluster="slurm"))
@@ -266,20 +268,39 @@ def test_failure_carries_traceback_is_cached_and_retried(tmp_path: Path) -> None
 
 
 @pytest.mark.timeout(90)
-def test_cancelled_job_is_reported_failed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("caller", ["waiting", "later"])
+def test_cancelled_job_is_reported_failed(tmp_path: Path, caller: str) -> None:
+    """``scancel`` while a caller waits for the job, or before anyone asks for the result."""
     gate, counter, cache = tmp_path / "gate", tmp_path / "counter", tmp_path / "cache"
-    task = Gated(param=11, gate=str(gate), counter=str(counter), infra=task_infra(cache))
-    job = task.process.job()
-    wait_until(lambda: read_records(counter), 30, "the job to start")
-    run("scancel", job.job_id)
-    start = time.monotonic()
-    with pytest.raises(xl.JobError) as info:
-        task.process()
-    elapsed = time.monotonic() - start
-    assert "CANCELLED" in str(info.value)
-    assert job.job_id in str(info.value)
+    param = {"waiting": 11, "later": 12}[caller]
+    task = Gated(param=param, gate=str(gate), counter=str(counter), infra=task_infra(cache))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        job = task.process.job()
+        wait_until(lambda: read_records(counter), 30, "the job to start")
+        waiter = pool.submit(task.process) if caller == "waiting" else None
+        run("scancel", job.job_id)
+        start = time.monotonic()
+        with pytest.raises(xl.JobError) as info:
+            task.process() if waiter is None else waiter.result(timeout=60)
+        elapsed = time.monotonic() - start
+    message = str(info.value)
+    assert "CANCELLED" in message and job.job_id in message
     assert elapsed < 10, f"a cancelled job took {elapsed:.1f} s to be reported"
     assert task.process.status() == "failed"
+    # cached like any failure: a fresh object re-raises it; "retry" resubmits
+    again = Gated(param=param, gate=str(gate), counter=str(counter), infra=task_infra(cache))
+    with pytest.raises(xl.JobError, match="CANCELLED"):
+        again.process()
+    assert len(read_records(counter)) == 1
+    # the cancelled job's process outlives its CANCELLED state by seconds (submitit ignores
+    # SIGTERM; srun waits for the step before killing it): open the gate only once it is gone
+    pid = int(read_records(counter)[0][1])
+    wait_until(lambda: not pid_is_alive(pid), 60, "the cancelled job's process to end")
+    gate.touch()
+    retry = Gated(
+        param=param, gate=str(gate), counter=str(counter), infra=task_infra(cache, mode="retry")
+    )
+    assert retry.process()["job"] == read_records(counter)[1][0] != job.job_id
 
 
 @pytest.mark.timeout(90)
@@ -435,36 +456,45 @@ def test_map_array_with_failing_task(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_map_array_with_cancelled_task(tmp_path: Path) -> None:
-    counter, gate = tmp_path / "counter", tmp_path / "gate"
-    name = unique_name("xl-cancel")
+    counter, gate, started = tmp_path / "counter", tmp_path / "gate", tmp_path / "started"
+    started.mkdir()
     items = ITEMS[:4]
     feat = JobFeaturizer(
         counter=str(counter),
         gate=str(gate),
-        infra=map_infra(tmp_path / "cache", max_jobs=2, job_name=name),
+        started=str(started),
+        infra=map_infra(tmp_path / "cache", max_jobs=2),
     )
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         future = pool.submit(feat.embed.compute, items)
-
-        def running_tasks() -> list[str]:
-            out = run("squeue", "-h", "-n", name, "-o", "%i %T").split("\n")
-            ids = [line.split()[0] for line in out if line.endswith(" RUNNING")]
-            return ids if len(ids) == 2 else []
-
-        task_ids = sorted(wait_until(running_tasks, 30, "both array tasks to run"))
-        run("scancel", task_ids[1])
-        start = time.monotonic()
+        pids = wait_until(
+            lambda: (
+                {p.name: int(p.read_text()) for p in started.iterdir() if p.read_text()}
+                if len(os.listdir(started)) == 2
+                else None
+            ),
+            30,
+            "both array tasks to run",
+        )
+        first, second = sorted(pids, key=lambda w: int(w.split("_")[1]))
+        run("scancel", second)
+        # the cancelled task's process outlives its CANCELLED state by seconds (submitit ignores
+        # SIGTERM): let it end before the gate opens, else it would compute its items after all
+        wait_until(lambda: not pid_is_alive(pids[second]), 60, "the cancelled task to end")
         gate.touch()
+        start = time.monotonic()
         with pytest.raises(xl.JobError) as info:
             future.result(timeout=60)
         elapsed = time.monotonic() - start
     message = str(info.value)
-    assert task_ids[1] in message and "CANCELLED" in message
+    assert f"job {second} " in message and "CANCELLED" in message
+    assert f"job {first} " not in message and "1 of 2 jobs failed" in message
     assert elapsed < 10, f"a cancelled array task took {elapsed:.1f} s to be reported"
-    assert sorted(feat.embed.cached_uids()) == sorted(items[:2])
-    # the rerun computes the cancelled task's items only
+    assert sorted(feat.embed.cached_uids()) == sorted(items[:2])  # the other task's items
+    # the rerun computes what is missing only
     assert feat.embed.compute(items) == 2
-    assert sorted(tasks_by_item(counter)) == sorted(items)
+    assert sorted(feat.embed.cached_uids()) == sorted(items)
+    assert {item: len(w) for item, w in tasks_by_item(counter).items()} == {i: 1 for i in items}
 
 
 @pytest.mark.timeout(120)
@@ -473,6 +503,7 @@ def test_two_processes_same_map_compute_each_item_once(tmp_path: Path) -> None:
     items = ITEMS[:8]
     script = f"""
         import exca_lite as xl
+from exca_lite.execution import pid_is_alive
         from slurm_defs import JobFeaturizer
         feat = JobFeaturizer(counter={str(counter)!r}, delay_s=0.2,
                              infra=xl.MapInfra(folder={str(cache)!r}, cluster="slurm", max_jobs=2))
