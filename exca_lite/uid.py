@@ -26,6 +26,7 @@ _encode = msgspec.json.Encoder(order="sorted").encode
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
 READABLE_MAX_CHARS = 64
 HASH_HEX_CHARS = 8
+CLASS_KEY = "__class__"
 
 
 def _canon(value: tp.Any, path: str) -> tp.Any:
@@ -87,7 +88,8 @@ def uid_config(obj: tp.Any, exclude: tp.Iterable[str] = (), path: str = "") -> d
             continue
         where = f"{path}.{name}" if path else name
         sub_excluded = [e[len(name) + 1 :] for e in excluded if e.startswith(name + ".")]
-        if sub_excluded and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        is_config = dataclasses.is_dataclass(value) and not isinstance(value, type)
+        if sub_excluded and is_config:
             sub = uid_config(value, sub_excluded, where)
             # differing from the default only in excluded fields is not differing
             if type(default) is type(value) and sub == uid_config(default, sub_excluded, where):
@@ -95,6 +97,11 @@ def uid_config(obj: tp.Any, exclude: tp.Iterable[str] = (), path: str = "") -> d
             out[name] = sub
         else:
             out[name] = _canon(value, where)
+        if is_config and type(value) is not type(default):
+            # another config class than the default's (a polymorphic field, or one defaulting to
+            # None): two classes with the same non-default fields must not share a uid. The
+            # qualname, not the module, so that moving a class keeps its caches.
+            out[name] = {CLASS_KEY: type(value).__qualname__, **out[name]}
     return out
 
 

@@ -308,3 +308,44 @@ def test_exclude_from_cache_uid_names_must_be_fields() -> None:
         Typo().process.uid()
     with pytest.raises(xl.ConfigError, match=r"model\.encoder has no field 'nmae'"):
         Typo().nested()
+
+
+@dataclasses.dataclass(frozen=True)
+class AdamW:
+    lr: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class Sgd:
+    lr: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    optimizer: AdamW | Sgd = AdamW()
+    schedule: AdamW | Sgd | None = None
+    infra: xl.TaskInfra = xl.TaskInfra()
+
+    @infra.apply
+    def process(self) -> str:
+        return type(self.optimizer).__name__
+
+
+def test_polymorphic_fields_name_the_class() -> None:
+    """Two config classes with the same fields are different computations: different uids."""
+    adam = Training(optimizer=AdamW(lr=0.5)).process
+    sgd = Training(optimizer=Sgd(lr=0.5)).process
+    assert adam.config() == {"optimizer": {"lr": 0.5}}  # the default's class: no tag
+    assert sgd.config() == {"optimizer": {"__class__": "Sgd", "lr": 0.5}}
+    assert adam.uid() != sgd.uid()
+    assert Training(optimizer=Sgd()).process.uid() != Training().process.uid()
+    assert "optimizer.__class__=Sgd" in Training(optimizer=Sgd()).process.uid()
+    # replacing a None default
+    assert Training(schedule=AdamW()).process.uid() != Training(schedule=Sgd()).process.uid()
+    assert Training(schedule=AdamW()).process.uid() != Training().process.uid()
+
+
+def test_polymorphic_fields_do_not_share_a_cache(tmp_path: Path) -> None:
+    infra = xl.TaskInfra(folder=tmp_path, keep_in_ram=False)
+    assert Training(optimizer=Sgd(lr=0.5), infra=infra).process() == "Sgd"
+    assert Training(optimizer=AdamW(lr=0.5), infra=infra).process() == "AdamW"
