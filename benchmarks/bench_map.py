@@ -8,6 +8,7 @@ read scenarios (``_filled``), each library's in its own folder.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 import typing as tp
@@ -53,9 +54,9 @@ def _featurizer(folder: Path, dim: int, **infra: tp.Any) -> tp.Any:
 
 
 def _exca_featurizer(folder: Path, dim: int, **infra: tp.Any) -> tp.Any:
-    from benchmarks.exca_configs import ExcaFeaturizer
+    from benchmarks.exca_configs import ExcaFeaturizer, map_infra
 
-    return ExcaFeaturizer(dim=dim, infra={"folder": folder, **infra})
+    return ExcaFeaturizer(dim=dim, infra=map_infra(folder=folder, **infra))
 
 
 def _fill(lib: str, folder: Path, n: int, dim: int) -> float:
@@ -280,46 +281,55 @@ def bench_map_one_new(sizes: Sizes, tmp: Path) -> Scenario:
 
 
 def _bandwidth_round(lib: str, tmp: Path, n_items: int, item_bytes: int) -> tuple[float, float]:
-    """Seconds to write then read ``n_items`` blocks of ``item_bytes`` with ``lib``."""
+    """Seconds to write then read ``n_items`` blocks of ``item_bytes`` with ``lib``.
+
+    ``os.sync()`` (untimed) before each phase: a read right after a write otherwise races the
+    kernel's writeback of the same pages, which made first reads 5-10x slower, at random.
+    """
     import exca_lite as xl
     from benchmarks.items import buffer
     from benchmarks.map_configs import Blob
 
     items = list(range(n_items))
-    total = n_items * item_bytes
-    if lib == "exca_lite":
-        writer = Blob(nbytes=item_bytes, infra=xl.MapInfra(folder=tmp / "lite"))
-        write_s = timed(lambda: writer.embed.compute(items))
-        reader = Blob(nbytes=item_bytes, infra=xl.MapInfra(folder=tmp / "lite"))
-        start = time.perf_counter()
-        out = reader.embed.stack(items)
-        read_s = time.perf_counter() - start
-    elif lib == "exca":
-        from benchmarks.exca_configs import ExcaBlob
-
-        ewriter = ExcaBlob(nbytes=item_bytes, infra={"folder": tmp / "exca"})
-        write_s = timed(lambda: ewriter.embed(items))
-        ereader = ExcaBlob(nbytes=item_bytes, infra={"folder": tmp / "exca"})
-        start = time.perf_counter()
-        out = np.stack(list(ereader.embed(items)))
-        read_s = time.perf_counter() - start
-    elif lib == "raw":
-        buf = buffer(item_bytes)
-        path = tmp / "raw.bin"
-
-        def write() -> None:
-            with open(path, "wb") as f:
-                for _ in items:
-                    f.write(buf)
-
-        write_s = timed(write)
-        start = time.perf_counter()
-        out = np.fromfile(path, dtype=np.float32)
-        read_s = time.perf_counter() - start
-    else:
+    lite, exca, raw = tmp / "lite", tmp / "exca", tmp / "raw.bin"
+    if lib not in ("exca_lite", "exca", "raw"):
         raise ValueError(lib)
-    if out.nbytes != total:
-        raise RuntimeError(f"{lib} read {out.nbytes} bytes, expected {total}")
+
+    def write() -> None:
+        if lib == "exca_lite":
+            Blob(nbytes=item_bytes, infra=xl.MapInfra(folder=lite)).embed.compute(items)
+        elif lib == "exca":
+            from benchmarks.exca_configs import ExcaBlob, map_infra
+
+            ExcaBlob(nbytes=item_bytes, infra=map_infra(folder=exca)).embed(items)
+        else:
+            buf = buffer(item_bytes)
+            with open(raw, "wb") as f:
+                for _ in items:
+                    f.write(buf.data)
+
+    def read() -> np.ndarray:
+        # a fresh object: the read opens a cache it did not write
+        if lib == "exca_lite":
+            out: np.ndarray = Blob(nbytes=item_bytes, infra=xl.MapInfra(folder=lite)).embed.stack(
+                items
+            )
+            return out
+        if lib == "exca":
+            from benchmarks.exca_configs import ExcaBlob, map_infra
+
+            reader = ExcaBlob(nbytes=item_bytes, infra=map_infra(folder=exca))
+            return np.stack(list(reader.embed(items)))
+        return np.fromfile(raw, dtype=np.float32)
+
+    os.sync()
+    write_s = timed(write)
+    os.sync()
+    start = time.perf_counter()
+    out = read()
+    read_s = time.perf_counter() - start
+    if out.nbytes != n_items * item_bytes:
+        raise RuntimeError(f"{lib} read {out.nbytes} bytes, expected {n_items * item_bytes}")
     return write_s, read_s
 
 
@@ -356,7 +366,7 @@ def _bandwidth_scenario(sizes: Sizes, tmp: Path, direction: str) -> Scenario:
         target=">= 80% of raw (ratio <= 1.25)",
         notes=[
             f"{sizes.bandwidth_bytes >> 20} MiB in {sizes.bandwidth_item_bytes >> 20} MiB items, "
-            f"{how}; page cache not dropped (reads come from RAM); ratio = peer/exca_lite"
+            f"{how}; os.sync() before each phase, page cache not dropped (reads come from RAM)"
         ],
     )
     for lib in ("exca_lite", "raw", "exca"):
@@ -375,7 +385,7 @@ def bench_map_bandwidth_read(sizes: Sizes, tmp: Path) -> Scenario:
 
 def bench_map_parallel(sizes: Sizes, tmp: Path) -> Scenario:
     import exca_lite as xl
-    from benchmarks.exca_configs import ExcaBurner
+    from benchmarks.exca_configs import ExcaBurner, map_infra
     from benchmarks.map_configs import Burner
 
     n, work = sizes.parallel_items, sizes.parallel_work
@@ -400,10 +410,10 @@ def bench_map_parallel(sizes: Sizes, tmp: Path) -> Scenario:
         samples["serial"].append(timed(lambda: serial.embed.compute(items)))  # noqa: B023
         epool = ExcaBurner(
             work=work,
-            infra={"folder": tmp / f"epool{r}", "cluster": "processpool", "max_jobs": 2},
+            infra=map_infra(folder=tmp / f"epool{r}", cluster="processpool", max_jobs=2),
         )
         samples["exca"].append(timed(lambda: epool.embed(items)))  # noqa: B023
-        eserial = ExcaBurner(work=work, infra={"folder": tmp / f"eserial{r}"})
+        eserial = ExcaBurner(work=work, infra=map_infra(folder=tmp / f"eserial{r}"))
         samples["exca_serial"].append(timed(lambda: eserial.embed(items)))  # noqa: B023
     for name, values in samples.items():
         scenario.add(name, values)

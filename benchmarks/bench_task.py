@@ -51,7 +51,7 @@ def bench_import(sizes: Sizes, tmp: Path) -> Scenario:
 
 def bench_uid(sizes: Sizes, tmp: Path) -> Scenario:
     import exca_lite as xl
-    from benchmarks.exca_configs import ExcaExperiment
+    from benchmarks.exca_configs import ExcaExperiment, task_infra
 
     scenario = Scenario(
         "uid",
@@ -77,7 +77,7 @@ def bench_uid(sizes: Sizes, tmp: Path) -> Scenario:
 
         start = time.perf_counter()
         eobjs = [
-            ExcaExperiment(**experiment_kwargs(seed), infra={"folder": tmp / "uid"})
+            ExcaExperiment(**experiment_kwargs(seed), infra=task_infra(folder=tmp / "uid"))
             for seed in seeds
         ]
         exca_build.append((time.perf_counter() - start) / count)
@@ -103,7 +103,7 @@ def _loop(fn: tp.Callable[[], object], number: int) -> float:
 def bench_task_hit_ram(sizes: Sizes, tmp: Path) -> Scenario:
     import exca_lite as xl
     from benchmarks.common import gc_paused
-    from benchmarks.exca_configs import ExcaExperiment
+    from benchmarks.exca_configs import ExcaExperiment, task_infra
 
     scenario = Scenario(
         "task_hit_ram",
@@ -114,7 +114,7 @@ def bench_task_hit_ram(sizes: Sizes, tmp: Path) -> Scenario:
     seed = next(_seeds)
     obj = make_experiment(seed, xl.TaskInfra(folder=tmp / "lite", keep_in_ram=True))
     eobj = ExcaExperiment(
-        **experiment_kwargs(seed), infra={"folder": tmp / "exca", "keep_in_ram": True}
+        **experiment_kwargs(seed), infra=task_infra(folder=tmp / "exca", keep_in_ram=True)
     )
     if obj.process() != eobj.process():
         raise RuntimeError("exca_lite and exca disagree on the task result")
@@ -141,7 +141,7 @@ def bench_task_hit_disk(sizes: Sizes, tmp: Path) -> Scenario:
     import joblib
 
     import exca_lite as xl
-    from benchmarks.exca_configs import ExcaExperiment
+    from benchmarks.exca_configs import ExcaExperiment, task_infra
 
     scenario = Scenario(
         "task_hit_disk",
@@ -152,7 +152,7 @@ def bench_task_hit_disk(sizes: Sizes, tmp: Path) -> Scenario:
     seed = next(_seeds)
     obj = make_experiment(seed, xl.TaskInfra(folder=tmp / "lite", keep_in_ram=False))
     eobj = ExcaExperiment(
-        **experiment_kwargs(seed), infra={"folder": tmp / "exca", "keep_in_ram": False}
+        **experiment_kwargs(seed), infra=task_infra(folder=tmp / "exca", keep_in_ram=False)
     )
     kwargs = experiment_kwargs(seed)
     cached = joblib.Memory(tmp / "joblib", verbose=0).cache(run_experiment)
@@ -175,7 +175,7 @@ def bench_task_first_hit(sizes: Sizes, tmp: Path) -> Scenario:
     import joblib
 
     import exca_lite as xl
-    from benchmarks.exca_configs import ExcaExperiment
+    from benchmarks.exca_configs import ExcaExperiment, task_infra
 
     scenario = Scenario(
         "task_first_hit",
@@ -186,7 +186,7 @@ def bench_task_first_hit(sizes: Sizes, tmp: Path) -> Scenario:
     seed = next(_seeds)
     folders = {name: tmp / name for name in ("exca_lite", "exca", "joblib")}
     make_experiment(seed, xl.TaskInfra(folder=folders["exca_lite"])).process()
-    ExcaExperiment(**experiment_kwargs(seed), infra={"folder": folders["exca"]}).process()
+    ExcaExperiment(**experiment_kwargs(seed), infra=task_infra(folder=folders["exca"])).process()
     joblib.Memory(folders["joblib"], verbose=0).cache(run_experiment)(**experiment_kwargs(seed))
     samples: dict[str, list[float]] = {name: [] for name in folders}
     calls: dict[str, list[float]] = {name: [] for name in folders}
@@ -207,7 +207,7 @@ def bench_submitit_local(sizes: Sizes, tmp: Path) -> Scenario:
 
     import exca_lite as xl
     from benchmarks.configs import bare_job
-    from benchmarks.exca_configs import ExcaExperiment
+    from benchmarks.exca_configs import ExcaExperiment, task_infra
 
     scenario = Scenario(
         "submitit_local",
@@ -239,7 +239,7 @@ def bench_submitit_local(sizes: Sizes, tmp: Path) -> Scenario:
         bare.append(timed(lambda: bare_round_trip(None)))
         fast.append(timed(lambda: bare_round_trip(0.002)))
         eobj = ExcaExperiment(
-            **experiment_kwargs(seed), infra={"folder": tmp / "exca", "cluster": "local"}
+            **experiment_kwargs(seed), infra=task_infra(folder=tmp / "exca", cluster="local")
         )
         exca.append(timed(eobj.process))
     scenario.add("exca_lite", lite, MS)

@@ -14,7 +14,19 @@ from benchmarks.items import buffer, burn
 # exca configures its logger at import (INFO per job): keep the printed lines readable
 logging.getLogger("exca").setLevel(logging.WARNING)
 
-MEMMAP = "MemmapArray"  # exca's memmap cache_type (its default for arrays), set explicitly
+MEMMAP = "MemmapArray"
+
+
+def task_infra(**fields: tp.Any) -> exca.TaskInfra:
+    """A new exca TaskInfra (one per object, as a dict in the constructor would give)."""
+    return exca.TaskInfra(**fields)
+
+
+def map_infra(**fields: tp.Any) -> exca.MapInfra:
+    """A new exca MapInfra (one per object)."""
+    return exca.MapInfra(
+        **fields
+    )  # exca's memmap cache_type (its default for arrays), set explicitly
 
 
 class ExcaEncoder(pydantic.BaseModel):
@@ -78,4 +90,12 @@ class ExcaBurner(pydantic.BaseModel):
             yield burn(item, self.work)
 
 
-__all__ = ["ExcaBlob", "ExcaBurner", "ExcaEncoder", "ExcaExperiment", "ExcaFeaturizer"]
+__all__ = [
+    "ExcaBlob",
+    "ExcaBurner",
+    "ExcaEncoder",
+    "ExcaExperiment",
+    "ExcaFeaturizer",
+    "map_infra",
+    "task_infra",
+]

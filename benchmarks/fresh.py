@@ -26,10 +26,10 @@ def task_first_hit(lib: str, folder: str, seed: int) -> dict[str, float]:
         obj.process()
     elif lib == "exca":
         from benchmarks.configs import experiment_kwargs
-        from benchmarks.exca_configs import ExcaExperiment
+        from benchmarks.exca_configs import ExcaExperiment, task_infra
 
         start = time.perf_counter()
-        eobj = ExcaExperiment(**experiment_kwargs(seed), infra={"folder": folder})
+        eobj = ExcaExperiment(**experiment_kwargs(seed), infra=task_infra(folder=folder))
         built = time.perf_counter()
         eobj.process()
     elif lib == "joblib":
@@ -59,10 +59,10 @@ def map_hit_iter(lib: str, folder: str, n: int, dim: int) -> dict[str, float]:
         for _ in feat.embed(items):
             pass
     elif lib == "exca":
-        from benchmarks.exca_configs import ExcaFeaturizer
+        from benchmarks.exca_configs import ExcaFeaturizer, map_infra
 
         start = time.perf_counter()
-        efeat = ExcaFeaturizer(dim=dim, infra={"folder": folder})
+        efeat = ExcaFeaturizer(dim=dim, infra=map_infra(folder=folder))
         for _ in efeat.embed(items):
             pass
     elif lib == "joblib":
@@ -104,10 +104,10 @@ def map_open(lib: str, folder: str, n: int, dim: int, how: str = "compute") -> d
             if missing:
                 raise RuntimeError(f"map_open: {len(missing)} items missing")
     elif lib == "exca":
-        from benchmarks.exca_configs import ExcaFeaturizer
+        from benchmarks.exca_configs import ExcaFeaturizer, map_infra
 
         start = time.perf_counter()
-        efeat = ExcaFeaturizer(dim=dim, infra={"folder": folder})
+        efeat = ExcaFeaturizer(dim=dim, infra=map_infra(folder=folder))
         efeat.embed(items)  # finds the missing items (none), loads nothing until iterated
     else:
         raise ValueError(lib)
