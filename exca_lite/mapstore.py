@@ -623,7 +623,9 @@ class MapStore:
         name = sh.DataName.compacted(gen)
         file_id = sh.new_file_id()
         new_offsets = self._copy_items(ix, table[chosen], name, file_id)
-        retired = [p.name.stem for p in ix.pairs if p.number in sources]
+        # pairs an earlier compaction retired but could not remove (it died after publishing)
+        # are retired again, or readers of the new generation would not know to skip them
+        retired = sorted({p.name.stem for p in ix.pairs if p.number in sources} | ix.retired)
         payloads = [_payload_encoder.encode([_RETIRE, retired])]
         metas = [self._meta_repr(i) for i in range(len(self._metas))]
         with open(self.paths.shard(name.stem), "rb") as f:
