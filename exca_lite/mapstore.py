@@ -147,13 +147,16 @@ class MapStore:
     def refresh(self) -> None:
         """Read the index bytes appended since the last call, and pick up new index files."""
         with self._lock:
-            for _ in range(5):
+            for attempt in range(50):
                 try:
                     self._refresh_once()
                     return
                 except _StaleError:
+                    # files went away while reading (a compaction or clear): start over
                     self._ix = _Index(cgen=-1)
-            self._refresh_once()
+                    time.sleep(0.001 * attempt)
+        msg = f"{self.folder}: the store's files keep being replaced; could not read a stable view"
+        raise StoreError(msg)
 
     def _refresh_once(self) -> None:
         ix = self._ix
@@ -381,8 +384,13 @@ class MapStore:
         try:
             return self._stack(self._ix, item_uids)
         except _StaleError:
-            self.refresh()
+            pass
+        self.refresh()  # a compaction or clear replaced files: reload, then try once more
+        try:
             return self._stack(self._ix, item_uids)
+        except _StaleError:
+            msg = f"{self.folder}: a shard is shorter than its index says; run verify()"
+            raise StoreError(msg) from None
 
     def _stack(self, ix: _Index, item_uids: tp.Sequence[str]) -> np.ndarray:
         n = len(item_uids)
