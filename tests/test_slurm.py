@@ -209,7 +209,6 @@ def test_second_process_reattaches_to_running_job(tmp_path: Path) -> None:
         f"""
         import json
         import exca_lite as xl
-from exca_lite.execution import pid_is_alive
         from slurm_defs import Gated
         task = Gated(param=5, gate={str(gate)!r}, counter={str(counter)!r},
                      infra=xl.TaskInfra(folder={str(cache)!r}, cluster="slurm"))
@@ -221,8 +220,9 @@ from exca_lite.execution import pid_is_alive
     )
     try:
         assert child.stdout is not None
-        first = json.loads(child.stdout.readline() or "{}")
-        assert first == {"status": "running", "job_id": job.job_id}, child.stderr
+        line = child.stdout.readline()
+        assert line, f"the child process failed: {child.communicate()[1]}"
+        assert json.loads(line) == {"status": "running", "job_id": job.job_id}
         gate.touch()
         out, err = child.communicate(timeout=60)
     finally:
@@ -499,19 +499,34 @@ def test_map_array_with_cancelled_task(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_two_processes_same_map_compute_each_item_once(tmp_path: Path) -> None:
-    counter, cache = tmp_path / "counter", tmp_path / "cache"
+    """Both callers submit at once; the jobs are held at a gate until both have claimed."""
+    counter, cache, gate, started = (tmp_path / n for n in ("counter", "cache", "gate", "started"))
+    started.mkdir()
     items = ITEMS[:8]
     script = f"""
         import exca_lite as xl
-from exca_lite.execution import pid_is_alive
         from slurm_defs import JobFeaturizer
-        feat = JobFeaturizer(counter={str(counter)!r}, delay_s=0.2,
+        feat = JobFeaturizer(counter={str(counter)!r}, gate={str(gate)!r}, started={str(started)!r},
                              infra=xl.MapInfra(folder={str(cache)!r}, cluster="slurm", max_jobs=2))
+        print("ready", flush=True)
         print(feat.embed.compute({items!r}), flush=True)
         print(sorted(feat.embed.cached_uids()), flush=True)
         """
     children = [python(script), python(script)]
-    outputs = [child.communicate(timeout=100) for child in children]
+    try:
+        for child in children:
+            assert child.stdout is not None
+            assert child.stdout.readline() == "ready\n", child.communicate()[1]
+        # a claim takes milliseconds, a SLURM job seconds to start: once a worker runs, both
+        # callers have claimed what they compute
+        wait_until(lambda: os.listdir(started), 30, "a worker to start")
+        gate.touch()
+        outputs = [child.communicate(timeout=100) for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.communicate()
     for child, (_out, err) in zip(children, outputs, strict=True):
         assert child.returncode == 0, err
     computed = [int(out.splitlines()[0]) for out, _ in outputs]
@@ -519,5 +534,7 @@ from exca_lite.execution import pid_is_alive
     assert all(out.splitlines()[1] == repr(sorted(items)) for out, _ in outputs)
     by_item = tasks_by_item(counter)
     assert {item: len(w) for item, w in by_item.items()} == {i: 1 for i in items}, by_item
-    # computed by SLURM array tasks, not by the calling processes
+    # computed by SLURM array tasks (one array per caller that had items to compute)
+    arrays = {w[0].split("_")[0] for w in by_item.values()}
     assert all("_" in w[0] for w in by_item.values())
+    assert len(arrays) == sum(1 for c in computed if c)
