@@ -481,7 +481,10 @@ def run_map_chunk(
     except Exception as e:
         if progress:  # in this process: the caller gets the original exception
             raise
-        job_id = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID") or ""
+        env = os.environ
+        job_id = env.get("SLURM_JOB_ID", "")
+        if env.get("SLURM_ARRAY_JOB_ID"):  # the array task, as squeue and sacct name it
+            job_id = f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '')}"
         raise JobError(
             f"{type(e).__name__}: {e} (after {n} of {len(uids)} items, job {job_id or os.getpid()})\n"
             f"--- traceback of the job ---\n{traceback.format_exc()}"

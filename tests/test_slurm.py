@@ -435,7 +435,8 @@ def test_map_array_with_failing_task(tmp_path: Path) -> None:
     by_task = items_by_task(counter)
     (array_id,) = {w.split("_")[0] for w in by_task}
     message = str(info.value)
-    assert f"{array_id}_2" in message
+    assert f"job {array_id}_2 (2 items)" in message  # the caller names the failed task
+    assert f"after 1 of 2 items, job {array_id}_2)" in message  # so does the task itself
     assert f"deliberate failure on item {items[5]!r}" in message
     assert "1 of 4 jobs failed" in message
     assert elapsed < 15, f"the failed array took {elapsed:.1f} s to be reported"
