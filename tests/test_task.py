@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import pickle
@@ -468,11 +469,14 @@ def test_default_heritage(tmp_path: Path) -> None:
 # # # processes # # #
 
 
-def test_two_processes_compute_once(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("cluster", [None, "local"])
+def test_two_processes_compute_once(
+    cluster: str | None, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
     counter = tmp_path / "counter"
     script = (
         "import exca_lite as xl, task_defs as d\n"
-        f"infra = xl.TaskInfra(folder={str(tmp_path / 'cache')!r})\n"
+        f"infra = xl.TaskInfra(folder={str(tmp_path / 'cache')!r}, cluster={cluster!r})\n"
         f"print(repr(d.Task(param=15, counter={str(counter)!r}, sleep_s=1.0, infra=infra).process()))\n"
     )
     procs = [
@@ -490,6 +494,16 @@ def test_two_processes_compute_once(tmp_path: Path, subprocess_env: dict[str, st
         assert proc.returncode == 0, err
     results = {float(out.strip()) for out, _ in outs}
     assert len(results) == 1
+    assert count(counter) == 1
+
+
+def test_two_threads_compute_once(tmp_path: Path) -> None:
+    counter = tmp_path / "counter"
+    infra = xl.TaskInfra(folder=tmp_path, keep_in_ram=False)
+    tasks = [Task(param=20, counter=str(counter), sleep_s=0.5, infra=infra) for _ in range(2)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda t: t.process(), tasks))
+    assert results[0] == results[1]
     assert count(counter) == 1
 
 
