@@ -26,6 +26,19 @@ live_tokens: set[str] = set()
 """Claim owner tokens alive in this process (their lock is held by this process)."""
 
 
+def _forget_after_fork() -> None:
+    # a forked child holds none of its parent's locks (filelock detaches the inherited
+    # descriptors in the child): it must probe them like any other process does
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    _held_slots.clear()
+    live_tokens.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def new_lock(path: Path) -> filelock.FileLock:
     """A non-singleton, process-wide lock object: each one opens its own descriptor, so two of them
     conflict even inside one process (``thread_local=False``: a claim may be released by another

@@ -6,12 +6,14 @@ Every computation appends a line to an O_APPEND side-effect file, so the tests c
 from __future__ import annotations
 
 import collections
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import typing as tp
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +178,27 @@ def test_claim_skips_cached_items_and_releases(tmp_path: Path) -> None:
             assert second.wait_others(poll_max_s=0.02) == []
     with store.claim(["c"]) as third:
         assert third.mine == ["c"]  # the first claim was released without computing it
+
+
+def _claim_in_forked_child(folder: str, queue: tp.Any) -> None:
+    store = MapStore(folder)
+    with store.claim(["x"]) as claim:
+        queue.put((claim.mine, claim.others))
+        queue.put(claim.wait_others(poll_max_s=0.02))
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_sees_its_parents_claims_end(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    store = MapStore(tmp_path)
+    queue = ctx.Queue()
+    with store.claim(["x"]) as claim:
+        assert claim.mine == ["x"]
+        child = ctx.Process(target=_claim_in_forked_child, args=(str(tmp_path), queue))
+        child.start()
+        assert queue.get(timeout=30) == ([], ["x"])
+        time.sleep(0.1)
+    # released without computing "x": the child takes it over
+    assert queue.get(timeout=30) == ["x"]
+    child.join(timeout=30)
+    assert child.exitcode == 0
