@@ -27,6 +27,7 @@ import time
 import types
 import typing as tp
 import warnings
+import weakref
 import zlib
 from pathlib import Path
 
@@ -62,6 +63,20 @@ _COLS = 5  # index table columns: pair number, offset, nbytes, meta id, crc32
 _ZEROS = bytes(sh.ALIGN)
 _payload_decoder: msgspec.msgpack.Decoder[tp.Any] = msgspec.msgpack.Decoder()
 _payload_encoder = msgspec.msgpack.Encoder()
+
+
+_open_stores: weakref.WeakSet[MapStore] = weakref.WeakSet()
+
+
+def _reset_locks_after_fork() -> None:
+    # a thread of the parent (a writer's I/O thread ingesting its flush) may hold a store's lock
+    # at the fork; in the child that thread does not exist, so the lock would never be released
+    for store in list(_open_stores):
+        store._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_locks_after_fork)
 
 
 class _StaleError(Exception):
@@ -137,6 +152,7 @@ class MapStore:
         self._metas: list[tuple[int, np.dtype[tp.Any] | None, tuple[int, ...]]] = []
         self._meta_ids: dict[tuple[int, str | None, tuple[int, ...]], int] = {}
         self._ix = _Index(cgen=-1)
+        _open_stores.add(self)
         self.refresh()
 
     def __repr__(self) -> str:
