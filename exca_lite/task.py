@@ -36,7 +36,8 @@ if tp.TYPE_CHECKING:
 Own = tp.TypeVar("Own")
 R = tp.TypeVar("R")
 
-# results kept for the life of the process when keep_in_ram=True, keyed by uid
+# results kept for the life of the process when keep_in_ram=True, keyed by cache folder (or by uid
+# without a folder): the same config cached in two folders is two caches
 _RAM: dict[str, tp.Any] = {}
 # jobs submitted (or re-attached) by this process, keyed by uid
 _JOBS: dict[str, tp.Any] = {}
@@ -217,6 +218,7 @@ class BoundTask(tp.Generic[Own, R]):
         self._uid = method_uid(cls, method.name, self._infra.version, self._uid_config)
         folder = self._infra.folder
         self._paths = None if folder is None else TaskPaths(Path(folder) / self._uid)
+        self._ram_key = self._uid if self._paths is None else str(self._paths.folder)
         self._prepared = True
 
     @property
@@ -245,7 +247,7 @@ class BoundTask(tp.Generic[Own, R]):
         infra = self._infra
         force_now = infra.mode == "force" and not self._forced
         if infra.keep_in_ram and not force_now:
-            result = _RAM.get(self._uid, _MISSING)
+            result = _RAM.get(self._ram_key, _MISSING)
             if result is not _MISSING:
                 self._result = result
                 return tp.cast(R, result)
@@ -259,7 +261,7 @@ class BoundTask(tp.Generic[Own, R]):
             if result is _MISSING:
                 result = self._compute()
         if infra.keep_in_ram:
-            _RAM[self._uid] = result
+            _RAM[self._ram_key] = result
             self._result = result
         return tp.cast(R, result)
 
@@ -428,7 +430,7 @@ class BoundTask(tp.Generic[Own, R]):
         self._prepare()
         paths = self._paths
         if paths is None:
-            return "completed" if self._uid in _RAM else "not submitted"
+            return "completed" if self._ram_key in _RAM else "not submitted"
         if os.path.exists(paths.result_pkl) or os.path.exists(paths.result_npy):
             return "completed"
         if os.path.exists(paths.error):
@@ -465,7 +467,7 @@ class BoundTask(tp.Generic[Own, R]):
     def clear(self) -> None:
         """Remove the cached result, failure and job record (and the RAM copy)."""
         self._prepare()
-        _RAM.pop(self._uid, None)
+        _RAM.pop(self._ram_key, None)
         _JOBS.pop(self._uid, None)
         self._result = _MISSING
         if self._paths is not None and self._infra.mode != "read-only":
