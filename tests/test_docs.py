@@ -6,7 +6,8 @@
   interpreter's ``python -m exca_lite``), in order with the python blocks. The command must exit 0
   and print the lines that follow it, compared with digits and runs of spaces normalized (sizes,
   dates and hashes vary), ``...`` matching any text within a line or any lines on a line alone.
-- ```text blocks are output samples, not code; any other block must be preceded by a
+- ```text blocks and blocks without a language are output samples or diagrams, not code; any
+  other block (```bash, ```toml, ...) must be preceded by a
   ``<!-- no-test: why -->`` comment (as must a python/console block that cannot run here).
 """
 
@@ -25,7 +26,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 RUN_LANGS = ("python", "console")
-DATA_LANGS = ("text",)
+DATA_LANGS = ("text", "")
 _FENCE = re.compile(r"^(`{3,})\s*([\w+-]*)\s*$")
 
 
@@ -128,8 +129,8 @@ def test_every_block_runs_or_says_why_not(path: Path) -> None:
     for block in extract(path):
         if block.lang not in RUN_LANGS + DATA_LANGS:
             assert block.skip, (
-                f"{block.where()}: a ```{block.lang or '(no language)'} block must be python, "
-                "console or text, or be preceded by <!-- no-test: why -->"
+                f"{block.where()}: a ```{block.lang} block must be python, console or text, "
+                "or be preceded by <!-- no-test: why -->"
             )
 
 
