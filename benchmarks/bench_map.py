@@ -338,7 +338,8 @@ def _bandwidth(sizes: Sizes, tmp: Path) -> tuple[dict[str, list[float]], dict[st
     writes: dict[str, list[float]] = {"exca_lite": [], "raw": [], "exca": []}
     reads: dict[str, list[float]] = {"exca_lite": [], "raw": [], "exca": []}
     mib = sizes.bandwidth_bytes / MIB
-    for _ in range(min(sizes.repeat, 3)):
+    # all repeats: a fresh 2 GiB array's first touch alone varies 5x on a loaded machine
+    for _ in range(sizes.repeat):
         for lib in writes:
             with tempdir(f"bw-{lib}") as folder:
                 write_s, read_s = _bandwidth_round(lib, folder, n_items, sizes.bandwidth_item_bytes)
