@@ -138,10 +138,18 @@ class MapStore:
     """Per-item storage of one map cache folder: see the module docstring and docs/design.md.
 
     Opening never writes anything and never creates the folder: a missing folder is an empty store,
-    a read-only one is fully readable.
+    a read-only one is fully readable. ``load_index=False`` defers reading the index to the first
+    query: a process that only writes (a worker) then never reads it (its writer checks only the
+    tail of its own slot's index).
     """
 
-    def __init__(self, folder: str | os.PathLike[str], *, durability: Durability = "flush") -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        durability: Durability = "flush",
+        load_index: bool = True,
+    ) -> None:
         if durability not in ("flush", "fsync"):
             msg = f'durability must be "flush" or "fsync", got {durability!r}'
             raise ValueError(msg)
@@ -153,7 +161,9 @@ class MapStore:
         self._meta_ids: dict[tuple[int, str | None, tuple[int, ...]], int] = {}
         self._ix = _Index(cgen=-1)
         _open_stores.add(self)
-        self.refresh()
+        self._loaded = False
+        if load_index:
+            self.refresh()
 
     def __repr__(self) -> str:
         return f"MapStore({str(self.folder)!r}, items={len(self._ix.rows)})"
@@ -166,6 +176,7 @@ class MapStore:
             for attempt in range(50):
                 try:
                     self._refresh_once()
+                    self._loaded = True
                     return
                 except _StaleError:
                     # files went away while reading (a compaction or clear): start over
@@ -314,12 +325,18 @@ class MapStore:
     # ----------------------------------------------------------------- queries
 
     def __contains__(self, item_uid: object) -> bool:
+        if not self._loaded:
+            self.refresh()
         return item_uid in self._ix.rows
 
     def __len__(self) -> int:
+        if not self._loaded:
+            self.refresh()
         return len(self._ix.rows)
 
     def item_uids(self) -> list[str]:
+        if not self._loaded:
+            self.refresh()
         return list(self._ix.rows)
 
     def missing(self, item_uids: tp.Iterable[str]) -> list[str]:
@@ -332,6 +349,8 @@ class MapStore:
 
     def load(self, item_uid: str) -> tp.Any:
         """The stored value; arrays are read-only views on the shard's memory map (KeyError if absent)."""
+        if not self._loaded:
+            self.refresh()
         try:
             return self._load(self._ix, item_uid)
         except _StaleError:
@@ -397,6 +416,8 @@ class MapStore:
 
     def stack(self, item_uids: tp.Sequence[str]) -> np.ndarray:
         """One new contiguous ``(n, *shape)`` array of stored arrays (all of one shape and dtype)."""
+        if not self._loaded:
+            self.refresh()
         try:
             return self._stack(self._ix, item_uids)
         except _StaleError:
@@ -907,9 +928,12 @@ class MapWriter:
             raise StoreError(msg)
         self._bin_fd = os.open(bin_path, os.O_WRONLY)
         self._idx_fd = os.open(idx_path, os.O_WRONLY | os.O_APPEND)
-        self.store.refresh()
+        if self.store._loaded:
+            # also registers the new pair, so this store takes in its own flushes without
+            # re-reading them
+            self.store.refresh()
         state = self.store._pair_state(name.stem)
-        valid_end = state.pos if state is not None else os.fstat(self._idx_fd).st_size
+        valid_end = state.pos if state is not None else sh.valid_end(idx_path, file_id)
         if os.fstat(self._idx_fd).st_size > valid_end:
             # a torn record from a holder that died mid-append; readers never read past valid_end
             # (they stop at a record they cannot check), so cutting it is invisible to them

@@ -292,6 +292,15 @@ def scan_records(data: bytes | memoryview, base: int) -> Scan:
     return Scan(records=records, end=base + at, damage=damage)
 
 
+def valid_end(path: Path, file_id: bytes) -> int:
+    """Where the valid records of index ``path`` end: what a new slot holder keeps of it."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if parse_header(data, INDEX_MAGIC) != file_id:
+        return len(data)  # not ours to cut: the caller checked the header, this is a race
+    return scan_records(data[INDEX_HEADER_BYTES:], INDEX_HEADER_BYTES).end
+
+
 def _next_valid(view: memoryview, start: int) -> int:
     """Offset of the next complete valid record at or after ``start``, or -1."""
     raw = view.obj if isinstance(view.obj, bytes) and len(view.obj) == len(view) else bytes(view)
@@ -327,5 +336,6 @@ __all__ = [
     "read_shard_file_id",
     "scan_records",
     "shard_header",
+    "valid_end",
     "write_all",
 ]

@@ -42,9 +42,14 @@ def out(line: str) -> None:
     sys.stdout.flush()
 
 
-def write(folder: str, start: int, stop: int, flush_every: int, sleep_s: float) -> None:
-    """Write items start..stop-1; after each flush print 'published <last index>'."""
-    store = MapStore(folder)
+def write(
+    folder: str, start: int, stop: int, flush_every: int, sleep_s: float, lazy: bool = False
+) -> None:
+    """Write items start..stop-1; after each flush print 'published <last index>'.
+
+    ``lazy``: open the store without reading its index, as a worker that only writes does.
+    """
+    store = MapStore(folder, load_index=not lazy)
     with store.writer() as w:
         out(f"slot {w.slot}")
         for i in range(start, stop):
@@ -104,7 +109,8 @@ def read_loop(folder: str, seconds: float) -> None:
 def main() -> None:
     mode, folder, *args = sys.argv[1:]
     if mode == "write":
-        write(folder, int(args[0]), int(args[1]), int(args[2]), float(args[3]))
+        lazy = len(args) > 4 and args[4] == "lazy"
+        write(folder, int(args[0]), int(args[1]), int(args[2]), float(args[3]), lazy)
     elif mode == "claim":
         claim(folder, int(args[0]), int(args[1]), args[2], float(args[3]), args[4])
     elif mode == "read":

@@ -453,3 +453,21 @@ def test_a_cleared_and_rewritten_store_is_never_mixed_with_the_old_one(tmp_path:
     assert "item-2" not in reader
     for i in range(1, 41, 2):
         assert same(reader.load(f"item-{i}"), value_of(f"item-{i}"))
+
+
+@pytest.mark.timeout(60)
+def test_a_write_only_store_never_reads_the_index(tmp_path: Path) -> None:
+    fill(tmp_path, [f"item-{i}" for i in range(100)])
+    (idx,) = tmp_path.glob("*.idx")
+    good_size = idx.stat().st_size
+    with open(idx, "ab") as f:
+        f.write(b"XLR1\xff\xff\x00\x00")  # a torn tail
+    worker = MapStore(tmp_path, load_index=False)
+    with worker.writer() as w:
+        assert idx.stat().st_size == good_size  # it still checks and cuts its own slot's tail
+        for i in range(100, 150):
+            w.write(f"item-{i}", value_of(f"item-{i}"))
+    assert not worker._loaded and not worker._ix.rows
+    assert "item-120" in worker  # the first query reads the index
+    assert MapStore(tmp_path).missing([f"item-{i}" for i in range(150)]) == []
+    assert MapStore(tmp_path).verify() == []

@@ -35,6 +35,7 @@ def kill_one_writer(folder: Path, start: int, stop: int, rng: random.Random) -> 
     """Run a writer, SIGKILL it at a random instant: (last published index, was it killed)."""
     flush_every = rng.choice([1, 3, 17, 200])
     sleep_s = rng.choice([0.0, 0.0, 0.0005])
+    lazy = rng.choice(["lazy", "eager"])  # a worker that never reads the index, or a reader
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -45,6 +46,7 @@ def kill_one_writer(folder: Path, start: int, stop: int, rng: random.Random) -> 
             str(stop),
             str(flush_every),
             str(sleep_s),
+            lazy,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

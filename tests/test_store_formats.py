@@ -121,7 +121,7 @@ def test_other_values_round_trip_through_pickle_with_their_type(
         assert value.keys() == got.keys()
         for key in value:
             np.testing.assert_array_equal(got[key], value[key])
-    elif isinstance(value, float) and value != value:
+    elif isinstance(value, (float, np.floating)) and value != value:
         assert got != got
     else:
         assert got == value
