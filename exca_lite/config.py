@@ -111,14 +111,25 @@ def plain(value: tp.Any, path: str = "") -> tp.Any:
                 f"field {path or '.'} holds a non-frozen dataclass {type(value).__qualname__}: "
                 "nested configs must be @dataclasses.dataclass(frozen=True)"
             )
-        return {
-            info.name: plain(getattr(value, info.name), _join(path, info.name))
-            for info in field_infos(type(value))
-        }
+        names: tp.Iterable[str] = [info.name for info in field_infos(type(value))]
+        if isinstance(value, InfraMarker):
+            # an infra as given: only what it sets, so that from_dict(to_dict(x)) keeps what it
+            # inherits from the class default (see infra.py, "default heritage")
+            names = [n for n in names if n in getattr(value, "explicit_fields", ())]
+        return {name: plain(getattr(value, name), _join(path, name)) for name in names}
     raise ConfigError(
         f"field {path or '.'} holds a {type(value).__module__}.{type(value).__qualname__}, "
         f"which cannot be part of a config; supported: {SUPPORTED}"
     )
+
+
+def infra_plain(infra: InfraMarker) -> dict[str, tp.Any]:
+    """Every field of an infra in effect (for config.json), bookkeeping aside."""
+    return {
+        info.name: plain(getattr(infra, info.name), info.name)
+        for info in field_infos(type(infra))
+        if info.name != "explicit_fields"
+    }
 
 
 def sorted_items(values: list[tp.Any]) -> list[tp.Any]:
@@ -256,6 +267,7 @@ def load_config(cls: type[T], path: str | os.PathLike[str]) -> T:
 
 
 __all__ = [
+    "infra_plain",
     "FieldInfo",
     "InfraMarker",
     "check_owner",

@@ -20,7 +20,7 @@ import typing as tp
 from pathlib import Path
 
 from . import taskcache
-from .config import InfraMarker, check_owner, field_infos, to_dict
+from .config import InfraMarker, check_owner, field_infos, infra_plain, to_dict
 from .errors import CacheMissError, JobError
 from .mapstore import MapStore
 from .taskcache import TaskPaths
@@ -285,7 +285,8 @@ class BoundMap(tp.Generic[Own, X, R]):
         if self._checked:
             return
         paths = tp.cast(TaskPaths, self._paths)
-        full = to_dict(self._owner)
+        full = to_dict(self._owner)  # with the infra in effect (heritage applied)
+        full[self._method.infra_field(type(self._owner))] = infra_plain(self._infra)
         uid_bytes = canonical_bytes(self._uid_config)
         ignored = {
             i.name for i in field_infos(type(self._owner)) if isinstance(i.default, InfraMarker)

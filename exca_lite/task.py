@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 from . import taskcache
-from .config import InfraMarker, check_owner, field_infos, to_dict
+from .config import InfraMarker, check_owner, field_infos, infra_plain, to_dict
 from .errors import CacheMissError, ConfigError, CorruptCacheWarning
 from .fsio import atomic_write, file_lock
 from .taskcache import _MISSING, Failure, TaskPaths
@@ -286,7 +286,10 @@ class BoundTask(tp.Generic[Own, R]):
         return _MISSING
 
     def _full_config(self) -> dict[str, tp.Any]:
-        return to_dict(self._owner)
+        """The config for config.json: every field, and the infra in effect (heritage applied)."""
+        full = to_dict(self._owner)
+        full[self._method.infra_field(type(self._owner))] = infra_plain(self._infra)
+        return full
 
     def _uid_bytes(self) -> bytes:
         return canonical_bytes(self._uid_config)
