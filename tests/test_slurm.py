@@ -158,7 +158,7 @@ def test_task_runs_as_slurm_job(tmp_path: Path, cluster: str) -> None:
     import submitit
 
     gate, counter, cache = tmp_path / "gate", tmp_path / "counter", tmp_path / "cache"
-    # RAM copies are keyed by uid only (SPEC §3): every test uses its own param
+    # each test (and parametrization) computes its own config: nothing is shared through RAM
     param = {"slurm": 3, "auto": 4}[cluster]
     task = Gated(
         param=param, gate=str(gate), counter=str(counter), infra=task_infra(cache, cluster=cluster)
@@ -365,7 +365,14 @@ def test_map_runs_as_one_job_array(tmp_path: Path) -> None:
     name = unique_name("xl-map")
     feat = JobFeaturizer(
         counter=str(counter),
-        infra=map_infra(tmp_path / "slurm", max_jobs=4, job_name=name, slurm_partition="test"),
+        infra=map_infra(
+            tmp_path / "slurm",
+            max_jobs=4,
+            job_name=name,
+            slurm_partition="test",
+            timeout_min=9,
+            mem_gb=0.25,
+        ),
     )
     asked = [*ITEMS, *ITEMS[:3]]
     out = feat.embed.stack(asked)
@@ -387,7 +394,9 @@ def test_map_runs_as_one_job_array(tmp_path: Path) -> None:
     # sacct: one array id, 4 tasks, with the job's parameters
     rows = sacct_settled(array_id, 4, name)
     assert sorted(r["JobID"] for r in rows) == [f"{array_id}_{k}" for k in range(4)]
-    assert {(r["State"], r["Partition"]) for r in rows} == {("COMPLETED", "test")}
+    assert {(r["State"], r["Partition"], r["Timelimit"], r["ReqMem"]) for r in rows} == {
+        ("COMPLETED", "test", "00:09:00", "256M")
+    }
     # workers wrote the cache themselves: what travelled back through submitit is a count
     pickles = sorted((tmp_path / "slurm").rglob(f"{array_id}_*_result.pkl"))
     assert len(pickles) == 4
