@@ -19,6 +19,7 @@ Why this shape (see docs/design.md for the full protocol and its crash analysis)
 from __future__ import annotations
 
 import contextlib
+import itertools
 import mmap
 import os
 import queue
@@ -125,15 +126,20 @@ class _Index:
         self.maps.append(None)
         return pair
 
+    def reserve(self, extra: int) -> None:
+        """Room for ``extra`` more rows (grown by doubling, so appends are amortized O(1))."""
+        need = self.count + extra
+        if need > len(self.table):
+            grown = np.empty((max(need, 2 * len(self.table)), _COLS), dtype=np.int64)
+            grown[: self.count] = self.table[: self.count]
+            self.table = grown
+            self.raw = self.table.data.cast("B")
+
     def append_rows(self, uids: list[str], block: np.ndarray) -> None:
         n = len(uids)
         need = self.count + n
-        if need > len(self.table):
-            grown = np.zeros((max(need, 2 * len(self.table)), _COLS), dtype=np.int64)
-            grown[: self.count] = self.table[: self.count]
-            self.table = grown
+        self.reserve(n)
         self.table[self.count : need] = block
-        self.raw = self.table.data.cast("B")
         # rows are in place before the uids point at them: a concurrent load sees old or new, whole
         self.rows.update(zip(uids, range(self.count, need), strict=True))
         self.count = need
@@ -254,17 +260,24 @@ class MapStore:
         if scan.damage:
             where = ", ".join(f"offset {at} ({why})" for at, why in scan.damage[:5])
             self._warn(pair, f"{path}: damaged index records skipped at {where}")
-        shard_size = -1
+        decoded = []
         for at, payload in scan.records:
             try:
-                obj = _payload_decoder.decode(payload)
+                decoded.append((at, _payload_decoder.decode(payload)))
+            except msgspec.DecodeError as exc:
+                self._warn(pair, f"{path}: index record at offset {at} unreadable ({exc!r})")
+        # one table allocation for all of them (opening a big store reads ~1000 records at once)
+        ix.reserve(sum(len(obj[1]) for _, obj in decoded if obj[0] == _ENTRIES and obj[1:]))
+        shard_size = -1
+        for at, obj in decoded:
+            try:
                 if obj[0] == _RETIRE:
                     ix.retired.update(str(stem) for stem in obj[1])
                     continue
                 if shard_size < 0:
                     shard_size = _file_size(self.paths.shard(pair.name.stem))
                 self._ingest(ix, pair, obj, shard_size)
-            except (msgspec.DecodeError, ValueError, TypeError, IndexError, KeyError) as exc:
+            except (ValueError, TypeError, IndexError, KeyError) as exc:
                 self._warn(pair, f"{path}: index record at offset {at} unreadable ({exc!r})")
         pair.pos = scan.end
 
@@ -350,7 +363,7 @@ class MapStore:
         rows = self._ix.rows
         # dedup only what is missing (usually few): hashing every uid into a set costs as much
         # as the lookups themselves on a million items
-        return list(dict.fromkeys([uid for uid in item_uids if uid not in rows]))
+        return list(dict.fromkeys(itertools.filterfalse(rows.__contains__, item_uids)))
 
     def load(self, item_uid: str) -> tp.Any:
         """The stored value; arrays are read-only views on the shard's memory map (KeyError if absent)."""
