@@ -267,10 +267,12 @@ class MapStore:
             except msgspec.DecodeError as exc:
                 self._warn(pair, f"{path}: index record at offset {at} unreadable ({exc!r})")
         # one table allocation for all of them (opening a big store reads ~1000 records at once)
-        ix.reserve(sum(len(obj[1]) for _, obj in decoded if obj[0] == _ENTRIES and obj[1:]))
+        ix.reserve(sum(_entry_count(obj) for _, obj in decoded))
         shard_size = -1
         for at, obj in decoded:
             try:
+                if type(obj) is not list or not obj:
+                    raise TypeError(f"a record holds {type(obj).__name__}, not a list")
                 if obj[0] == _RETIRE:
                     ix.retired.update(str(stem) for stem in obj[1])
                     continue
@@ -293,11 +295,16 @@ class MapStore:
         if n and int(mix.max()) >= len(metas):
             raise ValueError("meta index out of range")
         meta_ids = np.array([self._intern(m) for m in metas] or [0], dtype=np.int64)
+        # an array's byte count must be what its dtype and shape say, or a view would show bytes
+        # of its neighbours: never a wrong array, even from a record that passed its checksum
+        expected = np.array([self._array_nbytes(int(i)) for i in meta_ids], dtype=np.int64)[mix]
         ok = (
             (offsets >= sh.SHARD_HEADER_BYTES)
             & (offsets % sh.ALIGN == 0)
             & (nbytes >= 0)
-            & (offsets + nbytes <= shard_size)
+            & (nbytes <= shard_size)
+            & (offsets <= shard_size - nbytes)
+            & ((expected < 0) | (expected == nbytes))
         )
         if not ok.all():
             bad = np.flatnonzero(~ok)
@@ -318,6 +325,13 @@ class MapStore:
         block[:, 3] = meta_ids[mix]
         block[:, 4] = crcs
         ix.append_rows(uids, block)
+
+    def _array_nbytes(self, meta_id: int) -> int:
+        """The byte count of an array of meta ``meta_id``, or -1 for other formats."""
+        fmt, dtype, shape = self._metas[meta_id]
+        if fmt != enc.ARRAY or dtype is None:
+            return -1
+        return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 
     def _intern(self, meta: list[tp.Any]) -> int:
         fmt, descr, shape = meta
@@ -629,9 +643,16 @@ class MapStore:
         )
         in_span = []
         for uid, offset, nbytes, crc, mix in entries:
-            fmt = self._metas[self._intern(metas[mix])][0]
+            meta_id = self._intern(metas[mix])
+            fmt = self._metas[meta_id][0]
+            expected = self._array_nbytes(meta_id)
             if offset < sh.SHARD_HEADER_BYTES or offset % sh.ALIGN or nbytes < 0:
                 problems.append(f"{idx_path}: item {uid!r} has a bad offset {offset}")
+            elif expected >= 0 and expected != nbytes:
+                problems.append(
+                    f"{idx_path}: item {uid!r} has {nbytes} bytes, its dtype and shape need "
+                    f"{expected}"
+                )
             elif offset + nbytes > size:
                 problems.append(
                     f"{idx_path}: item {uid!r} points past the end of {bin_path.name}"
@@ -849,6 +870,13 @@ class MapStore:
             "writers": writers,
             "last_write": last_write,
         }
+
+
+def _entry_count(obj: tp.Any) -> int:
+    """How many entries a decoded record holds (0 for other records, or garbage)."""
+    if type(obj) is list and len(obj) > 1 and obj[0] == _ENTRIES and type(obj[1]) is list:
+        return len(obj[1])
+    return 0
 
 
 def _file_size(path: Path) -> int:
