@@ -471,3 +471,17 @@ def test_a_write_only_store_never_reads_the_index(tmp_path: Path) -> None:
     assert "item-120" in worker  # the first query reads the index
     assert MapStore(tmp_path).missing([f"item-{i}" for i in range(150)]) == []
     assert MapStore(tmp_path).verify() == []
+
+
+@pytest.mark.timeout(60)
+def test_a_reader_that_missed_a_compaction_reloads(tmp_path: Path) -> None:
+    uids = [f"item-{i}" for i in range(100)]
+    fill(tmp_path, uids)
+    fill(tmp_path, uids[:50])
+    unmapped = MapStore(tmp_path)  # knows every row, has mapped no shard yet
+    assert unmapped.missing(uids) == []
+    assert MapStore(tmp_path).compact()["items"] == 100
+    assert not (tmp_path / "w000-g000000.bin").exists()
+    for uid in uids:  # its shard is gone: it reloads the compacted generation and serves from it
+        assert same(unmapped.load(uid), value_of(uid))
+    assert same(unmapped.stack(["item-0", "item-20"])[1], value_of("item-20"))
