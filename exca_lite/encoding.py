@@ -100,6 +100,20 @@ def decode_other(data: memoryview, fmt: int) -> tp.Any:
     return pickle.loads(data)
 
 
+def word_checksum(data: memoryview | bytes) -> int:
+    """A 32-bit checksum of a large array's bytes: the sum of its 64-bit words, folded.
+
+    crc32 runs at ~2-4 GB/s and would halve the write bandwidth of large arrays; a vectorized
+    word sum runs at memory speed. It catches what storage does to data (flipped bits, zeroed or
+    garbage pages, a torn write), not a reordering of 8-byte words, which storage does not do.
+    """
+    whole = len(data) // 8
+    total = int(np.add.reduce(np.frombuffer(data, dtype="<u8", count=whole), dtype=np.uint64))
+    total += int.from_bytes(bytes(data[whole * 8 :]), "little") + len(data)
+    total &= (1 << 64) - 1
+    return (total ^ (total >> 32)) & 0xFFFFFFFF
+
+
 def dtype_descr(dtype: np.dtype[tp.Any]) -> str:
     """A string that ``dtype_from_descr`` turns back into exactly ``dtype`` (fields included)."""
     if dtype.fields is None and dtype.subdtype is None:
@@ -133,4 +147,5 @@ __all__ = [
     "is_plain",
     "is_raw_array",
     "pick_format",
+    "word_checksum",
 ]

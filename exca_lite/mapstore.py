@@ -631,7 +631,8 @@ class MapStore:
     def _verify_record(
         self, obj: list[tp.Any], view: memoryview, size: int, idx_path: Path, bin_path: Path
     ) -> list[str]:
-        _, uids, offs_b, nbytes_b, crcs_b, mix_b, metas, span = obj
+        _, uids, offs_b, nbytes_b, crcs_b, mix_b, metas, spans = obj
+        spans = [(int(a), int(b), int(c)) for a, b, c in spans or []]
         problems = []
         entries = zip(
             uids,
@@ -641,7 +642,7 @@ class MapStore:
             np.frombuffer(mix_b, "<u4").tolist(),
             strict=True,
         )
-        in_span = []
+        in_span: list[list[str]] = [[] for _ in spans]
         for uid, offset, nbytes, crc, mix in entries:
             meta_id = self._intern(metas[mix])
             fmt = self._metas[meta_id][0]
@@ -658,25 +659,29 @@ class MapStore:
                     f"{idx_path}: item {uid!r} points past the end of {bin_path.name}"
                     f" ({offset}+{nbytes} > {size})"
                 )
-            elif fmt != enc.ARRAY:
-                if zlib.crc32(view[offset : offset + nbytes]) != crc:
+            else:
+                # arrays in a span are checked with it, large ones (outside spans) by their word
+                # sum; other items by their own crc32
+                inside = [k for k, (a, b, _) in enumerate(spans) if a <= offset <= b - nbytes]
+                data = view[offset : offset + nbytes]
+                if fmt == enc.ARRAY and inside:
+                    if nbytes:
+                        in_span[inside[0]].append(uid)
+                elif (enc.word_checksum(data) if fmt == enc.ARRAY else zlib.crc32(data)) != crc:
                     problems.append(
                         f"{bin_path}: bytes of item {uid!r} at offset {offset} do not match "
                         "their checksum"
                     )
-            elif nbytes:
-                in_span.append(uid)
-        if span is not None:
-            start, end, crc = span
+        for (start, end, crc), names in zip(spans, in_span, strict=True):
             if end > size:
                 problems.append(f"{idx_path}: a record points past the end of {bin_path.name}")
             elif zlib.crc32(view[start:end]) != crc:
-                names = ", ".join(map(repr, in_span[:3])) + (", ..." if len(in_span) > 3 else "")
+                some = ", ".join(map(repr, names[:3])) + (", ..." if len(names) > 3 else "")
                 problems.append(
                     f"{bin_path}: bytes {start}-{end} do not match their checksum: "
                     + (
-                        f"{len(in_span)} arrays there may be damaged ({names})"
-                        if in_span
+                        f"{len(names)} arrays there may be damaged ({some})"
+                        if names
                         else "only padding or already reported items are there"
                     )
                 )
@@ -734,7 +739,7 @@ class MapStore:
             sub = table[part]
             first = int(new_offsets[start])
             last = int(new_offsets[start + len(part) - 1] + sub[-1, 2])
-            span = [first, last, zlib.crc32(data[first:last]) if data is not None else 0]
+            spans = [[first, last, zlib.crc32(data[first:last]) if data is not None else 0]]
             payloads.append(
                 _payload_encoder.encode(
                     [
@@ -745,7 +750,7 @@ class MapStore:
                         sub[:, 4].astype("<u4").tobytes(),
                         sub[:, 3].astype("<u4").tobytes(),
                         metas,
-                        span,
+                        spans,
                     ]
                 )
             )
@@ -920,9 +925,10 @@ class MapWriter:
         self._pending_bytes = 0
         self._first_t = 0.0
         self._last_t = 0.0
-        self._span_start = -1  # shard span of the data written since the last index record
+        self._span_start = -1  # the run of buffers being written since the last index record
         self._span_end = 0
         self._span_crc = 0
+        self._spans: list[list[int]] = []  # closed runs: [start, end, crc32]
         self._jobs: queue.Queue[tp.Any] = queue.Queue(maxsize=4)  # backpressure: 4 buffers
         self._thread: threading.Thread | None = None
         self._failed: BaseException | None = None
@@ -1027,7 +1033,7 @@ class MapWriter:
                 arr = arr.reshape(-1).view(np.uint8)
             nbytes = arr.nbytes
             data: tp.Any = arr
-            crc = 0  # arrays are covered by their record's span checksum (I/O thread)
+            crc = 0  # small arrays: covered by their buffer's span checksum (I/O thread)
         else:
             data = enc.encode_other(value, fmt)
             nbytes = len(data)
@@ -1078,16 +1084,24 @@ class MapWriter:
         return found[0]
 
     def _write_direct(self, item_uid: str, data: tp.Any, nbytes: int, mix: int, crc: int) -> None:
-        """Write a large item from its own memory (no copy into a buffer).
+        """Write a large item from its own memory (no copy into a buffer), in this thread.
 
-        ``write`` returns only once the I/O thread wrote it, so the caller may reuse the array's
-        memory right after.
+        Its offset is past every buffer handed to the I/O thread, so both write at once without
+        ordering them; its index entry goes with the next record, which the I/O thread writes
+        after this returns. The caller may reuse the array's memory as soon as ``write`` returns.
         """
         raw = data if isinstance(data, bytes) else data.reshape(-1).view(np.uint8).data
         self._queue_data()
         offset = self._buf_start
-        self._submit((raw, offset, None))
-        self._wait_io()
+        try:
+            sh.pwrite_all(self._bin_fd, raw, offset)
+        except OSError as exc:
+            msg = f"writing item {item_uid!r} to {self.store.paths.shard(self._stem)} failed: {exc}"
+            raise StoreError(msg) from exc
+        if not crc:
+            # a large array gets its own checksum, a word sum at memory speed (crc32 would halve
+            # the write bandwidth)
+            crc = enc.word_checksum(raw)
         self._buf_start = sh.align_up(offset + nbytes)
         self._uids.append(item_uid)
         self._offsets.append(offset)
@@ -1099,7 +1113,7 @@ class MapWriter:
         """Send the buffered bytes to the I/O thread (no index record: their items may be joined
         by more before the next flush)."""
         if self._buf:
-            self._submit((self._buf, self._buf_start, None))
+            self._submit((self._buf, self._buf_start, None, True))
             self._buf_start += len(self._buf)
             self._buf = bytearray()
 
@@ -1117,13 +1131,13 @@ class MapWriter:
             np.array(self._mix, dtype="<u4").tobytes(),
             self._metas,
         ]
-        self._submit((b"", self._buf_start, obj))
+        self._submit((b"", self._buf_start, obj, False))
         self._uids, self._offsets, self._nbytes, self._crcs, self._mix = [], [], [], [], []
         self._metas = []
         self._meta_of = {}
         self._pending_bytes = 0
 
-    def _submit(self, job: tuple[tp.Any, int, list[tp.Any] | None]) -> None:
+    def _submit(self, job: tuple[tp.Any, int, list[tp.Any] | None, bool]) -> None:
         # one I/O thread per writer does every write in order, so the shard bytes of an item always
         # reach the OS before the index record naming it, while this thread keeps encoding items
         if self._thread is None:
@@ -1146,24 +1160,23 @@ class MapWriter:
             finally:
                 self._jobs.task_done()
 
-    def _do_io(self, data: tp.Any, offset: int, obj: list[tp.Any] | None) -> None:
+    def _do_io(self, data: tp.Any, offset: int, obj: list[tp.Any] | None, buffered: bool) -> None:
         if len(data):
-            # the bytes of one record's items are contiguous (only alignment padding, which reads
-            # as zeros, between them): one running crc32 covers them, computed here where zlib
-            # releases the GIL, instead of a call per item in the writing thread
-            if self._span_start < 0:
-                self._span_start = self._span_end = offset
-                self._span_crc = 0
-            if offset > self._span_end:
-                self._span_crc = zlib.crc32(bytes(offset - self._span_end), self._span_crc)
             sh.pwrite_all(self._bin_fd, data, offset)
-            self._span_crc = zlib.crc32(data, self._span_crc)
-            self._span_end = offset + len(data)
+            if buffered:
+                # buffers of small items: one running crc32 per run of consecutive buffers (a
+                # "span"), computed here where zlib releases the GIL, instead of a call per item
+                # in the writing thread; large items carry their own checksum
+                if self._span_start < 0 or offset != self._span_end:
+                    self._close_span()
+                    self._span_start = self._span_end = offset
+                self._span_crc = zlib.crc32(data, self._span_crc)
+                self._span_end = offset + len(data)
         if obj is None:
             return
-        span = None if self._span_start < 0 else [self._span_start, self._span_end, self._span_crc]
-        obj.append(span)
-        self._span_start = -1
+        self._close_span()
+        obj.append(self._spans)
+        self._spans = []
         if self._fsync:
             # power loss must not leave an index record pointing at bytes the disk never got
             os.fsync(self._bin_fd)
@@ -1175,6 +1188,12 @@ class MapWriter:
             os.fsync(self._idx_fd)
         self._idx_end = start + len(record)
         self.store._own_flush(self._stem, start, self._idx_end, obj, offset)
+
+    def _close_span(self) -> None:
+        if self._span_start >= 0:
+            self._spans.append([self._span_start, self._span_end, self._span_crc])
+        self._span_start = -1
+        self._span_crc = 0
 
     def _wait_io(self) -> None:
         if self._thread is not None:

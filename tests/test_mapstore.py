@@ -485,3 +485,21 @@ def test_a_reader_that_missed_a_compaction_reloads(tmp_path: Path) -> None:
     for uid in uids:  # its shard is gone: it reloads the compacted generation and serves from it
         assert same(unmapped.load(uid), value_of(uid))
     assert same(unmapped.stack(["item-0", "item-20"])[1], value_of("item-20"))
+
+
+@pytest.mark.timeout(60)
+def test_verify_finds_damage_in_a_large_array(tmp_path: Path) -> None:
+    store = MapStore(tmp_path)
+    big = np.arange(100_000, dtype=np.float64)  # 800 kB: written straight from its memory
+    with store.writer() as w:
+        w.write("small", np.ones(3))
+        w.write("big", big)
+        w.write("after", np.zeros(3))
+    assert store.verify() == []
+    (shard,) = tmp_path.glob("*.bin")
+    data = bytearray(shard.read_bytes())
+    at = data.find(big[50_000:50_004].tobytes())
+    data[at + 3] ^= 0x10  # one flipped bit
+    shard.write_bytes(bytes(data))
+    problems = MapStore(tmp_path).verify()
+    assert len(problems) == 1 and "'big'" in problems[0], problems
