@@ -40,18 +40,30 @@ def _peer_cell(entry: dict[str, tp.Any], name: str) -> str:
     return _fmt(value, entry["unit"]) + suffix
 
 
+def _details(entry: dict[str, tp.Any]) -> str:
+    """The scenario's extra figures (sub-measurements, differences), one per line."""
+    parts = [
+        f"{key}: {_fmt(value) if isinstance(value, (int, float)) else value}"
+        for key, value in entry.get("extra", {}).items()
+    ]
+    return "<br>".join(parts)
+
+
 def table(data: dict[str, tp.Any]) -> str:
     """The markdown table: one row per scenario, ratios = peer / exca_lite."""
     meta = data.get("meta", {})
     versions = meta.get("versions", {})
     machine = meta.get("machine", {})
     lines = [
-        "| scenario | exca_lite | exca (ratio) | joblib (ratio) | other baselines (ratio) | target |",
-        "|---|---|---|---|---|---|",
+        "| scenario | exca_lite | exca (ratio) | joblib (ratio) | other baselines (ratio) | target "
+        "| details |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, entry in data.get("scenarios", {}).items():
         if entry.get("status") != "ok":
-            lines.append(f"| `{name}` | {entry.get('status')} | | | | {entry.get('target', '')} |")
+            lines.append(
+                f"| `{name}` | {entry.get('status')} | | | | {entry.get('target', '')} | |"
+            )
             continue
         others = [
             f"{peer}: {_peer_cell(entry, peer)}"
@@ -61,7 +73,7 @@ def table(data: dict[str, tp.Any]) -> str:
         lines.append(
             f"| `{name}` | {_fmt(entry['exca_lite'], entry['unit'])} | {_peer_cell(entry, 'exca')} "
             f"| {_peer_cell(entry, 'joblib')} | {'<br>'.join(others) or '—'} "
-            f"| {entry.get('target', '')} |"
+            f"| {entry.get('target', '')} | {_details(entry)} |"
         )
     lines.append("")
     lines.append(
