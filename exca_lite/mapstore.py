@@ -929,6 +929,8 @@ class MapWriter:
         self._span_end = 0
         self._span_crc = 0
         self._spans: list[list[int]] = []  # closed runs: [start, end, crc32]
+        # guards the buffer against the I/O thread publishing stale items (see _publish_if_stale)
+        self._buffer_lock = threading.Lock()
         self._jobs: queue.Queue[tp.Any] = queue.Queue(maxsize=4)  # backpressure: 4 buffers
         self._thread: threading.Thread | None = None
         self._failed: BaseException | None = None
@@ -967,6 +969,7 @@ class MapWriter:
             self._lock = None
             raise
         self._last_t = time.monotonic()
+        self._start_io_thread()
 
     def _open_pair(self) -> None:
         paths = self.store.paths
@@ -1020,6 +1023,10 @@ class MapWriter:
         )
         if self._failed is not None:
             self._raise_failed()
+        with self._buffer_lock:
+            self._append(item_uid, value, fmt)
+
+    def _append(self, item_uid: str, value: tp.Any, fmt: int) -> None:
         if fmt == enc.ARRAY:
             arr = value
             key = (arr.dtype, arr.shape)
@@ -1137,19 +1144,27 @@ class MapWriter:
         self._meta_of = {}
         self._pending_bytes = 0
 
-    def _submit(self, job: tuple[tp.Any, int, list[tp.Any] | None, bool]) -> None:
-        # one I/O thread per writer does every write in order, so the shard bytes of an item always
-        # reach the OS before the index record naming it, while this thread keeps encoding items
+    def _start_io_thread(self) -> None:
+        # one I/O thread per writer does every buffered write in order, so the shard bytes of an
+        # item always reach the OS before the index record naming it, while the writing thread
+        # keeps encoding items; it also publishes items left buffered by a stalled producer
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._io_loop, name=f"exca-lite-writer-{self._slot}", daemon=True
             )
             self._thread.start()
+
+    def _submit(self, job: tuple[tp.Any, int, list[tp.Any] | None, bool]) -> None:
+        self._start_io_thread()
         self._jobs.put(job)
 
     def _io_loop(self) -> None:
         while True:
-            job = self._jobs.get()
+            try:
+                job = self._jobs.get(timeout=FLUSH_MAX_AGE_S / 2)
+            except queue.Empty:
+                self._publish_if_stale()
+                continue
             try:
                 if job is None:
                     return
@@ -1159,6 +1174,20 @@ class MapWriter:
                 self._failed = exc
             finally:
                 self._jobs.task_done()
+
+    def _publish_if_stale(self) -> None:
+        """Publish items buffered for over FLUSH_MAX_AGE_S while the producer is busy elsewhere
+        (a model computing its next batch): waiting processes and a crash then lose less."""
+        if not self._uids or not self._buffer_lock.acquire(blocking=False):
+            return  # nothing buffered, or the producer is writing: it checks the age itself
+        try:
+            # the queue is empty (this thread is its only reader and found nothing) and stays
+            # so while the lock is held, so these two puts cannot block this thread on itself
+            stale = time.monotonic() - self._first_t > FLUSH_MAX_AGE_S
+            if self._uids and stale and self._jobs.qsize() == 0 and self._failed is None:
+                self._hand_over()
+        finally:
+            self._buffer_lock.release()
 
     def _do_io(self, data: tp.Any, offset: int, obj: list[tp.Any] | None, buffered: bool) -> None:
         if len(data):
@@ -1212,7 +1241,8 @@ class MapWriter:
         """Publish every buffered item: their bytes reach the shard before the index record."""
         if self._idx_fd < 0:
             return
-        self._hand_over()
+        with self._buffer_lock:
+            self._hand_over()
         self._wait_io()
 
     def close(self) -> None:

@@ -503,3 +503,17 @@ def test_verify_finds_damage_in_a_large_array(tmp_path: Path) -> None:
     shard.write_bytes(bytes(data))
     problems = MapStore(tmp_path).verify()
     assert len(problems) == 1 and "'big'" in problems[0], problems
+
+
+@pytest.mark.timeout(60)
+def test_items_of_a_stalled_producer_are_published_within_a_second_or_two(tmp_path: Path) -> None:
+    store = MapStore(tmp_path)
+    reader = MapStore(tmp_path)
+    with store.writer() as w:
+        for i in range(3):  # a quick burst, then the producer computes its next batch
+            w.write(f"item-{i}", value_of(f"item-{i}"))
+        deadline = time.monotonic() + 5
+        while reader.missing(["item-0", "item-1", "item-2"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reader.missing(["item-0", "item-1", "item-2"]) == []
+        assert time.monotonic() < deadline - 2.5
