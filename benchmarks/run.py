@@ -34,7 +34,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke run, < 2 min)")
     parser.add_argument("--only", default="", help="comma-separated scenario names")
     parser.add_argument(
-        "--out", type=Path, default=RESULTS_DIR / "latest.json", help="results file to write"
+        "--out",
+        type=Path,
+        default=None,
+        help="results file (default: results/latest.json; results/quick.json with --quick, so a "
+        "smoke run never overwrites the committed full results)",
     )
     parser.add_argument("--list", action="store_true", help="list the scenario names and exit")
     return parser.parse_args(argv)
@@ -57,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown scenario(s) {unknown}; choose among {list(scenarios)}", file=sys.stderr)
         return 2
     sizes = Sizes.make(args.quick)
+    out: Path = args.out or RESULTS_DIR / ("quick.json" if args.quick else "latest.json")
     from benchmarks import bench_map
 
     map_problem = bench_map.unavailable() if any(n in bench_map.SCENARIOS for n in names) else None
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench_map.cleanup()
     elapsed = time.perf_counter() - started
-    write_results(args.out, results, sizes, elapsed, merge=bool(args.only))
+    write_results(out, results, sizes, elapsed, merge=bool(args.only))
     loads = [load for r in results if r.status == "ok" for load in r.load_avg]
     cores = os.cpu_count() or 1
     if loads and max(loads) > cores:
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             f"# note: load average reached {max(loads):.1f} on {cores} cores during the run "
             "(other processes): absolute figures are inflated, ratios less so"
         )
-    print(f"# {len(results)} scenarios in {elapsed:.0f} s -> {args.out}")
+    print(f"# {len(results)} scenarios in {elapsed:.0f} s -> {out}")
     return 1 if failed else 0
 
 
