@@ -74,9 +74,24 @@ class _Infra(InfraMarker):
             raise TypeError(f"{type(self).__name__}.version must be a str, got {self.version!r}")
 
     def merged_into(self, default: _Infra) -> tp.Self:
-        """This infra with every field it left unset taken from ``default`` (the class default)."""
+        """This infra with every field it left unset taken from ``default`` (the class default).
+
+        Memoized per (infra, default) object pair: fresh configs often share one infra object, and
+        the merge (a dataclasses.replace) would otherwise dominate the cost of their uid.
+        """
         if self is default or type(default) is not type(self):
             return self
+        key = (id(self), id(default))
+        memo = _MERGED.get(key)
+        if memo is not None and memo[0] is self and memo[1] is default:
+            return tp.cast(tp.Self, memo[2])
+        merged = self._merge(default)
+        if len(_MERGED) >= _MERGED_MAX:
+            _MERGED.clear()
+        _MERGED[key] = (self, default, merged)  # keeps both alive, so their ids are not reused
+        return merged
+
+    def _merge(self, default: tp.Self) -> tp.Self:
         given = self.explicit_fields or frozenset(
             f.name
             for f in dataclasses.fields(self)
@@ -87,6 +102,10 @@ class _Infra(InfraMarker):
         updates = {name: getattr(self, name) for name in given}
         updates["explicit_fields"] = default.explicit_fields | given
         return dataclasses.replace(default, **updates)
+
+
+_MERGED: dict[tuple[int, int], tuple[_Infra, _Infra, _Infra]] = {}
+_MERGED_MAX = 4096
 
 
 def _track_explicit_fields(cls: type[X]) -> type[X]:

@@ -307,8 +307,16 @@ class BoundMap(tp.Generic[Own, X, R]):
         infra = self._infra
         folder = str(tp.cast(TaskPaths, self._paths).folder)
         if infra.cluster is None:
+            # inline: reuse this caller's open store rather than re-reading the whole index
             run_map_chunk(
-                self._owner, self._method.name, folder, items, uids, infra.durability, progress=True
+                self._owner,
+                self._method.name,
+                folder,
+                items,
+                uids,
+                infra.durability,
+                progress=True,
+                store=self._store,
             )
             return
         sizes = chunk_sizes(len(items), infra.max_jobs, infra.min_samples_per_job)
@@ -457,6 +465,7 @@ def run_map_chunk(
     uids: list[str],
     durability: tp.Literal["flush", "fsync"],
     progress: bool = False,
+    store: MapStore | None = None,
 ) -> int:
     """What a worker runs: compute a chunk and write each output into the store itself.
 
@@ -464,7 +473,8 @@ def run_map_chunk(
     keeps every item completed before it.
     """
     method = _find_method(type(owner), method_name)
-    store = MapStore(folder, durability=durability)
+    if store is None:
+        store = MapStore(folder, durability=durability)
     n = 0
     bar = (
         _progress(len(uids), method_name)
