@@ -922,6 +922,9 @@ class MapWriter:
         self._mix: list[int] = []
         self._metas: list[list[tp.Any]] = []
         self._meta_of: dict[tp.Any, tuple[int, bool]] = {}
+        self._last_dtype: np.dtype[tp.Any] | None = None
+        self._last_shape: tuple[int, ...] = ()
+        self._last_meta = (0, False)
         self._pending_bytes = 0
         self._first_t = 0.0
         self._last_t = 0.0
@@ -1023,53 +1026,54 @@ class MapWriter:
         )
         if self._failed is not None:
             self._raise_failed()
-        with self._buffer_lock:
-            self._append(item_uid, value, fmt)
-
-    def _append(self, item_uid: str, value: tp.Any, fmt: int) -> None:
-        if fmt == enc.ARRAY:
-            arr = value
-            key = (arr.dtype, arr.shape)
-            found = self._meta_of.get(key)
-            if found is None:
-                found = self._new_array_meta(arr)
-            mix, as_bytes = found
-            if not arr.flags.c_contiguous:
-                arr = np.ascontiguousarray(arr)
-            if as_bytes:  # dtypes without a buffer export (datetime64): their raw bytes
-                arr = arr.reshape(-1).view(np.uint8)
-            nbytes = arr.nbytes
-            data: tp.Any = arr
-            crc = 0  # small arrays: covered by their buffer's span checksum (I/O thread)
-        else:
-            data = enc.encode_other(value, fmt)
-            nbytes = len(data)
-            mix = self._other_meta(fmt)
-            crc = zlib.crc32(data)  # checked on every load of a decoded item
-        if nbytes >= LARGE_ITEM_BYTES:
-            self._write_direct(item_uid, data, nbytes, mix, crc)
-        else:
-            buf = self._buf
-            self._offsets.append(self._buf_start + len(buf))
-            buf.extend(data)
-            buf += _ZEROS[: -nbytes % sh.ALIGN]
-            self._uids.append(item_uid)
-            self._nbytes.append(nbytes)
-            self._crcs.append(crc)
-            self._mix.append(mix)
-        self._pending_bytes += nbytes
-        now = time.monotonic()
-        if len(self._uids) == 1:
-            self._first_t = now
-        slow = now - self._last_t > SLOW_PRODUCER_S
-        self._last_t = now
-        if (
-            slow
-            or self._pending_bytes >= FLUSH_MAX_BYTES
-            or len(self._uids) >= FLUSH_MAX_ITEMS
-            or now - self._first_t > FLUSH_MAX_AGE_S
-        ):
-            self._hand_over()
+        with self._buffer_lock:  # the I/O thread may publish stale items (see _publish_if_stale)
+            if fmt == enc.ARRAY:
+                arr = value
+                # items of a map mostly share one dtype and shape: compare with the last one
+                # before hashing a (dtype, shape) key (numpy reuses its builtin dtype objects)
+                if arr.dtype is self._last_dtype and arr.shape == self._last_shape:
+                    found = self._last_meta
+                else:
+                    found = self._meta_of.get((arr.dtype, arr.shape)) or self._new_array_meta(arr)
+                    self._last_dtype, self._last_shape = arr.dtype, arr.shape
+                    self._last_meta = found
+                mix, as_bytes = found
+                if not arr.flags.c_contiguous:
+                    arr = np.ascontiguousarray(arr)
+                if as_bytes:  # dtypes without a buffer export (datetime64): their raw bytes
+                    arr = arr.reshape(-1).view(np.uint8)
+                nbytes = arr.nbytes
+                data: tp.Any = arr
+                crc = 0  # small arrays: covered by their buffer's span checksum (I/O thread)
+            else:
+                data = enc.encode_other(value, fmt)
+                nbytes = len(data)
+                mix = self._other_meta(fmt)
+                crc = zlib.crc32(data)  # checked on every load of a decoded item
+            if nbytes >= LARGE_ITEM_BYTES:
+                self._write_direct(item_uid, data, nbytes, mix, crc)
+            else:
+                buf = self._buf
+                self._offsets.append(self._buf_start + len(buf))
+                buf.extend(data)
+                buf += _ZEROS[: -nbytes % sh.ALIGN]
+                self._uids.append(item_uid)
+                self._nbytes.append(nbytes)
+                self._crcs.append(crc)
+                self._mix.append(mix)
+            self._pending_bytes += nbytes
+            now = time.monotonic()
+            if len(self._uids) == 1:
+                self._first_t = now
+            slow = now - self._last_t > SLOW_PRODUCER_S
+            self._last_t = now
+            if (
+                slow
+                or self._pending_bytes >= FLUSH_MAX_BYTES
+                or len(self._uids) >= FLUSH_MAX_ITEMS
+                or now - self._first_t > FLUSH_MAX_AGE_S
+            ):
+                self._hand_over()
 
     def _new_array_meta(self, arr: np.ndarray) -> tuple[int, bool]:
         try:
@@ -1142,6 +1146,7 @@ class MapWriter:
         self._uids, self._offsets, self._nbytes, self._crcs, self._mix = [], [], [], [], []
         self._metas = []
         self._meta_of = {}
+        self._last_dtype = None  # the meta numbers restart with each record
         self._pending_bytes = 0
 
     def _start_io_thread(self) -> None:
