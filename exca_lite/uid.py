@@ -74,20 +74,29 @@ def _canon(value: tp.Any, path: str) -> tp.Any:
 
 def uid_config(obj: tp.Any, exclude: tp.Iterable[str] = (), path: str = "") -> dict[str, tp.Any]:
     """The non-default, non-infra, non-excluded fields of a config, as canonical plain data."""
-    excluded = set(exclude)
+    excluded = set(exclude) if exclude else None
     out: dict[str, tp.Any] = {}
     for info in field_infos(type(obj)):
         name = info.name
-        if info.is_infra or name in excluded:
+        if info.is_infra or (excluded and name in excluded):
             continue
         value = getattr(obj, name)
         default = info.default
-        if _is_default(value, default):
+        if value is default:
             continue
-        if isinstance(value, InfraMarker):
+        cls = type(value)
+        if cls in _PLAIN_SCALARS:  # the common case, kept free of the general walk below
+            if cls is type(default) and value == default:
+                continue
+            if cls is not float or math.isfinite(value):
+                out[name] = value
+                continue
+        if _is_default(value, default) or isinstance(value, InfraMarker):
             continue
         where = f"{path}.{name}" if path else name
-        sub_excluded = [e[len(name) + 1 :] for e in excluded if e.startswith(name + ".")]
+        sub_excluded = (
+            [e[len(name) + 1 :] for e in excluded if e.startswith(name + ".")] if excluded else []
+        )
         is_config = dataclasses.is_dataclass(value) and not isinstance(value, type)
         if sub_excluded and is_config:
             sub = uid_config(value, sub_excluded, where)
@@ -103,6 +112,9 @@ def uid_config(obj: tp.Any, exclude: tp.Iterable[str] = (), path: str = "") -> d
             # qualname, not the module, so that moving a class keeps its caches.
             out[name] = {CLASS_KEY: type(value).__qualname__, **out[name]}
     return out
+
+
+_PLAIN_SCALARS = frozenset({int, str, bool, float})
 
 
 def _is_default(value: tp.Any, default: tp.Any) -> bool:
