@@ -88,13 +88,18 @@ class Claim:
             raise StoreError(msg) from exc
         self._owner = owner
         storelocks.live_tokens.add(self.token)
-        with self._globally():
-            self.store.refresh()
-            wanted = [uid for uid in dict.fromkeys(self.item_uids) if uid not in self.store]
-            claimed = self._read_claims()
-            self.mine = [uid for uid in wanted if uid not in claimed]
-            self._others = {uid: claimed[uid] for uid in wanted if uid in claimed}
-            self._append(self.mine)
+        try:
+            with self._globally():
+                self.store.refresh()
+                rows = self.store
+                wanted = [uid for uid in dict.fromkeys(self.item_uids) if uid not in rows]
+                claimed = self._read_claims()
+                self.mine = [uid for uid in wanted if uid not in claimed]
+                self._others = {uid: claimed[uid] for uid in wanted if uid in claimed}
+                self._append(self.mine)
+        except BaseException:
+            self.release()  # a claim that failed to form holds nothing
+            raise
 
     def _read_claims(self) -> dict[str, str]:
         """uid -> token of every live owner's claims; deletes the claim files of dead owners."""
