@@ -23,6 +23,9 @@ import numpy as np
 
 from .errors import StoreError
 
+CacheType = tp.Literal["array", "msgpack", "pickle"] | None
+"""A format forced by the caller, or None to pick one per value."""
+
 ARRAY = 0
 MSGPACK = 1
 PICKLE = 2
@@ -137,6 +140,7 @@ def _short_repr(value: tp.Any) -> str:
 
 __all__ = [
     "ARRAY",
+    "CacheType",
     "FORMAT_NAMES",
     "MSGPACK",
     "PICKLE",

@@ -22,11 +22,9 @@ import contextlib
 import itertools
 import mmap
 import os
-import queue
 import struct
 import threading
 import time
-import types
 import typing as tp
 import warnings
 import weakref
@@ -40,33 +38,21 @@ from . import encoding as enc
 from . import shards as sh
 from . import storelocks
 from .claims import Claim
+from .encoding import CacheType
 from .errors import CorruptCacheWarning, StoreError
+from .mapwriter import MapWriter
+from .shards import Durability
 
 if tp.TYPE_CHECKING:
     import filelock
 
-Durability = tp.Literal["flush", "fsync"]
-CacheType = tp.Literal["array", "msgpack", "pickle"] | None
-
-FLUSH_MAX_BYTES = 8 << 20
-FLUSH_MAX_ITEMS = 1000
-FLUSH_MAX_AGE_S = 1.0
-SLOW_PRODUCER_S = 0.1
-"""A write() arriving this long after the previous one is published at once: the producer is slow,
-so batching saves nothing while a process waiting for the item would wait one more item."""
-LARGE_ITEM_BYTES = 256 << 10
-"""Items this big skip the write buffer and go to the shard straight from their own memory."""
 COMPACT_RECORD_ITEMS = 1 << 16
+COPY_CHUNK_BYTES = 8 << 20
 STACK_CHUNK_BYTES = 4 << 20
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+
 
-_ENTRIES = 0
-_RETIRE = 1
 _COLS = 5  # index table columns: pair number, offset, nbytes, meta id, crc32
 _ROW = struct.Struct(f"={_COLS}q")  # one row of the table (native int64, as numpy stores it)
-_ZEROS = bytes(sh.ALIGN)
-_payload_decoder: msgspec.msgpack.Decoder[tp.Any] = msgspec.msgpack.Decoder()
-_payload_encoder = msgspec.msgpack.Encoder()
 
 
 _open_stores: weakref.WeakSet[MapStore] = weakref.WeakSet()
@@ -263,7 +249,7 @@ class MapStore:
         decoded = []
         for at, payload in scan.records:
             try:
-                decoded.append((at, _payload_decoder.decode(payload)))
+                decoded.append((at, sh.decode_payload(payload)))
             except msgspec.DecodeError as exc:
                 self._warn(pair, f"{path}: index record at offset {at} unreadable ({exc!r})")
         # one table allocation for all of them (opening a big store reads ~1000 records at once)
@@ -273,7 +259,7 @@ class MapStore:
             try:
                 if type(obj) is not list or not obj:
                     raise TypeError(f"a record holds {type(obj).__name__}, not a list")
-                if obj[0] == _RETIRE:
+                if obj[0] == sh.RECORD_RETIRE:
                     ix.retired.update(str(stem) for stem in obj[1])
                     continue
                 if shard_size < 0:
@@ -619,8 +605,8 @@ class MapStore:
             view = stack.enter_context(memoryview(mm))
             for at, payload in scan.records:
                 try:
-                    obj = _payload_decoder.decode(payload)
-                    if obj[0] == _RETIRE:
+                    obj = sh.decode_payload(payload)
+                    if obj[0] == sh.RECORD_RETIRE:
                         retired.update(str(stem) for stem in obj[1])
                         continue
                     problems.extend(self._verify_record(obj, view, size, idx_path, bin_path))
@@ -730,7 +716,7 @@ class MapStore:
         # pairs an earlier compaction retired but could not remove (it died after publishing)
         # are retired again, or readers of the new generation would not know to skip them
         retired = sorted({p.name.stem for p in ix.pairs if p.number in sources} | ix.retired)
-        payloads = [_payload_encoder.encode([_RETIRE, retired])]
+        payloads = [sh.encode_payload([sh.RECORD_RETIRE, retired])]
         metas = [self._meta_repr(i) for i in range(len(self._metas))]
         with open(self.paths.shard(name.stem), "rb") as f:
             data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if len(chosen) else None
@@ -741,9 +727,9 @@ class MapStore:
             last = int(new_offsets[start + len(part) - 1] + sub[-1, 2])
             spans = [[first, last, zlib.crc32(data[first:last]) if data is not None else 0]]
             payloads.append(
-                _payload_encoder.encode(
+                sh.encode_payload(
                     [
-                        _ENTRIES,
+                        sh.RECORD_ENTRIES,
                         [uids[i] for i in part.tolist()],
                         new_offsets[start : start + len(part)].astype("<i8").tobytes(),
                         sub[:, 2].astype("<i8").tobytes(),
@@ -786,8 +772,8 @@ class MapStore:
                     mm = self._map(ix, number, offset + nbytes)
                 new_offsets[k] = written + len(buf)
                 buf += mm[offset : offset + nbytes]
-                buf += _ZEROS[: -nbytes % sh.ALIGN]
-                if len(buf) >= FLUSH_MAX_BYTES:
+                buf += sh.ZEROS[: -nbytes % sh.ALIGN]
+                if len(buf) >= COPY_CHUNK_BYTES:
                     sh.write_all(fd, buf)
                     written += len(buf)
                     buf.clear()
@@ -879,7 +865,7 @@ class MapStore:
 
 def _entry_count(obj: tp.Any) -> int:
     """How many entries a decoded record holds (0 for other records, or garbage)."""
-    if type(obj) is list and len(obj) > 1 and obj[0] == _ENTRIES and type(obj[1]) is list:
+    if type(obj) is list and len(obj) > 1 and obj[0] == sh.RECORD_ENTRIES and type(obj[1]) is list:
         return len(obj[1])
     return 0
 
@@ -889,387 +875,6 @@ def _file_size(path: Path) -> int:
         return os.stat(path).st_size
     except FileNotFoundError:
         return -1
-
-
-class MapWriter:
-    """Appends items to one slot's shard and publishes them in batches to its index.
-
-    ``write`` only buffers (no system call for small items); full buffers go to a background I/O
-    thread, which writes the data bytes, then one index record holding all their entries. ``flush``
-    returns once everything written so far is published.
-    """
-
-    def __init__(self, store: MapStore, cache_type: CacheType = None) -> None:
-        if cache_type is not None and cache_type not in enc.FORMAT_NAMES:
-            msg = f"cache_type must be one of None, {', '.join(map(repr, enc.FORMAT_NAMES))}; got {cache_type!r}"
-            raise ValueError(msg)
-        self.store = store
-        self.cache_type = cache_type
-        self._forced = None if cache_type is None else enc.FORMAT_NAMES[cache_type]
-        self._fsync = store.durability == "fsync"
-        self._slot = -1
-        self._lock: filelock.FileLock | None = None
-        self._bin_fd = -1
-        self._idx_fd = -1
-        self._stem = ""
-        self._idx_end = 0
-        self._buf = bytearray()
-        self._buf_start = 0  # shard offset of self._buf[0]; always 64-aligned
-        self._uids: list[str] = []
-        self._offsets: list[int] = []
-        self._nbytes: list[int] = []
-        self._crcs: list[int] = []
-        self._mix: list[int] = []
-        self._metas: list[list[tp.Any]] = []
-        self._meta_of: dict[tp.Any, tuple[int, bool]] = {}
-        self._last_dtype: np.dtype[tp.Any] | None = None
-        self._last_shape: tuple[int, ...] = ()
-        self._last_meta = (0, False)
-        self._pending_bytes = 0
-        self._first_t = 0.0
-        self._last_t = 0.0
-        self._span_start = -1  # the run of buffers being written since the last index record
-        self._span_end = 0
-        self._span_crc = 0
-        self._spans: list[list[int]] = []  # closed runs: [start, end, crc32]
-        # guards the buffer against the I/O thread publishing stale items (see _publish_if_stale)
-        self._buffer_lock = threading.Lock()
-        self._jobs: queue.Queue[tp.Any] = queue.Queue(maxsize=4)  # backpressure: 4 buffers
-        self._thread: threading.Thread | None = None
-        self._failed: BaseException | None = None
-
-    @property
-    def slot(self) -> int:
-        return self._slot
-
-    def __enter__(self) -> MapWriter:
-        self.open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def open(self) -> None:
-        if self._lock is not None:
-            return
-        paths = self.store.paths
-        try:
-            paths.folder.mkdir(parents=True, exist_ok=True)
-            self._slot, self._lock = storelocks.acquire_slot(paths)
-        except OSError as exc:
-            msg = f"cannot write into the cache folder {paths.folder}: {exc}"
-            raise StoreError(msg) from exc
-        try:
-            self._open_pair()
-        except BaseException:
-            self._close_files()
-            storelocks.release_slot(paths, self._slot, self._lock)
-            self._lock = None
-            raise
-        self._last_t = time.monotonic()
-        self._start_io_thread()
-
-    def _open_pair(self) -> None:
-        paths = self.store.paths
-        pairs = paths.list_pairs() or []
-        # the current generation: pairs of older ones are frozen (a compaction may retire them)
-        gen = max((p.gen for p in pairs if p.slot is None), default=0)
-        name = sh.DataName.writer(self._slot, gen)
-        self._stem = name.stem
-        idx_path, bin_path = paths.index(name.stem), paths.shard(name.stem)
-        file_id = sh.read_shard_file_id(bin_path)
-        if file_id is None:
-            if bin_path.exists() or idx_path.exists():
-                msg = f"{bin_path} or {idx_path} is damaged (bad header): run verify()/clear()"
-                raise StoreError(msg)
-            file_id = sh.new_file_id()
-            # the shard exists before its index: a reader never finds entries without their file
-            sh.create_atomically(bin_path, sh.shard_header(file_id), fsync=self._fsync)
-        index_id = sh.read_index_file_id(idx_path)
-        if index_id is None:
-            if idx_path.exists():
-                msg = f"{idx_path} has a damaged header: run verify()/clear()"
-                raise StoreError(msg)
-            sh.create_atomically(idx_path, sh.index_header(file_id), fsync=self._fsync)
-        elif index_id != file_id:
-            msg = f"{idx_path} and {bin_path} do not belong together (file ids differ)"
-            raise StoreError(msg)
-        self._bin_fd = os.open(bin_path, os.O_WRONLY)
-        self._idx_fd = os.open(idx_path, os.O_WRONLY | os.O_APPEND)
-        if self.store._loaded:
-            # also registers the new pair, so this store takes in its own flushes without
-            # re-reading them
-            self.store.refresh()
-        state = self.store._pair_state(name.stem)
-        valid_end = state.pos if state is not None else sh.valid_end(idx_path, file_id)
-        if os.fstat(self._idx_fd).st_size > valid_end:
-            # a torn record from a holder that died mid-append; readers never read past valid_end
-            # (they stop at a record they cannot check), so cutting it is invisible to them
-            os.ftruncate(self._idx_fd, valid_end)
-        self._idx_end = valid_end
-        # garbage a dead holder left after its last published item is dead bytes: skip it
-        self._buf_start = sh.align_up(os.fstat(self._bin_fd).st_size)
-
-    def write(self, item_uid: str, value: tp.Any) -> None:
-        """Buffer one item (published by the next ``flush``, automatic every ~1000 items/8 MiB/1 s)."""
-        if self._lock is None:
-            self.open()
-        fmt = (
-            enc.ARRAY
-            if self._forced is None and type(value) is np.ndarray and not value.dtype.hasobject
-            else enc.pick_format(value, self._forced)
-        )
-        if self._failed is not None:
-            self._raise_failed()
-        with self._buffer_lock:  # the I/O thread may publish stale items (see _publish_if_stale)
-            if fmt == enc.ARRAY:
-                arr = value
-                # items of a map mostly share one dtype and shape: compare with the last one
-                # before hashing a (dtype, shape) key (numpy reuses its builtin dtype objects)
-                if arr.dtype is self._last_dtype and arr.shape == self._last_shape:
-                    found = self._last_meta
-                else:
-                    found = self._meta_of.get((arr.dtype, arr.shape)) or self._new_array_meta(arr)
-                    self._last_dtype, self._last_shape = arr.dtype, arr.shape
-                    self._last_meta = found
-                mix, as_bytes = found
-                if not arr.flags.c_contiguous:
-                    arr = np.ascontiguousarray(arr)
-                if as_bytes:  # dtypes without a buffer export (datetime64): their raw bytes
-                    arr = arr.reshape(-1).view(np.uint8)
-                nbytes = arr.nbytes
-                data: tp.Any = arr
-                crc = 0  # small arrays: covered by their buffer's span checksum (I/O thread)
-            else:
-                data = enc.encode_other(value, fmt)
-                nbytes = len(data)
-                mix = self._other_meta(fmt)
-                crc = zlib.crc32(data)  # checked on every load of a decoded item
-            if nbytes >= LARGE_ITEM_BYTES:
-                self._write_direct(item_uid, data, nbytes, mix, crc)
-            else:
-                buf = self._buf
-                self._offsets.append(self._buf_start + len(buf))
-                buf.extend(data)
-                buf += _ZEROS[: -nbytes % sh.ALIGN]
-                self._uids.append(item_uid)
-                self._nbytes.append(nbytes)
-                self._crcs.append(crc)
-                self._mix.append(mix)
-            self._pending_bytes += nbytes
-            now = time.monotonic()
-            if len(self._uids) == 1:
-                self._first_t = now
-            slow = now - self._last_t > SLOW_PRODUCER_S
-            self._last_t = now
-            if (
-                slow
-                or self._pending_bytes >= FLUSH_MAX_BYTES
-                or len(self._uids) >= FLUSH_MAX_ITEMS
-                or now - self._first_t > FLUSH_MAX_AGE_S
-            ):
-                self._hand_over()
-
-    def _new_array_meta(self, arr: np.ndarray) -> tuple[int, bool]:
-        try:
-            _ = arr.reshape(-1)[:0].data
-            as_bytes = False
-        except (ValueError, TypeError, BufferError):
-            as_bytes = True
-        self._metas.append([enc.ARRAY, enc.dtype_descr(arr.dtype), list(arr.shape)])
-        found = (len(self._metas) - 1, as_bytes)
-        self._meta_of[(arr.dtype, arr.shape)] = found
-        return found
-
-    def _other_meta(self, fmt: int) -> int:
-        found = self._meta_of.get(fmt)
-        if found is None:
-            self._metas.append([fmt, None, []])
-            found = (len(self._metas) - 1, False)
-            self._meta_of[fmt] = found
-        return found[0]
-
-    def _write_direct(self, item_uid: str, data: tp.Any, nbytes: int, mix: int, crc: int) -> None:
-        """Write a large item from its own memory (no copy into a buffer), in this thread.
-
-        Its offset is past every buffer handed to the I/O thread, so both write at once without
-        ordering them; its index entry goes with the next record, which the I/O thread writes
-        after this returns. The caller may reuse the array's memory as soon as ``write`` returns.
-        """
-        raw = data if isinstance(data, bytes) else data.reshape(-1).view(np.uint8).data
-        self._queue_data()
-        offset = self._buf_start
-        try:
-            sh.pwrite_all(self._bin_fd, raw, offset)
-        except OSError as exc:
-            msg = f"writing item {item_uid!r} to {self.store.paths.shard(self._stem)} failed: {exc}"
-            raise StoreError(msg) from exc
-        if not crc:
-            # a large array gets its own checksum, a word sum at memory speed (crc32 would halve
-            # the write bandwidth)
-            crc = enc.word_checksum(raw)
-        self._buf_start = sh.align_up(offset + nbytes)
-        self._uids.append(item_uid)
-        self._offsets.append(offset)
-        self._nbytes.append(nbytes)
-        self._crcs.append(crc)
-        self._mix.append(mix)
-
-    def _queue_data(self) -> None:
-        """Send the buffered bytes to the I/O thread (no index record: their items may be joined
-        by more before the next flush)."""
-        if self._buf:
-            self._submit((self._buf, self._buf_start, None, True))
-            self._buf_start += len(self._buf)
-            self._buf = bytearray()
-
-    def _hand_over(self) -> None:
-        """Send buffered bytes, then the index record of every pending item, to the I/O thread."""
-        if not self._uids:
-            return
-        self._queue_data()
-        obj = [
-            _ENTRIES,
-            self._uids,
-            np.array(self._offsets, dtype="<i8").tobytes(),
-            np.array(self._nbytes, dtype="<i8").tobytes(),
-            np.array(self._crcs, dtype="<u4").tobytes(),
-            np.array(self._mix, dtype="<u4").tobytes(),
-            self._metas,
-        ]
-        self._submit((b"", self._buf_start, obj, False))
-        self._uids, self._offsets, self._nbytes, self._crcs, self._mix = [], [], [], [], []
-        self._metas = []
-        self._meta_of = {}
-        self._last_dtype = None  # the meta numbers restart with each record
-        self._pending_bytes = 0
-
-    def _start_io_thread(self) -> None:
-        # one I/O thread per writer does every buffered write in order, so the shard bytes of an
-        # item always reach the OS before the index record naming it, while the writing thread
-        # keeps encoding items; it also publishes items left buffered by a stalled producer
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._io_loop, name=f"exca-lite-writer-{self._slot}", daemon=True
-            )
-            self._thread.start()
-
-    def _submit(self, job: tuple[tp.Any, int, list[tp.Any] | None, bool]) -> None:
-        self._start_io_thread()
-        self._jobs.put(job)
-
-    def _io_loop(self) -> None:
-        while True:
-            try:
-                job = self._jobs.get(timeout=FLUSH_MAX_AGE_S / 2)
-            except queue.Empty:
-                self._publish_if_stale()
-                continue
-            try:
-                if job is None:
-                    return
-                if self._failed is None:
-                    self._do_io(*job)
-            except BaseException as exc:  # reported to the caller by its next call
-                self._failed = exc
-            finally:
-                self._jobs.task_done()
-
-    def _publish_if_stale(self) -> None:
-        """Publish items buffered for over FLUSH_MAX_AGE_S while the producer is busy elsewhere
-        (a model computing its next batch): waiting processes and a crash then lose less."""
-        if not self._uids or not self._buffer_lock.acquire(blocking=False):
-            return  # nothing buffered, or the producer is writing: it checks the age itself
-        try:
-            # the queue is empty (this thread is its only reader and found nothing) and stays
-            # so while the lock is held, so these two puts cannot block this thread on itself
-            stale = time.monotonic() - self._first_t > FLUSH_MAX_AGE_S
-            if self._uids and stale and self._jobs.qsize() == 0 and self._failed is None:
-                self._hand_over()
-        finally:
-            self._buffer_lock.release()
-
-    def _do_io(self, data: tp.Any, offset: int, obj: list[tp.Any] | None, buffered: bool) -> None:
-        if len(data):
-            sh.pwrite_all(self._bin_fd, data, offset)
-            if buffered:
-                # buffers of small items: one running crc32 per run of consecutive buffers (a
-                # "span"), computed here where zlib releases the GIL, instead of a call per item
-                # in the writing thread; large items carry their own checksum
-                if self._span_start < 0 or offset != self._span_end:
-                    self._close_span()
-                    self._span_start = self._span_end = offset
-                self._span_crc = zlib.crc32(data, self._span_crc)
-                self._span_end = offset + len(data)
-        if obj is None:
-            return
-        self._close_span()
-        obj.append(self._spans)
-        self._spans = []
-        if self._fsync:
-            # power loss must not leave an index record pointing at bytes the disk never got
-            os.fsync(self._bin_fd)
-        record = sh.frame(_payload_encoder.encode(obj))
-        start = self._idx_end
-        # one write per record (O_APPEND): a kill inside it leaves a torn tail, never a gap
-        sh.write_all(self._idx_fd, record)
-        if self._fsync:
-            os.fsync(self._idx_fd)
-        self._idx_end = start + len(record)
-        self.store._own_flush(self._stem, start, self._idx_end, obj, offset)
-
-    def _close_span(self) -> None:
-        if self._span_start >= 0:
-            self._spans.append([self._span_start, self._span_end, self._span_crc])
-        self._span_start = -1
-        self._span_crc = 0
-
-    def _wait_io(self) -> None:
-        if self._thread is not None:
-            self._jobs.join()
-        if self._failed is not None:
-            self._raise_failed()
-
-    def _raise_failed(self) -> tp.NoReturn:
-        msg = (
-            f"writing to {self.store.paths.shard(self._stem)} failed: {self._failed!r}; "
-            "items written since the last successful flush are lost"
-        )
-        raise StoreError(msg) from self._failed
-
-    def flush(self) -> None:
-        """Publish every buffered item: their bytes reach the shard before the index record."""
-        if self._idx_fd < 0:
-            return
-        with self._buffer_lock:
-            self._hand_over()
-        self._wait_io()
-
-    def close(self) -> None:
-        """Flush, stop the I/O thread, close the files and free the slot."""
-        if self._lock is None:
-            return
-        try:
-            self.flush()
-        finally:
-            if self._thread is not None:
-                self._jobs.put(None)
-                self._thread.join()
-                self._thread = None
-            self._close_files()
-            storelocks.release_slot(self.store.paths, self._slot, self._lock)
-            self._lock = None
-
-    def _close_files(self) -> None:
-        for fd in (self._bin_fd, self._idx_fd):
-            if fd >= 0:
-                os.close(fd)
-        self._bin_fd = self._idx_fd = -1
 
 
 __all__ = ["CacheType", "Claim", "Durability", "MapStore", "MapWriter"]

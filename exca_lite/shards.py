@@ -28,9 +28,12 @@ import dataclasses
 import os
 import re
 import struct
+import typing as tp
 import uuid
 import zlib
 from pathlib import Path
+
+import msgspec
 
 ALIGN = 64
 """Item offsets in a shard are multiples of this: arrays are aligned for any dtype and SIMD."""
@@ -43,6 +46,30 @@ SHARD_HEADER_BYTES = 64
 RECORD_HEADER = struct.Struct("<4sII")
 MAX_RECORD_BYTES = 1 << 31
 """A length field above this is damage, not a record (flushes are capped far below)."""
+
+Durability = tp.Literal["flush", "fsync"]
+"""``"flush"``: data, then index, handed to the OS in order (survives a killed process);
+``"fsync"``: each fsynced before the next step (survives power loss)."""
+
+RECORD_ENTRIES = 0
+"""Payload ``[0, uids, offsets, nbytes, crc32s, meta indexes, metas, spans]``: published items."""
+RECORD_RETIRE = 1
+"""Payload ``[1, pair names]``: first record of a compacted index, the pairs it replaces."""
+ZEROS = bytes(ALIGN)
+"""Padding up to the next aligned offset."""
+
+_payload_encoder = msgspec.msgpack.Encoder()
+_payload_decoder: msgspec.msgpack.Decoder[tp.Any] = msgspec.msgpack.Decoder()
+
+
+def encode_payload(obj: list[tp.Any]) -> bytes:
+    return _payload_encoder.encode(obj)
+
+
+def decode_payload(payload: memoryview | bytes) -> tp.Any:
+    """The decoded payload of a record (msgspec.DecodeError if it is not msgpack)."""
+    return _payload_decoder.decode(payload)
+
 
 _DATA_NAME = re.compile(r"^(?:w(\d{3,})|c)-g(\d{6,})$")
 
@@ -317,6 +344,12 @@ def _next_valid(view: memoryview, start: int) -> int:
 
 __all__ = [
     "ALIGN",
+    "RECORD_ENTRIES",
+    "RECORD_RETIRE",
+    "ZEROS",
+    "Durability",
+    "decode_payload",
+    "encode_payload",
     "INDEX_HEADER_BYTES",
     "SHARD_HEADER_BYTES",
     "DataName",
