@@ -345,26 +345,36 @@ class BoundMap(tp.Generic[Own, X, R]):
         if infra.cluster == "threadpool":
             pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(infra.max_jobs, len(args)))
         else:
-            import multiprocessing
-
             pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=min(infra.max_jobs, len(args)),
-                mp_context=multiprocessing.get_context("spawn"),
+                max_workers=min(infra.max_jobs, len(args)), mp_context=_process_context()
             )
         errors: list[str] = []
-        with pool, _progress(len(args), f"{self._method.name} jobs") as bar:
+        with pool:
+            # submit before the progress bar exists: a fork must happen while this process has a
+            # single thread (tqdm starts a monitor thread)
             futures = {pool.submit(run_map_chunk, *a): i for i, a in enumerate(args)}
-            for future in concurrent.futures.as_completed(futures):
-                k = futures[future]
-                exc = future.exception()
-                if exc is not None:
-                    errors.append(f"job {k} ({len(args[k][3])} items): {exc}")
-                bar.update(1)
+            bar = _progress(len(args), f"{self._method.name} jobs")
+            with bar:
+                self._collect(futures, args, bar, errors)
         if errors:
             raise JobError(
                 f"{self._uid}: {len(errors)} of {len(args)} {infra.cluster} jobs failed (items "
                 "completed before the failure stay cached):\n" + "\n".join(errors)
             )
+
+    @staticmethod
+    def _collect(
+        futures: dict[concurrent.futures.Future[int], int],
+        args: list[tuple[tp.Any, ...]],
+        bar: tp.Any,
+        errors: list[str],
+    ) -> None:
+        for future in concurrent.futures.as_completed(futures):
+            k = futures[future]
+            exc = future.exception()
+            if exc is not None:
+                errors.append(f"job {k} ({len(args[k][3])} items): {exc}")
+            bar.update(1)
 
     def _run_submitit(self, args: list[tuple[tp.Any, ...]]) -> None:
         from .execution import closing_debug_log_handlers, is_alive, job_failure_text, make_executor
@@ -415,6 +425,19 @@ class BoundMap(tp.Generic[Own, X, R]):
             )
 
 
+def _process_context() -> tp.Any:
+    """Fork when this process has a single thread (workers start in milliseconds and inherit the
+    imports); spawn otherwise, since forking a process whose other threads may hold locks can
+    deadlock the child (and Python 3.12+ warns about it)."""
+    import multiprocessing
+    import threading
+
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
 class _NoBar:
     def update(self, n: int) -> None:
         pass
@@ -430,11 +453,23 @@ def _progress(total: int, desc: str) -> tp.Any:
     """A tqdm bar for long work when tqdm is installed; silent otherwise."""
     if total < 2:
         return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, desc=desc, leave=False, mininterval=0.5)
+    global _BAR_CLASS
+    if _BAR_CLASS is None:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return _NoBar()
+
+        class _Bar(tqdm):  # type: ignore[misc]
+            # no monitor thread: it would outlive the bar, and a process with a second thread
+            # cannot fork its pool workers safely (a subclass attribute: tqdm itself is untouched)
+            monitor_interval = 0
+
+        _BAR_CLASS = _Bar
+    return _BAR_CLASS(total=total, desc=desc, leave=False, mininterval=0.5)
+
+
+_BAR_CLASS: tp.Any = None
 
 
 def _checked_outputs(
@@ -473,8 +508,8 @@ def run_map_chunk(
     keeps every item completed before it.
     """
     method = _find_method(type(owner), method_name)
-    if store is None:
-        store = MapStore(folder, durability=durability)
+    if store is None:  # a worker: it only writes, so it never needs to read the whole index
+        store = MapStore(folder, durability=durability, load_index=False)
     n = 0
     bar = (
         _progress(len(uids), method_name)
