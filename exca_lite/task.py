@@ -217,8 +217,8 @@ class BoundTask(tp.Generic[Own, R]):
         self._uid_config = uid_config(self._owner, method.exclude)
         self._uid = method_uid(cls, method.name, self._infra.version, self._uid_config)
         folder = self._infra.folder
-        self._paths = None if folder is None else TaskPaths(Path(folder) / self._uid)
-        self._ram_key = self._uid if self._paths is None else str(self._paths.folder)
+        self._paths = None if folder is None else TaskPaths(f"{folder}/{self._uid}")
+        self._ram_key = self._uid if self._paths is None else self._paths.base
         self._prepared = True
 
     @property

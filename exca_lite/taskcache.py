@@ -34,9 +34,10 @@ class TaskPaths:
     """Every path inside one task cache folder, as strings computed once (the hit path opens them)."""
 
     __slots__ = (
+        "_folder",
+        "base",
         "config",
         "error",
-        "folder",
         "job",
         "lock",
         "logs",
@@ -45,9 +46,11 @@ class TaskPaths:
         "uid",
     )
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        base = str(folder)
+    def __init__(self, folder: Path | str) -> None:
+        # the Path is built on first use: a uid() call needs only strings, and Path parsing is a
+        # third of the cost of a fresh object's uid
+        self._folder = folder if isinstance(folder, Path) else None
+        self.base = base = str(folder)
         self.config = f"{base}/config.json"
         self.uid = f"{base}/uid.json"
         self.result_pkl = f"{base}/result.pkl"
@@ -56,6 +59,12 @@ class TaskPaths:
         self.job = f"{base}/job.pkl"
         self.logs = f"{base}/logs"
         self.lock = f"{base}/task.lock"
+
+    @property
+    def folder(self) -> Path:
+        if self._folder is None:
+            self._folder = Path(self.base)
+        return self._folder
 
 
 class Failure(msgspec.Struct):

@@ -135,16 +135,13 @@ def canonical_bytes(config: dict[str, tp.Any]) -> bytes:
 def _readable_parts(config: dict[str, tp.Any], prefix: str, parts: list[str]) -> None:
     for key in sorted(config):
         value = config[key]
-        if (
-            isinstance(value, dict)
-            and value
-            and "__float__" not in value
-            and "__bytes__" not in value
-        ):
+        cls = type(value)
+        if cls is str:
+            parts.append(f"{prefix}{key}={value}")
+        elif cls is dict and value and "__float__" not in value and "__bytes__" not in value:
             _readable_parts(value, f"{prefix}{key}.", parts)
         else:
-            text = value if isinstance(value, str) else _encode(value).decode()
-            parts.append(f"{prefix}{key}={text}")
+            parts.append(f"{prefix}{key}={_encode(value).decode()}")
 
 
 def readable(config: dict[str, tp.Any]) -> str:
