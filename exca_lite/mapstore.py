@@ -76,7 +76,17 @@ class _StaleError(Exception):
 class _Pair:
     """What a reader knows about one shard/index pair."""
 
-    __slots__ = ("bad", "file_id", "index_path", "ino", "name", "number", "pos", "warned")
+    __slots__ = (
+        "bad",
+        "file_id",
+        "index_path",
+        "ino",
+        "max_end",
+        "name",
+        "number",
+        "pos",
+        "warned",
+    )
 
     def __init__(self, name: sh.DataName, number: int, index_path: str) -> None:
         self.name = name
@@ -87,6 +97,9 @@ class _Pair:
         self.file_id: bytes | None = None
         self.warned = False
         self.bad = False
+        # the highest shard byte any entry or span of this index points to, valid or not: a
+        # writer never appends below it, and never to a shard shorter than it (damage)
+        self.max_end = 0
 
 
 class _Index:
@@ -251,6 +264,7 @@ class MapStore:
             try:
                 decoded.append((at, sh.decode_payload(payload)))
             except msgspec.DecodeError as exc:
+                pair.max_end = sh.FAR_END
                 self._warn(pair, f"{path}: index record at offset {at} unreadable ({exc!r})")
         # one table allocation for all of them (opening a big store reads ~1000 records at once)
         ix.reserve(sum(_entry_count(obj) for _, obj in decoded))
@@ -266,6 +280,7 @@ class MapStore:
                     shard_size = _file_size(self.paths.shard(pair.name.stem))
                 self._ingest(ix, pair, obj, shard_size)
             except (ValueError, TypeError, IndexError, KeyError) as exc:
+                pair.max_end = sh.FAR_END  # it may point anywhere: never append to this shard
                 self._warn(pair, f"{path}: index record at offset {at} unreadable ({exc!r})")
         pair.pos = scan.end
 
@@ -278,6 +293,7 @@ class MapStore:
         mix = np.frombuffer(mix_b, dtype="<u4")
         if not (len(offsets) == len(nbytes) == len(crcs) == len(mix) == n):
             raise ValueError("columns of different lengths")
+        pair.max_end = max(pair.max_end, sh.referenced_end(offsets, nbytes, _span))
         if n and int(mix.max()) >= len(metas):
             raise ValueError("meta index out of range")
         meta_ids = np.array([self._intern(m) for m in metas] or [0], dtype=np.int64)

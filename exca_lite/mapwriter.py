@@ -43,6 +43,10 @@ LARGE_ITEM_BYTES = 256 << 10
 """Items this big skip the write buffer and go to the shard straight from their own memory."""
 
 
+class _DamagedPair(Exception):
+    """The slot's shard is shorter than its index says: the writer must take another slot."""
+
+
 class MapWriter:
     """Appends items to one slot's shard and publishes them in batches to its index.
 
@@ -110,28 +114,39 @@ class MapWriter:
         if self._lock is not None:
             return
         paths = self.store.paths
+        damaged: list[tuple[int, filelock.FileLock]] = []
         try:
-            paths.folder.mkdir(parents=True, exist_ok=True)
-            self._slot, self._lock = storelocks.acquire_slot(paths)
-        except OSError as exc:
-            msg = f"cannot write into the cache folder {paths.folder}: {exc}"
-            raise StoreError(msg) from exc
-        try:
-            self._open_pair()
-        except BaseException:
-            self._close_files()
-            storelocks.release_slot(paths, self._slot, self._lock)
-            self._lock = None
-            raise
+            while self._lock is None:
+                try:
+                    paths.folder.mkdir(parents=True, exist_ok=True)
+                    slot, lock = storelocks.acquire_slot(paths)
+                except OSError as exc:
+                    msg = f"cannot write into the cache folder {paths.folder}: {exc}"
+                    raise StoreError(msg) from exc
+                try:
+                    self._open_pair(slot)
+                except _DamagedPair:
+                    # keep holding it until a slot is found, so acquire_slot moves past it
+                    self._close_files()
+                    damaged.append((slot, lock))
+                    continue
+                except BaseException:
+                    self._close_files()
+                    storelocks.release_slot(paths, slot, lock)
+                    raise
+                self._slot, self._lock = slot, lock
+        finally:
+            for slot, lock in damaged:
+                storelocks.release_slot(paths, slot, lock)
         self._last_t = time.monotonic()
         self._start_io_thread()
 
-    def _open_pair(self) -> None:
+    def _open_pair(self, slot: int) -> None:
         paths = self.store.paths
         pairs = paths.list_pairs() or []
         # the current generation: pairs of older ones are frozen (a compaction may retire them)
         gen = max((p.gen for p in pairs if p.slot is None), default=0)
-        name = sh.DataName.writer(self._slot, gen)
+        name = sh.DataName.writer(slot, gen)
         self._stem = name.stem
         idx_path, bin_path = paths.index(name.stem), paths.shard(name.stem)
         file_id = sh.read_shard_file_id(bin_path)
@@ -158,14 +173,25 @@ class MapWriter:
             # re-reading them
             self.store.refresh()
         state = self.store._pair_state(name.stem)
-        valid_end = state.pos if state is not None else sh.valid_end(idx_path, file_id)
+        if state is not None and not state.bad:
+            valid_end, referenced = state.pos, state.max_end
+        else:
+            valid_end, referenced = sh.index_extent(idx_path, file_id)
+        size = os.fstat(self._bin_fd).st_size
+        if referenced > size:
+            # published entries point past the shard's end: it lost bytes (truncated, or a power
+            # loss kept a record but not its data). Appending would give those entries bytes
+            # again -- the wrong ones -- so this shard is never written again: the writer takes
+            # another slot, readers keep rejecting those entries, compact() folds the pair in
+            raise _DamagedPair(str(bin_path))
         if os.fstat(self._idx_fd).st_size > valid_end:
             # a torn record from a holder that died mid-append; readers never read past valid_end
             # (they stop at a record they cannot check), so cutting it is invisible to them
             os.ftruncate(self._idx_fd, valid_end)
         self._idx_end = valid_end
-        # garbage a dead holder left after its last published item is dead bytes: skip it
-        self._buf_start = sh.align_up(os.fstat(self._bin_fd).st_size)
+        # garbage a dead holder left after its last published item is dead bytes: skip it; and
+        # never below a byte an entry points to (an old entry must never see new bytes)
+        self._buf_start = sh.align_up(max(size, referenced))
 
     def write(self, item_uid: str, value: tp.Any) -> None:
         """Buffer one item (published by the next ``flush``, automatic every ~1000 items/8 MiB/1 s)."""

@@ -34,6 +34,7 @@ import zlib
 from pathlib import Path
 
 import msgspec
+import numpy as np
 
 ALIGN = 64
 """Item offsets in a shard are multiples of this: arrays are aligned for any dtype and SIMD."""
@@ -321,11 +322,60 @@ def scan_records(data: bytes | memoryview, base: int) -> Scan:
 
 def valid_end(path: Path, file_id: bytes) -> int:
     """Where the valid records of index ``path`` end: what a new slot holder keeps of it."""
+    return index_extent(path, file_id)[0]
+
+
+FAR_END = 1 << 62
+"""The referenced end of an entry whose offset or size is nonsense: past any real shard."""
+
+
+def referenced_end(offsets: tp.Any, nbytes: tp.Any, spans: tp.Any) -> int:
+    """The highest shard byte (exclusive) a record's entries or spans point to.
+
+    ``offsets`` and ``nbytes`` are int64 numpy columns. Garbage that passed a checksum (negative
+    or huge values) counts as ``FAR_END``: such a shard must never be appended to again.
+    """
+    end = 0
+    if len(offsets):
+        if int(offsets.min()) < 0 or int(nbytes.min()) < 0:
+            return FAR_END
+        if int(offsets.max()) >= FAR_END or int(nbytes.max()) >= FAR_END:
+            return FAR_END
+        end = int((offsets + nbytes).max())
+    for span in spans or ():
+        try:
+            stop = int(span[1])
+        except (TypeError, ValueError, IndexError):
+            return FAR_END
+        end = max(end, min(stop, FAR_END))
+    return end
+
+
+def index_extent(path: Path, file_id: bytes) -> tuple[int, int]:
+    """(where the valid records of index ``path`` end, the highest shard byte they point to).
+
+    What a new slot holder needs: it keeps the index up to the first, and it never appends below
+    the second (an entry must never come to point at bytes written after it).
+    """
     with open(path, "rb") as f:
         data = f.read()
     if parse_header(data, INDEX_MAGIC) != file_id:
-        return len(data)  # not ours to cut: the caller checked the header, this is a race
-    return scan_records(data[INDEX_HEADER_BYTES:], INDEX_HEADER_BYTES).end
+        return len(data), FAR_END  # not ours to cut: the caller checked the header, this is a race
+    scan = scan_records(data[INDEX_HEADER_BYTES:], INDEX_HEADER_BYTES)
+    end = 0
+    for _, payload in scan.records:
+        try:
+            obj = decode_payload(payload)
+            if type(obj) is not list or not obj or obj[0] != RECORD_ENTRIES:
+                continue
+            offsets = np.frombuffer(obj[2], dtype="<i8")
+            nbytes = np.frombuffer(obj[3], dtype="<i8")
+            if len(offsets) != len(nbytes):
+                raise ValueError("columns of different lengths")
+            end = max(end, referenced_end(offsets, nbytes, obj[7] if len(obj) > 7 else None))
+        except (msgspec.DecodeError, ValueError, TypeError, IndexError):
+            end = FAR_END  # a record this reader cannot read may point anywhere
+    return scan.end, end
 
 
 def _next_valid(view: memoryview, start: int) -> int:
@@ -370,5 +420,8 @@ __all__ = [
     "scan_records",
     "shard_header",
     "valid_end",
+    "index_extent",
+    "referenced_end",
+    "FAR_END",
     "write_all",
 ]

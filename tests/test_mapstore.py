@@ -5,6 +5,7 @@ Real processes (``tests/store_worker.py``), real files, no mocks.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import subprocess
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 from store_worker import value_of
 
+import exca_lite as xl
 from exca_lite.errors import CorruptCacheWarning, StoreError
 from exca_lite.mapstore import MapStore
 
@@ -517,3 +519,106 @@ def test_items_of_a_stalled_producer_are_published_within_a_second_or_two(tmp_pa
             time.sleep(0.05)
         assert reader.missing(["item-0", "item-1", "item-2"]) == []
         assert time.monotonic() < deadline - 2.5
+
+
+def all_served_values_are_right(folder: Path, uids: list[str]) -> list[str]:
+    """Load every item from a fresh store: each must be right or missing; returns the missing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CorruptCacheWarning)  # the damage is reported, once
+        fresh = MapStore(folder)
+        gone = []
+        for uid in uids:
+            try:
+                value = fresh.load(uid)
+            except KeyError:
+                gone.append(uid)
+                continue
+            assert same(value, value_of(uid)), (uid, value)
+    return gone
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("lazy", ["eager", "lazy"])
+def test_a_truncated_shard_is_never_appended_to_again(tmp_path: Path, lazy: str) -> None:
+    finish(run_worker("write", tmp_path, 0, 40, 1000, 0, "eager"))
+    (shard,) = tmp_path.glob("*.bin")
+    cut = shard.stat().st_size - 64  # external damage: item-39 (the last one) loses its end
+    os.truncate(shard, cut)
+    # new items, from another process: before the fix they went over item-39's old bytes, and
+    # its entry then served item-4x's bytes
+    finish(run_worker("write", tmp_path, 40, 80, 1000, 0, lazy))
+    assert shard.stat().st_size == cut  # never appended to again: its entries stay rejected
+    uids = [f"item-{i}" for i in range(80)]
+    assert all_served_values_are_right(tmp_path, uids) == ["item-39"]
+    # and from this process, which reads the index (and its damage) first
+    with pytest.warns(CorruptCacheWarning, match="outside"):
+        store = MapStore(tmp_path)
+    with store.writer() as w:
+        for uid in uids[30:40]:  # recomputed (mode="force"), the damaged one included
+            w.write(uid, value_of(uid))
+    assert shard.stat().st_size == cut
+    assert all_served_values_are_right(tmp_path, uids) == []
+    assert finish(run_worker("read", tmp_path, 0.2))[-1].startswith("done")  # checks each item
+    # compaction folds the damaged pair in; writers then use the slot again
+    with pytest.warns(CorruptCacheWarning):
+        MapStore(tmp_path).compact()
+    assert MapStore(tmp_path).verify() == []
+    fill(tmp_path, [f"item-{i}" for i in range(80, 90)])
+    assert all_served_values_are_right(tmp_path, uids + [f"item-{i}" for i in range(80, 90)]) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_writer_never_appends_below_a_referenced_byte(tmp_path: Path) -> None:
+    # a shard whose entries end past dead bytes that were cut (not damage to any item): the next
+    # writer starts after the highest referenced byte, not at the (shorter) file size
+    store = fill(tmp_path, [f"item-{i}" for i in range(10)])
+    (shard,) = tmp_path.glob("*.bin")
+    published = shard.stat().st_size
+    with store.writer() as w:
+        w.write("item-10", value_of("item-10"))
+        w._queue_data()  # bytes written, never published: dead bytes
+        w._wait_io()
+        w._uids.clear()
+        w._offsets.clear()
+        w._nbytes.clear()
+        w._crcs.clear()
+        w._mix.clear()
+    assert shard.stat().st_size > published
+    os.truncate(shard, published)  # the dead bytes go; every entry is intact
+    fill(tmp_path, [f"item-{i}" for i in range(20, 30)])
+    assert [p.name for p in tmp_path.glob("*.bin")] == [shard.name]  # same slot: not damaged
+    uids = [f"item-{i}" for i in range(10)] + [f"item-{i}" for i in range(20, 30)]
+    assert all_served_values_are_right(tmp_path, uids) == []
+    assert MapStore(tmp_path).verify() == []
+
+
+@dataclasses.dataclass(frozen=True)
+class Distinct:
+    """Every item's value is distinct, so a wrong array cannot pass for the right one."""
+
+    infra: xl.MapInfra = xl.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def embed(self, items: tp.Sequence[str]) -> tp.Iterator[np.ndarray]:
+        for item in items:
+            yield np.full(16, int(item), dtype=np.float32)
+
+
+@pytest.mark.timeout(120)
+def test_map_infra_after_a_truncated_shard_never_serves_a_wrong_array(tmp_path: Path) -> None:
+    items = [str(i) for i in range(20)]
+    feat = Distinct(infra=xl.MapInfra(folder=tmp_path))
+    assert feat.embed.compute(items) == 20
+    folder = feat.embed.folder()
+    assert folder is not None
+    (shard,) = folder.glob("*.bin")
+    os.truncate(shard, shard.stat().st_size - 64)  # item "19" loses its end
+    with pytest.warns(CorruptCacheWarning):
+        forced = Distinct(infra=xl.MapInfra(folder=tmp_path, mode="force"))
+        assert [int(a[0]) for a in forced.embed(["3", "4"])] == [3, 4]
+        new = Distinct(infra=xl.MapInfra(folder=tmp_path))
+        assert [int(a[0]) for a in new.embed(["20", "21"])] == [20, 21]
+        again = Distinct(infra=xl.MapInfra(folder=tmp_path))
+        everything = [*items, "20", "21"]
+        for item, value in zip(everything, again.embed(everything), strict=True):
+            assert value.shape == (16,) and (value == int(item)).all(), item
