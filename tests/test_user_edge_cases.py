@@ -442,3 +442,338 @@ def test_function_local_class_task_debug(tmp_path: Path) -> None:
     # "local" (a real subprocess) works with this class; the in-process "debug" must too
     task = make()(x=4, infra=xl.TaskInfra(folder=tmp_path, cluster="debug"))
     assert task.run() == 8
+
+
+# --------------------------------------------------------------------------------------- MapInfra
+
+
+def _items(tmp_path: Path, **kwargs: tp.Any) -> ud.Items:
+    infra_keys = {"mode", "cluster", "max_jobs", "keep_in_ram", "min_samples_per_job"}
+    infra = {k: v for k, v in kwargs.items() if k in infra_keys}
+    fields = {k: v for k, v in kwargs.items() if k not in infra_keys}
+    fields.setdefault("counter", str(tmp_path / "counter"))
+    return ud.Items(infra=xl.MapInfra(folder=tmp_path / "cache", **infra), **fields)
+
+
+ODD_ARRAYS: dict[str, np.ndarray] = {
+    "0d": np.array(3.5),
+    "empty": np.zeros((0, 3), dtype=np.int16),
+    "big_endian": np.arange(4, dtype=">i4"),
+    "non_contiguous": np.arange(12.0).reshape(3, 4)[:, ::2],
+    "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+    "reversed": np.arange(10)[::-1],
+    "bool": np.array([True, False, True]),
+    "complex": np.array([1 + 2j, complex(-0.0, -0.0)], dtype=np.complex64),
+    "unicode": np.array(["ab", "日本"]),
+    "bytes": np.array([b"a\x00", b"b"]),
+    "datetime": np.array(["2020-01-01", "NaT"], dtype="datetime64[D]"),
+    "structured": np.array([(1, 2.5)], dtype=[("a", "<i4"), ("b", "<f8")]),
+    "float16_nan": np.array([np.nan, -0.0, np.inf], dtype=np.float16),
+    "uint64_max": np.array([2**64 - 1], dtype=np.uint64),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class OddOutputs:
+    infra: xl.MapInfra = xl.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def get(self, names: tp.Sequence[str]) -> tp.Iterator[tp.Any]:
+        for name in names:
+            yield ODD_ARRAYS[name]
+
+
+@pytest.mark.parametrize("name", sorted(ODD_ARRAYS))
+def test_odd_arrays_round_trip_bit_for_bit(tmp_path: Path, name: str) -> None:
+    expected = ODD_ARRAYS[name]
+    OddOutputs(infra=xl.MapInfra(folder=tmp_path)).get.compute([name])
+    (out,) = list(OddOutputs(infra=xl.MapInfra(folder=tmp_path)).get([name]))
+    assert type(out) is np.ndarray
+    assert out.dtype == expected.dtype and out.shape == expected.shape
+    assert out.tobytes() == np.ascontiguousarray(expected).tobytes()
+    assert not out.flags.writeable
+    stacked = OddOutputs(infra=xl.MapInfra(folder=tmp_path)).get.stack([name, name])
+    assert stacked.shape == (2, *expected.shape) and stacked.dtype == expected.dtype
+    assert stacked[1].tobytes() == np.ascontiguousarray(expected).tobytes()
+
+
+PY_OUTPUTS: dict[str, tp.Any] = {
+    "none": None,
+    "nan": float("nan"),
+    "neg_zero": -0.0,
+    "huge_int": 2**70,
+    "np_scalar": np.float32(1.5),
+    "tuple": (1, "a", None),
+    "list": [1, (2, 3)],
+    "set": {1, 2},
+    "int_key_dict": {1: "a", (2, 3): [4]},
+    "bytes": b"\x00\xff",
+    "str": "héllo 🚀",
+    "path": pathlib.Path("/a/b"),
+    "enum": ud.Color.BLUE,
+    "config": ud.Optim(lr=0.5),
+    "object_array": np.array([1, "a", None], dtype=object),
+    "masked": np.ma.array([1, 2], mask=[0, 1]),
+    "bool": True,
+    "empty_dict": {},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PyOutputs:
+    infra: xl.MapInfra = xl.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def get(self, names: tp.Sequence[str]) -> tp.Iterator[tp.Any]:
+        for name in names:
+            yield PY_OUTPUTS[name]
+
+
+def test_python_outputs_round_trip_with_their_type(tmp_path: Path) -> None:
+    names = sorted(PY_OUTPUTS)
+    PyOutputs(infra=xl.MapInfra(folder=tmp_path)).get.compute(names)
+    outs = list(PyOutputs(infra=xl.MapInfra(folder=tmp_path)).get(names))
+    for name, out in zip(names, outs):
+        expected = PY_OUTPUTS[name]
+        assert type(out) is type(expected), name
+        assert repr(out) == repr(expected), name
+    assert math.copysign(1, outs[names.index("neg_zero")]) == -1
+
+
+@pytest.mark.parametrize("kind", ["ragged", "mixed_dtype"])
+def test_stack_of_mismatched_arrays_names_the_items(tmp_path: Path, kind: str) -> None:
+    obj = _items(tmp_path, kind=kind)
+    with pytest.raises(Exception, match="'a'.*'bb'") as info:
+        obj.embed.stack(["a", "bb", "ccc"])
+    assert "shape" in str(info.value) and "dtype" in str(info.value)
+    assert sorted(obj.embed.cached_uids()) == ["a", "bb", "ccc"]  # computed, kept
+
+
+@pytest.mark.parametrize("kind", ["none", "object"])
+def test_stack_of_non_arrays_is_a_clear_error(tmp_path: Path, kind: str) -> None:
+    with pytest.raises(Exception, match="'a'.*not stored as an array"):
+        _items(tmp_path, kind=kind).embed.stack(["a", "bb"])
+
+
+def test_stack_of_0d_arrays_is_1d(tmp_path: Path) -> None:
+    out = _items(tmp_path, kind="scalar0d").embed.stack(["a", "bb", "a"])
+    assert out.shape == (3,) and out.tolist() == [1.0, 2.0, 1.0]
+
+
+def test_generator_input_and_duplicates_in_order(tmp_path: Path) -> None:
+    obj = _items(tmp_path)
+    out = list(obj.embed(x for x in ["ccc", "a", "ccc", "bb"]))
+    assert [float(o[0]) for o in out] == [3.0, 1.0, 3.0, 2.0]
+    stacked = _items(tmp_path).embed.stack(x for x in ["bb", "bb", "dddd"])
+    assert stacked[:, 0].tolist() == [2.0, 2.0, 4.0]
+    assert _items(tmp_path).embed.compute(iter(["a", "eeeee"])) == 1
+    assert counts(tmp_path / "counter") == {"ccc": 1, "a": 1, "bb": 1, "dddd": 1, "eeeee": 1}
+
+
+def test_empty_inputs(tmp_path: Path) -> None:
+    obj = _items(tmp_path)
+    assert list(obj.embed([])) == []
+    assert list(obj.embed(iter([]))) == []
+    assert obj.embed.compute([]) == 0
+    with pytest.raises(Exception, match="at least one"):
+        obj.embed.stack([])
+
+
+def test_item_uid_returning_non_str_is_a_clear_type_error(tmp_path: Path) -> None:
+    @dataclasses.dataclass(frozen=True)
+    class ById:
+        infra: xl.MapInfra = xl.MapInfra()
+
+        @infra.apply(item_uid=lambda item: item["id"])
+        def f(self, items: tp.Sequence[dict[str, tp.Any]]) -> tp.Iterator[int]:
+            for item in items:
+                yield item["v"]
+
+    obj = ById(infra=xl.MapInfra(folder=tmp_path))
+    assert list(obj.f([{"id": "x", "v": 1}, {"id": "y", "v": 2}])) == [1, 2]
+    with pytest.raises(TypeError, match=r"item_uid must return a str.*int.*#1"):
+        list(obj.f([{"id": "z", "v": 1}, {"id": 7, "v": 2}]))
+    assert sorted(obj.f.cached_uids()) == ["x", "y"]
+
+
+def test_int_and_tuple_items_with_str_uid(tmp_path: Path) -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Pairs:
+        infra: xl.MapInfra = xl.MapInfra()
+
+        @infra.apply(item_uid=str)
+        def f(self, items: tp.Sequence[tp.Any]) -> tp.Iterator[tp.Any]:
+            for item in items:
+                yield item
+
+    obj = Pairs(infra=xl.MapInfra(folder=tmp_path))
+    assert list(obj.f([(1, 2), 3, (1, 2)])) == [(1, 2), 3, (1, 2)]
+    # 1 and "1" share item_uid=str: the cache cannot tell them apart (user's item_uid choice)
+    assert list(obj.f([1, "1"])) in ([1, 1], ["1", "1"])
+
+
+def test_long_and_weird_item_uids(tmp_path: Path) -> None:
+    weird = ["x" * 5000, "a/b", "../..", "", "\n", "\x00", "日本", " "]
+    obj = _items(tmp_path, kind="object")
+    out = list(obj.embed(weird))
+    assert [o["item"] for o in out] == weird
+    before = counts(tmp_path / "counter")
+    again = list(_items(tmp_path, kind="object").embed(weird))
+    assert [o["item"] for o in again] == weird
+    assert counts(tmp_path / "counter") == before  # all from the cache
+    uids = _items(tmp_path, kind="object").embed.cached_uids()
+    assert len(uids) == len(weird) and all(len(u) <= 200 for u in uids)
+    assert (tmp_path / "cache").is_dir() and not (tmp_path / "a").exists()
+
+
+def test_map_force_recomputes_requested_items_once_per_object(tmp_path: Path) -> None:
+    _items(tmp_path).embed.compute(["a", "bb", "ccc"])
+    forced = _items(tmp_path, mode="force")
+    list(forced.embed(["a", "bb", "a"]))
+    list(forced.embed(["a"]))
+    forced.embed.stack(["bb"])
+    assert forced.embed.compute(["a", "dddd"]) == 1
+    assert counts(tmp_path / "counter") == {"a": 2, "bb": 2, "ccc": 1, "dddd": 1}
+
+
+def test_map_read_only_names_missing_items_and_writes_nothing(tmp_path: Path) -> None:
+    _items(tmp_path).embed.compute(["a", "bb"])
+    ro = _items(tmp_path, mode="read-only")
+    with pytest.raises(xl.CacheMissError, match=r"2 .*'zz'.*'yy'|2 .*'yy'.*'zz'"):
+        list(ro.embed(["a", "zz", "yy"]))
+    assert ro.embed.stack(["bb", "a"])[:, 0].tolist() == [2.0, 1.0]
+    fresh = _items(tmp_path / "other", mode="read-only")
+    with pytest.raises(xl.CacheMissError):
+        fresh.embed.compute(["a"])
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("cluster", [None, "threadpool", "processpool"])
+def test_failure_mid_map_keeps_completed_items(tmp_path: Path, cluster: str | None) -> None:
+    items = [f"i{k:02d}" for k in range(20)]
+    failing = _items(tmp_path, fail_on="i13", cluster=cluster, max_jobs=2)
+    with pytest.raises(Exception, match="cannot embed 'i13'"):
+        list(failing.embed(items))
+    assert set(failing.embed.cached_uids()) == set(items[:13])
+    fixed = _items(tmp_path, cluster=cluster, max_jobs=2)
+    assert fixed.embed.stack(items).shape == (20, 3)
+    assert counts(tmp_path / "counter") == {i: 1 for i in items}
+
+
+@pytest.mark.parametrize(
+    "cluster,shared_object", [(None, True), (None, False), ("threadpool", False)]
+)
+def test_user_threads_share_a_map(tmp_path: Path, cluster: str | None, shared_object: bool) -> None:
+    items = [f"item{k:03d}" * (k % 5 + 1) for k in range(120)]
+    shared = _items(tmp_path, cluster=cluster, max_jobs=3)
+    barrier = threading.Barrier(6)
+    errors: list[BaseException] = []
+    ok: list[bool] = []
+
+    def work(k: int) -> None:
+        try:
+            obj = shared if shared_object else _items(tmp_path, cluster=cluster, max_jobs=3)
+            mine = items[k * 20 :] + items[: k * 20]
+            barrier.wait()
+            out = list(obj.embed(mine))
+            stacked = obj.embed.stack(mine)
+            ok.append([float(o[0]) for o in out] == [float(len(i)) for i in mine])
+            ok.append(stacked[:, 0].tolist() == [float(len(i)) for i in mine])
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(ok) == 12 and all(ok)
+    assert counts(tmp_path / "counter") == {i: 1 for i in items}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: threads sharing one bound map object (threadpool) get KeyError on completed items",
+)
+def test_user_threads_share_one_map_object_on_a_threadpool(tmp_path: Path) -> None:
+    # one model object used by a data loader's threads: a few percent of the rounds fail, so repeat
+    items = [f"item{k:04d}" for k in range(60)]
+    errors: list[BaseException] = []
+    for rounds in range(150):
+        shared = ud.Items(infra=xl.MapInfra(folder=tmp_path / str(rounds), cluster="threadpool"))
+        barrier = threading.Barrier(8)
+
+        def work(k: int, shared: ud.Items = shared, barrier: threading.Barrier = barrier) -> None:
+            try:
+                mine = items[k * 7 :] + items[: k * 7]
+                barrier.wait()
+                assert [float(o[0]) for o in shared.embed(mine)] == [8.0] * 60
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            break
+    assert not errors, f"round {rounds}: {errors[0]!r}"
+
+
+def test_user_threads_share_a_task(tmp_path: Path) -> None:
+    counter = str(tmp_path / "counter")
+    barrier = threading.Barrier(6)
+    results: list[str] = []
+
+    def work() -> None:
+        task = ud.Rich(note="t", counter=counter, infra=xl.TaskInfra(folder=tmp_path))
+        barrier.wait()
+        results.append(task.run()["note"])
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == ["t"] * 6 and counts(counter) == {"run": 1}
+
+
+def test_function_local_map_class_on_processpool_fails_clearly_or_works(tmp_path: Path) -> None:
+    def make() -> tp.Any:
+        @dataclasses.dataclass(frozen=True)
+        class LocalMap:
+            infra: xl.MapInfra = xl.MapInfra()
+
+            @infra.apply(item_uid=str)
+            def f(self, items: tp.Sequence[str]) -> tp.Iterator[int]:
+                for item in items:
+                    yield len(item)
+
+        return LocalMap
+
+    obj = make()(infra=xl.MapInfra(folder=tmp_path, cluster="processpool", max_jobs=2))
+    try:
+        assert list(obj.f(["a", "bb", "ccc"])) == [1, 2, 3]
+    except xl.ExcaLiteError as e:
+        assert "pickle" in str(e) and "LocalMap" in str(e)
+    # whatever happened, the same class works in this process and threads
+    inline = make()(infra=xl.MapInfra(folder=tmp_path / "t", cluster="threadpool", max_jobs=2))
+    assert list(inline.f(["a", "bb", "ccc"])) == [1, 2, 3]
+
+
+def test_miscounted_outputs_say_how_many(tmp_path: Path) -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Short:
+        extra: int = -1
+        infra: xl.MapInfra = xl.MapInfra()
+
+        @infra.apply(item_uid=str)
+        def f(self, items: tp.Sequence[str]) -> tp.Iterator[int]:
+            for k in range(len(items) + self.extra):
+                yield k
+
+    with pytest.raises(RuntimeError, match="3"):
+        list(Short(infra=xl.MapInfra(folder=tmp_path)).f(["a", "b", "c"]))
+    with pytest.raises(RuntimeError, match="3"):
+        list(Short(extra=1, infra=xl.MapInfra(folder=tmp_path)).f(["a", "b", "c"]))

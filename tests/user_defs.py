@@ -148,7 +148,7 @@ class Items:
     @infra.apply(item_uid=str, exclude_from_cache_uid=("counter", "fail_on"))
     def embed(self, items: tp.Sequence[str]) -> tp.Iterator[tp.Any]:
         for item in items:
-            if item == self.fail_on:
+            if self.fail_on and item == self.fail_on:
                 raise ValueError(f"cannot embed {item!r}")
             record(self.counter, item)
             yield make_output(self.kind, item, self.dim)
