@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import typing as tp
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -777,3 +778,103 @@ def test_miscounted_outputs_say_how_many(tmp_path: Path) -> None:
         list(Short(infra=xl.MapInfra(folder=tmp_path)).f(["a", "b", "c"]))
     with pytest.raises(RuntimeError, match="3"):
         list(Short(extra=1, infra=xl.MapInfra(folder=tmp_path)).f(["a", "b", "c"]))
+
+
+# ------------------------------------------------------------------------- reading never writes
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    out = {}
+    for path in [root, *root.rglob("*")]:
+        st = path.lstat()
+        out[str(path.relative_to(root))] = (st.st_mtime_ns, st.st_size if path.is_file() else 0)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["read-only", "cached"])
+def test_reading_a_colleagues_full_cache_writes_nothing(tmp_path: Path, mode: str) -> None:
+    root = tmp_path / "colleague"
+    writer = ud.Items(infra=xl.MapInfra(folder=root))
+    writer.embed.compute(["a", "bb", "ccc"])
+    ud.Rich(note="n", infra=xl.TaskInfra(folder=root)).run()
+    before = _snapshot(root)
+    reader = ud.Items(infra=xl.MapInfra(folder=root, mode=mode))  # type: ignore[arg-type]
+    assert reader.embed.stack(["ccc", "a"])[:, 0].tolist() == [3.0, 1.0]
+    assert [float(o[0]) for o in reader.embed(["bb"])] == [2.0]
+    assert reader.embed.compute(["a"]) == 0
+    assert sorted(reader.embed.cached_uids()) == ["a", "bb", "ccc"]
+    task = ud.Rich(note="n", infra=xl.TaskInfra(folder=root, mode=mode))  # type: ignore[arg-type]
+    assert task.run()["note"] == "n" and task.run.status() == "completed"
+    if mode == "read-only":
+        with pytest.raises(xl.CacheMissError):
+            list(reader.embed(["dddd"]))
+        with pytest.raises(xl.CacheMissError):
+            ud.Rich(note="other", infra=xl.TaskInfra(folder=root, mode="read-only")).run()
+    assert _snapshot(root) == before
+
+
+# ---------------------------------------------------------------------------------------- the CLI
+
+
+def _cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exca_lite", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def test_cli_on_user_caches(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    weird = ["x" * 500, "a/b", "日本", ""]
+    _items_root = ud.Items(kind="object", infra=xl.MapInfra(folder=root))
+    _items_root.embed.compute(weird)
+    OddOutputs(infra=xl.MapInfra(folder=root)).get.compute(sorted(ODD_ARRAYS))
+    PyOutputs(infra=xl.MapInfra(folder=root)).get.compute(sorted(PY_OUTPUTS))
+    rich = ud.Rich(infra=xl.TaskInfra(folder=root), **RICH_VALUES)
+    rich.run()
+    failed = ud.Flaky(infra=xl.TaskInfra(folder=root))
+    with pytest.raises(ValueError):
+        failed.run()
+    proc = _cli("ls", "--json", root)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["uid"]: r for r in json.loads(proc.stdout)}
+    assert len(rows) == 5, rows.keys()
+    assert rows[_items_root.embed.uid()]["items"] == 4
+    assert rows[OddOutputs(infra=xl.MapInfra(folder=root)).get.uid()]["items"] == len(ODD_ARRAYS)
+    assert rows[rich.run.uid()]["kind"] == "task"
+    for folder in (_items_root.embed.folder(), rich.run.folder()):
+        assert folder is not None
+        for command in ("info", "verify"):
+            proc = _cli(command, folder)
+            assert proc.returncode == 0, (command, folder, proc.stdout, proc.stderr)
+            assert "Traceback" not in proc.stderr
+    folder = OddOutputs(infra=xl.MapInfra(folder=root)).get.folder()
+    proc = _cli("verify", folder)  # type: ignore[arg-type]
+    assert proc.returncode == 0 and f"{len(ODD_ARRAYS)} item(s) checked" in proc.stdout, proc
+    proc = _cli("info", "--json", failed.run.folder())  # type: ignore[arg-type]
+    assert proc.returncode == 0 and "failed" in proc.stdout, proc
+    # the odd arrays still load bit for bit after the CLI looked at them
+    (out,) = list(OddOutputs(infra=xl.MapInfra(folder=root)).get(["big_endian"]))
+    assert out.dtype == np.dtype(">i4") and out.tolist() == [0, 1, 2, 3]
+
+
+def test_cli_verify_flags_a_truncated_shard_of_odd_arrays(tmp_path: Path) -> None:
+    obj = OddOutputs(infra=xl.MapInfra(folder=tmp_path))
+    obj.get.compute(sorted(ODD_ARRAYS))
+    folder = obj.get.folder()
+    assert folder is not None
+    (shard,) = folder.glob("*.bin")
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size // 2)
+    proc = _cli("verify", folder)
+    assert proc.returncode == 1 and "damaged" in proc.stdout + proc.stderr, proc
+    # the rest of the cache still reads; lost items are missing (recomputed), never wrong
+    again = OddOutputs(infra=xl.MapInfra(folder=tmp_path))
+    for name in sorted(ODD_ARRAYS):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", xl.CorruptCacheWarning)
+            (out,) = list(again.get([name]))
+        assert out.tobytes() == np.ascontiguousarray(ODD_ARRAYS[name]).tobytes(), name
