@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import exca_lite as xl
 import user_defs as ud
 from user_defs import counts
+
+import exca_lite as xl
 
 
 def _rich(tmp_path: Path, **kwargs: tp.Any) -> ud.Rich:
@@ -399,8 +399,14 @@ def test_inheritance_override_default_and_added_field(tmp_path: Path) -> None:
     assert make(ud.ChildField, b=2).run() == ("ChildField", 1)
     uids = {
         make(c, **kw).run.uid()
-        for c, kw in [(ud.Base, {}), (ud.ChildDefault, {}), (ud.ChildDefault, {"a": 1})]
-        + [(ud.ChildField, {}), (ud.ChildField, {"b": 2}), (ud.Base, {"a": 5})]
+        for c, kw in [
+            (ud.Base, {}),
+            (ud.ChildDefault, {}),
+            (ud.ChildDefault, {"a": 1}),
+            (ud.ChildField, {}),
+            (ud.ChildField, {"b": 2}),
+            (ud.Base, {"a": 5}),
+        ]
     }
     assert len(uids) == 6
     assert counts(counter) == {"Base": 1, "ChildDefault": 2, "ChildField": 2}
@@ -534,7 +540,7 @@ def test_python_outputs_round_trip_with_their_type(tmp_path: Path) -> None:
     names = sorted(PY_OUTPUTS)
     PyOutputs(infra=xl.MapInfra(folder=tmp_path)).get.compute(names)
     outs = list(PyOutputs(infra=xl.MapInfra(folder=tmp_path)).get(names))
-    for name, out in zip(names, outs):
+    for name, out in zip(names, outs, strict=True):
         expected = PY_OUTPUTS[name]
         assert type(out) is type(expected), name
         assert repr(out) == repr(expected), name
@@ -544,7 +550,7 @@ def test_python_outputs_round_trip_with_their_type(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["ragged", "mixed_dtype"])
 def test_stack_of_mismatched_arrays_names_the_items(tmp_path: Path, kind: str) -> None:
     obj = _items(tmp_path, kind=kind)
-    with pytest.raises(Exception, match="'a'.*'bb'") as info:
+    with pytest.raises(Exception, match=r"'a'.*'bb'") as info:
         obj.embed.stack(["a", "bb", "ccc"])
     assert "shape" in str(info.value) and "dtype" in str(info.value)
     assert sorted(obj.embed.cached_uids()) == ["a", "bb", "ccc"]  # computed, kept
@@ -552,7 +558,7 @@ def test_stack_of_mismatched_arrays_names_the_items(tmp_path: Path, kind: str) -
 
 @pytest.mark.parametrize("kind", ["none", "object"])
 def test_stack_of_non_arrays_is_a_clear_error(tmp_path: Path, kind: str) -> None:
-    with pytest.raises(Exception, match="'a'.*not stored as an array"):
+    with pytest.raises(Exception, match=r"'a'.*not stored as an array"):
         _items(tmp_path, kind=kind).embed.stack(["a", "bb"])
 
 
@@ -604,8 +610,7 @@ def test_int_and_tuple_items_with_str_uid(tmp_path: Path) -> None:
 
         @infra.apply(item_uid=str)
         def f(self, items: tp.Sequence[tp.Any]) -> tp.Iterator[tp.Any]:
-            for item in items:
-                yield item
+            yield from items
 
     obj = Pairs(infra=xl.MapInfra(folder=tmp_path))
     assert list(obj.f([(1, 2), 3, (1, 2)])) == [(1, 2), 3, (1, 2)]
@@ -680,7 +685,7 @@ def test_user_threads_share_a_map(tmp_path: Path, cluster: str | None, shared_ob
             stacked = obj.embed.stack(mine)
             ok.append([float(o[0]) for o in out] == [float(len(i)) for i in mine])
             ok.append(stacked[:, 0].tolist() == [float(len(i)) for i in mine])
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
@@ -709,7 +714,7 @@ def test_user_threads_share_one_map_object_on_a_threadpool(tmp_path: Path) -> No
                 mine = items[k * 7 :] + items[: k * 7]
                 barrier.wait()
                 assert [float(o[0]) for o in shared.embed(mine)] == [8.0] * 60
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 errors.append(e)
 
         threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
@@ -771,8 +776,7 @@ def test_miscounted_outputs_say_how_many(tmp_path: Path) -> None:
 
         @infra.apply(item_uid=str)
         def f(self, items: tp.Sequence[str]) -> tp.Iterator[int]:
-            for k in range(len(items) + self.extra):
-                yield k
+            yield from range(len(items) + self.extra)
 
     with pytest.raises(RuntimeError, match="3"):
         list(Short(infra=xl.MapInfra(folder=tmp_path)).f(["a", "b", "c"]))

@@ -60,14 +60,14 @@ class Rich:
     color: Color = Color.RED
     level: Level = Level.LOW
     data_dir: pathlib.Path = pathlib.Path("/data")
-    ckpt: tp.Optional[pathlib.Path] = None
+    ckpt: pathlib.Path | None = None
     optim: Optim = Optim()
     layers: tuple[int, ...] = (64, 64)
     tags: list[str] = dataclasses.field(default_factory=list)
     labels: frozenset[str] = frozenset()
     weights: dict[str, float] = dataclasses.field(default_factory=dict)
     scale: float = 1.0
-    seed: tp.Optional[int] = None
+    seed: int | None = None
     blob: bytes = b""
     note: str = ""
     counter: str = ""
