@@ -51,11 +51,14 @@ COPY_CHUNK_BYTES = 8 << 20
 STACK_CHUNK_BYTES = 4 << 20
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+
 
-_COLS = 5  # index table columns: pair number, offset, nbytes, meta id, crc32
+_COLS = 6  # index table columns: pair number, offset, nbytes, meta id, crc32, stamp
 _ROW = struct.Struct(f"={_COLS}q")  # one row of the table (native int64, as numpy stores it)
 
 
 _open_stores: weakref.WeakSet[MapStore] = weakref.WeakSet()
+_stamp_lock = threading.Lock()
+_last_stamp = 0
+"""The last record stamp this process gave: stamps of one process strictly increase."""
 
 
 def _reset_locks_after_fork() -> None:
@@ -63,6 +66,8 @@ def _reset_locks_after_fork() -> None:
     # at the fork; in the child that thread does not exist, so the lock would never be released
     for store in list(_open_stores):
         store._lock = threading.RLock()
+    global _stamp_lock
+    _stamp_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -85,6 +90,7 @@ class _Pair:
         "name",
         "number",
         "pos",
+        "spans",
         "warned",
     )
 
@@ -100,6 +106,7 @@ class _Pair:
         # the highest shard byte any entry or span of this index points to, valid or not: a
         # writer never appends below it, and never to a shard shorter than it (damage)
         self.max_end = 0
+        self.spans: list[tuple[int, int, int]] = []  # [start, end, crc32) of its records' runs
 
 
 class _Index:
@@ -136,12 +143,35 @@ class _Index:
 
     def append_rows(self, uids: list[str], block: np.ndarray) -> None:
         n = len(uids)
-        need = self.count + n
+        start = self.count
+        need = start + n
         self.reserve(n)
-        self.table[self.count : need] = block
+        self.table[start:need] = block
         # rows are in place before the uids point at them: a concurrent load sees old or new, whole
-        self.rows.update(zip(uids, range(self.count, need), strict=True))
+        rows = self.rows
+        if not rows or rows.keys().isdisjoint(uids):
+            # no uid seen before (the usual case): within a record, a later duplicate wins
+            rows.update(zip(uids, range(start, need), strict=True))
+        else:
+            newer = self.newer
+            for row, uid in enumerate(uids, start):
+                old = rows.get(uid)
+                if old is None or newer(row, old):
+                    rows[uid] = row
         self.count = need
+
+    def newer(self, row: int, old: int) -> bool:
+        """Whether entry ``row`` supersedes entry ``old`` of the same uid: the greater stamp
+        wins, then the greater pair name, then (same pair) the later one in the file. Every
+        reader orders any two entries the same way, whatever order it read the pairs in."""
+        table = self.table
+        stamp, old_stamp = int(table[row, 5]), int(table[old, 5])
+        if stamp != old_stamp:
+            return stamp > old_stamp
+        number, old_number = int(table[row, 0]), int(table[old, 0])
+        if number == old_number:
+            return row > old
+        return self.pairs[number].name.stem > self.pairs[old_number].name.stem
 
 
 class MapStore:
@@ -170,6 +200,7 @@ class MapStore:
         self._metas: list[tuple[int, np.dtype[tp.Any] | None, tuple[int, ...]]] = []
         self._meta_ids: dict[tuple[int, str | None, tuple[int, ...]], int] = {}
         self._ix = _Index(cgen=-1)
+        self._max_stamp = 0  # the greatest stamp this store has read or given
         _open_stores.add(self)
         self._loaded = False
         if load_index:
@@ -285,7 +316,8 @@ class MapStore:
         pair.pos = scan.end
 
     def _ingest(self, ix: _Index, pair: _Pair, obj: list[tp.Any], shard_size: int) -> None:
-        _, uids, offs_b, nbytes_b, crcs_b, mix_b, metas, _span = obj
+        _, uids, offs_b, nbytes_b, crcs_b, mix_b, metas, _span = obj[:8]
+        stamp = obj[8] if len(obj) > 8 else 0  # records of before stamps: older than any
         n = len(uids)
         offsets = np.frombuffer(offs_b, dtype="<i8")
         nbytes = np.frombuffer(nbytes_b, dtype="<i8")
@@ -293,7 +325,20 @@ class MapStore:
         mix = np.frombuffer(mix_b, dtype="<u4")
         if not (len(offsets) == len(nbytes) == len(crcs) == len(mix) == n):
             raise ValueError("columns of different lengths")
+        stamps: np.ndarray | None = None
+        if type(stamp) is int:  # a writer's record: one stamp for its flush
+            top = stamp
+        elif (
+            type(stamp) is bytes
+        ):  # a compacted record: each entry keeps the stamp it was written with
+            stamps = np.frombuffer(stamp, dtype="<i8")
+            if len(stamps) != n:
+                raise ValueError("columns of different lengths")
+            top = int(stamps.max()) if n else 0
+        else:
+            raise TypeError(f"a stamp of type {type(stamp).__name__}")
         pair.max_end = max(pair.max_end, sh.referenced_end(offsets, nbytes, _span))
+        pair.spans.extend((int(a), int(b), int(c)) for a, b, c in _span or ())
         if n and int(mix.max()) >= len(metas):
             raise ValueError("meta index out of range")
         meta_ids = np.array([self._intern(m) for m in metas] or [0], dtype=np.int64)
@@ -319,6 +364,8 @@ class MapStore:
             keep = np.flatnonzero(ok)
             uids = [uids[i] for i in keep]
             offsets, nbytes, crcs, mix = offsets[keep], nbytes[keep], crcs[keep], mix[keep]
+            if stamps is not None:
+                stamps = stamps[keep]
             n = len(uids)
         block = np.empty((n, _COLS), dtype=np.int64)
         block[:, 0] = pair.number
@@ -326,6 +373,9 @@ class MapStore:
         block[:, 2] = nbytes
         block[:, 3] = meta_ids[mix]
         block[:, 4] = crcs
+        block[:, 5] = stamp if stamps is None else stamps
+        if top > self._max_stamp:
+            self._max_stamp = top
         ix.append_rows(uids, block)
 
     def _array_nbytes(self, meta_id: int) -> int:
@@ -387,7 +437,7 @@ class MapStore:
         row = ix.rows.get(item_uid)
         if row is not None:
             # the hot path, inlined: an array in an already mapped part of its shard
-            number, offset, nbytes, meta, _ = _ROW.unpack_from(ix.raw, row * _ROW.size)
+            number, offset, nbytes, meta, _, _ = _ROW.unpack_from(ix.raw, row * _ROW.size)
             fmt, dtype, shape = self._metas[meta]
             mm = ix.maps[number]
             if fmt == enc.ARRAY and nbytes and mm is not None and offset + nbytes <= len(mm):
@@ -407,7 +457,8 @@ class MapStore:
             self._drop_damaged(ix, number, item_uid, "its shard is shorter than its index says")
 
     def _load(self, ix: _Index, item_uid: str) -> tp.Any:
-        number, offset, nbytes, meta, crc = _ROW.unpack_from(ix.raw, ix.rows[item_uid] * _ROW.size)
+        row = ix.rows[item_uid] * _ROW.size
+        number, offset, nbytes, meta, crc, _ = _ROW.unpack_from(ix.raw, row)
         fmt, dtype, shape = self._metas[meta]
         mm = ix.maps[number]
         if mm is None or offset + nbytes > len(mm):
@@ -555,6 +606,16 @@ class MapStore:
         """Claim the missing items this caller should compute (use it as a context manager)."""
         return Claim(self, item_uids)
 
+    def _next_stamp(self) -> int:
+        """The stamp of a record about to be published: greater than any this process gave and
+        any this store read (a copy written after reading another always supersedes it), and
+        otherwise the wall clock in ns (so across processes, the newest wins)."""
+        global _last_stamp
+        with _stamp_lock:
+            stamp = max(time.time_ns(), _last_stamp + 1, self._max_stamp + 1)
+            _last_stamp = stamp
+        return stamp
+
     def _pair_state(self, stem: str) -> _Pair | None:
         return self._ix.by_stem.get(stem)
 
@@ -633,7 +694,7 @@ class MapStore:
     def _verify_record(
         self, obj: list[tp.Any], view: memoryview, size: int, idx_path: Path, bin_path: Path
     ) -> list[str]:
-        _, uids, offs_b, nbytes_b, crcs_b, mix_b, metas, spans = obj
+        _, uids, offs_b, nbytes_b, crcs_b, mix_b, metas, spans = obj[:8]
         spans = [(int(a), int(b), int(c)) for a, b, c in spans or []]
         problems = []
         entries = zip(
@@ -707,24 +768,43 @@ class MapStore:
                         held.append((slot, lock))
                 idle = {slot for slot, _ in held}
                 self.refresh()
-                items = self._compact_pairs(idle)
+                items, dropped = self._compact_pairs(idle)
             finally:
                 for slot, lock in held:
                     storelocks.release_slot(self.paths, slot, lock)
         self.refresh()
-        return {"bytes_before": before, "bytes_after": self._disk_bytes(), "items": items}
+        return {
+            "bytes_before": before,
+            "bytes_after": self._disk_bytes(),
+            "items": items,
+            "dropped": dropped,
+        }
 
-    def _compact_pairs(self, idle: set[int]) -> int:
+    def _compact_pairs(self, idle: set[int]) -> tuple[int, int]:
+        """Compact the pairs of idle slots and the compacted one: (items kept, damaged dropped)."""
         ix = self._ix
         sources = {p.number for p in ix.pairs if p.name.slot is None or p.name.slot in idle}
         if not sources:
-            return 0
+            return 0, 0
         uids = list(ix.rows)
         rows = np.fromiter(ix.rows.values(), dtype=np.int64, count=len(uids))
         table = ix.table[rows]
         chosen = np.flatnonzero(np.isin(table[:, 0], np.array(sorted(sources))))
         # sequential reads of the old shards, in file order
         chosen = chosen[np.lexsort((table[chosen, 1], table[chosen, 0]))]
+        # copying gives items fresh checksums: an item whose bytes do not match its checksum now
+        # would come out looking healthy. It is dropped instead (missing: recomputed next time)
+        damaged = self._damaged(ix, table[chosen])
+        if damaged.any():
+            bad = [uids[i] for i in chosen[damaged][:3].tolist()]
+            warnings.warn(
+                f"{self.folder}: compact() dropped {int(damaged.sum())} damaged item(s) (their "
+                f"bytes do not match their checksum), e.g. {', '.join(map(repr, bad))}; they are "
+                "missing now and will be recomputed",
+                CorruptCacheWarning,
+                stacklevel=3,
+            )
+            chosen = chosen[~damaged]
         gen = max(ix.cgen, max((p.name.gen for p in ix.pairs), default=0)) + 1
         name = sh.DataName.compacted(gen)
         file_id = sh.new_file_id()
@@ -753,6 +833,7 @@ class MapStore:
                         sub[:, 3].astype("<u4").tobytes(),
                         metas,
                         spans,
+                        sub[:, 5].astype("<i8").tobytes(),  # the stamps they were written with
                     ]
                 )
             )
@@ -765,7 +846,51 @@ class MapStore:
             for path in (self.paths.index(stem), self.paths.shard(stem)):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-        return len(chosen)
+        return len(chosen), int(damaged.sum())
+
+    def _damaged(self, ix: _Index, rows: np.ndarray) -> np.ndarray:
+        """Which of these table rows' bytes do not match their checksum (a bool per row).
+
+        The checks ``verify()`` does: arrays inside a span (a run of small items flushed together)
+        by the span's crc32 (damage anywhere in a span condemns its arrays: the span is what the
+        checksum covers), large arrays by their word sum, other items by their crc32.
+        """
+        bad = np.zeros(len(rows), dtype=bool)
+        is_array = np.array([fmt == enc.ARRAY for fmt, _, _ in self._metas] or [False])
+        for number in np.unique(rows[:, 0]).tolist():
+            select = np.flatnonzero(rows[:, 0] == number)
+            part = rows[select]
+            try:
+                mm = ix.maps[number]
+                need = int((part[:, 1] + part[:, 2]).max())
+                if mm is None or need > len(mm):
+                    mm = self._map(ix, number, need)
+            except _StaleError:
+                bad[select] = True  # shorter than its index says, or gone: nothing to trust
+                continue
+            offsets, nbytes = part[:, 1].tolist(), part[:, 2].tolist()
+            arrays = is_array[part[:, 3]].tolist()
+            crcs = part[:, 4].tolist()
+            spans = sorted(set(ix.pairs[number].spans))
+            starts = [a for a, _, _ in spans]
+            with memoryview(mm) as view:
+                span_ok = [b <= len(mm) and zlib.crc32(view[a:b]) == c for a, b, c in spans]
+                # the span holding an array: the last one starting at or before it (spans of a
+                # pair do not overlap); others, or none found, are checked by their own checksum
+                first = np.searchsorted(np.array(starts, dtype=np.int64), part[:, 1], "right") - 1
+                for j, k in enumerate(first.tolist()):
+                    offset, size = offsets[j], nbytes[j]
+                    if arrays[j]:
+                        if size == 0:
+                            continue
+                        if k >= 0 and offset + size <= spans[k][1]:
+                            bad[select[j]] = not span_ok[k]
+                            continue
+                    data = view[offset : offset + size]
+                    got = enc.word_checksum(data) if arrays[j] else zlib.crc32(data)
+                    data.release()
+                    bad[select[j]] = got != crcs[j] & 0xFFFFFFFF
+        return bad
 
     def _meta_repr(self, meta_id: int) -> list[tp.Any]:
         fmt, dtype, shape = self._metas[meta_id]

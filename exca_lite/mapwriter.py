@@ -389,6 +389,7 @@ class MapWriter:
         self._close_span()
         obj.append(self._spans)
         self._spans = []
+        obj.append(self.store._next_stamp())  # taken last: the newest published entry wins
         if self._fsync:
             # power loss must not leave an index record pointing at bytes the disk never got
             os.fsync(self._bin_fd)

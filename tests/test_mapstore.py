@@ -559,12 +559,17 @@ def test_a_truncated_shard_is_never_appended_to_again(tmp_path: Path, lazy: str)
     assert shard.stat().st_size == cut
     assert all_served_values_are_right(tmp_path, uids) == []
     assert finish(run_worker("read", tmp_path, 0.2))[-1].startswith("done")  # checks each item
-    # compaction folds the damaged pair in; writers then use the slot again
-    with pytest.warns(CorruptCacheWarning):
-        MapStore(tmp_path).compact()
+    # compaction folds the damaged pair in (dropping the arrays its cut span checksum can no
+    # longer vouch for: they are recomputed); writers then use the slot again
+    with pytest.warns(CorruptCacheWarning) as caught:  # opening (the cut entry), compacting
+        report = MapStore(tmp_path).compact()
+    assert any("dropped" in str(w.message) for w in caught)
     assert MapStore(tmp_path).verify() == []
-    fill(tmp_path, [f"item-{i}" for i in range(80, 90)])
+    gone = all_served_values_are_right(tmp_path, uids)
+    assert 0 < len(gone) == report["dropped"] and set(gone) < set(uids[:30])
+    fill(tmp_path, gone + [f"item-{i}" for i in range(80, 90)])
     assert all_served_values_are_right(tmp_path, uids + [f"item-{i}" for i in range(80, 90)]) == []
+    assert MapStore(tmp_path).verify() == []
 
 
 @pytest.mark.timeout(120)
@@ -622,3 +627,88 @@ def test_map_infra_after_a_truncated_shard_never_serves_a_wrong_array(tmp_path: 
         everything = [*items, "20", "21"]
         for item, value in zip(everything, again.embed(everything), strict=True):
             assert value.shape == (16,) and (value == int(item)).all(), item
+
+
+@pytest.mark.timeout(120)
+def test_compact_drops_damaged_items_instead_of_laundering_them(tmp_path: Path) -> None:
+    finish(run_worker("write", tmp_path, 0, 60, 10, 0, "eager"))  # a record every 10 items
+    uids = [f"item-{i}" for i in range(60)]
+    store = MapStore(tmp_path)
+    (shard,) = tmp_path.glob("*.bin")
+    data = bytearray(shard.read_bytes())
+    for uid in ("item-14", "item-10", "item-49"):  # a small array, a pickle, a large array
+        offset = int(store._ix.table[store._ix.rows[uid], 1])
+        data[offset + 8] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert len(store.verify()) == 3
+    # the small arrays flushed with item-14 share its span checksum: any of them may be the bad one
+    span = [f"item-{i}" for i in range(10, 20) if type(value_of(f"item-{i}")) is np.ndarray]
+    damaged = {*span, "item-10", "item-49"}
+    with pytest.warns(CorruptCacheWarning, match="dropped 8 damaged") as caught:
+        report = MapStore(tmp_path).compact()
+    assert len(caught) == 1
+    assert report["dropped"] == len(damaged) == 8 and report["items"] == 60 - 8
+    assert MapStore(tmp_path).verify() == []  # healthy now: the damage is gone, not hidden
+    assert MapStore(tmp_path).missing(uids) == [u for u in uids if u in damaged]
+    assert all_served_values_are_right(tmp_path, uids) == [u for u in uids if u in damaged]
+    # recomputed, they come back; a clean compaction drops nothing
+    fill(tmp_path, sorted(damaged))
+    assert MapStore(tmp_path).compact()["dropped"] == 0
+    assert all_served_values_are_right(tmp_path, uids) == []
+
+
+_WRITE_ONE = """
+import sys
+import numpy as np
+from exca_lite.mapstore import MapStore
+folder, uid, value, how = sys.argv[1:]
+with MapStore(folder, load_index=how == "eager").writer() as w:
+    w.write(uid, np.full(8, float(value)))
+    print(w.slot)
+"""
+_READ_ONE = """
+import sys
+from exca_lite.mapstore import MapStore
+print(float(MapStore(sys.argv[1]).load(sys.argv[2])[0]))
+"""
+
+
+def python(code: str, *args: object) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+@pytest.mark.timeout(120)
+def test_the_newest_published_copy_wins_for_every_reader(tmp_path: Path) -> None:
+    # the first copy lands in slot 1 (this process holds slot 0), the second in slot 0: a reader
+    # reading pairs in name order used to end on the older copy
+    holder = MapStore(tmp_path).writer()
+    holder.open()
+    assert python(_WRITE_ONE, tmp_path, "x", 1, "eager") == "1"
+    old_reader = MapStore(tmp_path)
+    assert old_reader.load("x")[0] == 1
+    holder.close()
+    assert python(_WRITE_ONE, tmp_path, "x", 2, "lazy") == "0"  # a worker: it never read copy 1
+    assert python(_READ_ONE, tmp_path, "x") == "2.0"
+    assert MapStore(tmp_path).load("x")[0] == 2
+    old_reader.refresh()
+    assert old_reader.load("x")[0] == 2
+    # more copies, from another process and from this one
+    assert python(_WRITE_ONE, tmp_path, "x", 3, "eager") == "0"
+    assert python(_READ_ONE, tmp_path, "x") == "3.0"
+    with old_reader.writer() as w:
+        w.write("x", np.full(8, 4.0))
+    for reader in (old_reader, MapStore(tmp_path)):
+        reader.refresh()
+        assert reader.load("x")[0] == 4
+    assert python(_READ_ONE, tmp_path, "x") == "4.0"
+    # compaction keeps the newest; copies written after it still win over it
+    assert MapStore(tmp_path).compact()["items"] == 1
+    assert python(_READ_ONE, tmp_path, "x") == "4.0"
+    assert python(_WRITE_ONE, tmp_path, "x", 5, "lazy") == "0"
+    assert python(_READ_ONE, tmp_path, "x") == "5.0"
+    old_reader.refresh()
+    assert old_reader.load("x")[0] == 5
