@@ -17,14 +17,12 @@ import os
 import time
 import traceback
 import typing as tp
-from pathlib import Path
 
-from . import taskcache
-from .config import InfraMarker, check_owner, field_infos, infra_plain, to_dict
+from .bound import BoundMethod, InfraMethod, find_method
 from .errors import CacheMissError, JobError
 from .mapstore import MapStore
 from .taskcache import TaskPaths
-from .uid import canonical_bytes, item_uid_name, method_uid, uid_config
+from .uid import item_uid_name
 
 if tp.TYPE_CHECKING:
     from .infra import MapInfra
@@ -40,7 +38,7 @@ PROGRESS_MIN_ITEMS = 1000
 _POLL_MAX_S = 0.5
 
 
-class MapMethod(tp.Generic[Own, X, R]):
+class MapMethod(InfraMethod["BoundMap[tp.Any, tp.Any, tp.Any]"], tp.Generic[Own, X, R]):
     """The descriptor ``@infra.apply(item_uid=...)`` puts on the class."""
 
     def __init__(
@@ -51,18 +49,12 @@ class MapMethod(tp.Generic[Own, X, R]):
         exclude: tuple[str, ...],
         cache_type: CacheType,
     ) -> None:
-        self.infra = infra
-        self.func = func
+        super().__init__(infra, func, exclude)
         self.item_uid = item_uid
-        self.exclude = exclude
         self.cache_type = cache_type
-        self.name = getattr(func, "__name__", "method")
-        self.__doc__ = func.__doc__
-        self.__wrapped__ = func
-        self._infra_field: dict[type, str] = {}
 
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
+    def new_bound(self, obj: tp.Any) -> BoundMap[tp.Any, tp.Any, tp.Any]:
+        return BoundMap(self, obj)
 
     @tp.overload
     def __get__(self, obj: None, objtype: type | None = None) -> MapMethod[Own, X, R]: ...
@@ -74,105 +66,39 @@ class MapMethod(tp.Generic[Own, X, R]):
     ) -> MapMethod[Own, X, R] | BoundMap[Own, X, R]:
         if obj is None:
             return self
-        bound = BoundMap(self, obj)
-        try:  # later accesses find it in the instance dict without calling __get__
-            obj.__dict__[self.name] = bound
-        except AttributeError:  # __slots__ class: bound objects are rebuilt each access
-            pass
-        return bound
-
-    def infra_field(self, cls: type) -> str:
-        name = self._infra_field.get(cls)
-        if name is None:
-            check_owner(cls)
-            for info in field_infos(cls):
-                if info.default is self.infra:
-                    name = info.name
-                    break
-            else:
-                raise TypeError(
-                    f"{cls.__qualname__}.{self.name}: the infra whose apply decorates it must be "
-                    "the default of one of its dataclass fields (infra: MapInfra = MapInfra())"
-                )
-            self._infra_field[cls] = name
-        return name
+        return tp.cast("BoundMap[Own, X, R]", self.bind(obj))
 
 
-def _find_method(cls: type, name: str) -> MapMethod[tp.Any, tp.Any, tp.Any]:
-    for klass in cls.__mro__:
-        method = klass.__dict__.get(name)
-        if isinstance(method, MapMethod):
-            return method
-    raise AttributeError(f"{cls.__qualname__} has no MapInfra method {name!r}")
-
-
-def _rebind(owner: tp.Any, name: str) -> BoundMap[tp.Any, tp.Any, tp.Any]:
-    return BoundMap(_find_method(type(owner), name), owner)
-
-
-class BoundMap(tp.Generic[Own, X, R]):
+class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
     """``feat.embed``: call it on items; inspect and manage its cache."""
 
+    _infra: MapInfra
+
     def __init__(self, method: MapMethod[Own, X, R], owner: Own) -> None:
-        self._method = method
-        self._owner = owner
-        self._prepared = False
+        super().__init__(method, owner)
+        self._map_method = method
         self._forced: set[str] = set()
         self._ram: dict[str, tp.Any] = {}  # folder=None only
 
-    def __reduce__(self) -> tuple[tp.Any, ...]:
-        return (_rebind, (self._owner, self._method.name))
-
-    def __repr__(self) -> str:
-        return f"<bound map {type(self._owner).__qualname__}.{self._method.name}>"
-
-    def _prepare(self) -> None:
-        if self._prepared:
-            return
-        method = self._method
-        cls = type(self._owner)
-        field = method.infra_field(cls)
-        given = getattr(self._owner, field)
-        if not isinstance(given, type(method.infra)):
-            raise TypeError(
-                f"{cls.__qualname__}.{field} must be a {type(method.infra).__name__}, got {given!r}"
-            )
-        self._infra: MapInfra = given.merged_into(method.infra)
-        self._uid_config = uid_config(self._owner, method.exclude)
-        self._uid = method_uid(cls, method.name, self._infra.version, self._uid_config)
-        folder = self._infra.folder
-        self._paths = None if folder is None else TaskPaths(Path(folder) / self._uid)
+    def _prepare_more(self) -> None:
         self._store = (
             None
             if self._paths is None
-            else MapStore(self._paths.folder, durability=self._infra.durability)
+            else MapStore(self._paths.base, durability=self._infra.durability)
         )
         if self._store is None and self._infra.cluster not in (None, "threadpool"):
             raise ValueError(f"MapInfra(cluster={self._infra.cluster!r}) needs a folder")
-        self._checked = False
-        self._prepared = True
 
     @property
     def infra(self) -> MapInfra:
+        """The infra in effect: the instance's, completed by the class default."""
         self._prepare()
         return self._infra
-
-    def uid(self) -> str:
-        self._prepare()
-        return self._uid
-
-    def folder(self) -> Path | None:
-        self._prepare()
-        return None if self._paths is None else self._paths.folder
-
-    def config(self) -> dict[str, tp.Any]:
-        self._prepare()
-        return dict(self._uid_config)
 
     # # # naming items # # #
 
     def _item_uids(self, items: tp.Sequence[X]) -> list[str]:
-        name = self._method.item_uid
+        name = self._map_method.item_uid
         uids = [name(item) for item in items]
         for i, uid in enumerate(uids):
             if type(uid) is not str:
@@ -230,6 +156,7 @@ class BoundMap(tp.Generic[Own, X, R]):
 
     def _ensure(self, items: tp.Sequence[X], uids: list[str]) -> int:
         self._prepare()
+        self._check_configs()  # once per bound object: a cache hit too must be this config's
         infra = self._infra
         if infra.mode == "force":
             todo = [u for u in dict.fromkeys(uids) if u not in self._forced]
@@ -281,23 +208,8 @@ class BoundMap(tp.Generic[Own, X, R]):
             return [u for u in dict.fromkeys(uids) if u not in ram]
         return self._store.missing(uids)
 
-    def _write_configs(self) -> None:
-        if self._checked:
-            return
-        paths = tp.cast(TaskPaths, self._paths)
-        full = to_dict(self._owner)  # with the infra in effect (heritage applied)
-        full[self._method.infra_field(type(self._owner))] = infra_plain(self._infra)
-        uid_bytes = canonical_bytes(self._uid_config)
-        ignored = {
-            i.name for i in field_infos(type(self._owner)) if isinstance(i.default, InfraMarker)
-        } | set(self._method.exclude)
-        taskcache.check_configs(paths, self._uid, full, uid_bytes, ignored)
-        paths.folder.mkdir(parents=True, exist_ok=True)
-        taskcache.write_configs(paths, full, uid_bytes)
-        self._checked = True
-
     def _run_inline_ram(self, items: list[X], uids: list[str]) -> None:
-        outputs = _checked_outputs(self._method, self._owner, items, uids)
+        outputs = _checked_outputs(self._map_method, self._owner, items, uids)
         for i, output in enumerate(outputs):
             self._ram[uids[i]] = output
 
@@ -305,7 +217,7 @@ class BoundMap(tp.Generic[Own, X, R]):
         from .execution import chunk_sizes, chunks
 
         infra = self._infra
-        folder = str(tp.cast(TaskPaths, self._paths).folder)
+        folder = tp.cast(TaskPaths, self._paths).base
         if infra.cluster is None:
             # inline: reuse this caller's open store rather than re-reading the whole index
             run_map_chunk(
@@ -507,7 +419,9 @@ def run_map_chunk(
     Outputs are published as they come (the writer flushes in batches), so a failure or a kill
     keeps every item completed before it.
     """
-    method = _find_method(type(owner), method_name)
+    method = find_method(type(owner), method_name)
+    if not isinstance(method, MapMethod):
+        raise TypeError(f"{type(owner).__qualname__}.{method_name} is not a MapInfra method")
     if store is None:  # a worker: it only writes, so it never needs to read the whole index
         store = MapStore(folder, durability=durability, load_index=False)
     n = 0

@@ -13,7 +13,6 @@ The job writes the result (or the failure) itself: outcomes never travel back th
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import inspect
 import os
 import pickle
@@ -24,11 +23,10 @@ import warnings
 from pathlib import Path
 
 from . import taskcache
-from .config import InfraMarker, check_owner, field_infos, infra_plain, to_dict
-from .errors import CacheMissError, ConfigError, CorruptCacheWarning
+from .bound import BoundMethod, InfraMethod, find_method
+from .errors import CacheMissError, CorruptCacheWarning
 from .fsio import atomic_write, file_lock
 from .taskcache import _MISSING, Failure, TaskPaths
-from .uid import canonical_bytes, method_uid, uid_config
 
 if tp.TYPE_CHECKING:
     from .infra import TaskInfra
@@ -46,23 +44,17 @@ _POLL_MAX_S = 0.2
 atexit.register(_JOBS.clear)
 
 
-class TaskMethod(tp.Generic[Own, R]):
+class TaskMethod(InfraMethod["BoundTask[tp.Any, tp.Any]"], tp.Generic[Own, R]):
     """The descriptor ``@infra.apply`` puts on the class."""
 
     def __init__(
         self, infra: TaskInfra, func: tp.Callable[[Own], R], exclude: tuple[str, ...]
     ) -> None:
         _check_takes_only_self(func)
-        self.infra = infra
-        self.func = func
-        self.exclude = exclude
-        self.name = getattr(func, "__name__", "method")
-        self.__doc__ = func.__doc__
-        self.__wrapped__ = func
-        self._infra_field: dict[type, str] = {}
+        super().__init__(infra, func, exclude)
 
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
+    def new_bound(self, obj: tp.Any) -> BoundTask[tp.Any, tp.Any]:
+        return BoundTask(self, obj)
 
     @tp.overload
     def __get__(self, obj: None, objtype: type | None = None) -> TaskMethod[Own, R]: ...
@@ -74,74 +66,7 @@ class TaskMethod(tp.Generic[Own, R]):
     ) -> TaskMethod[Own, R] | BoundTask[Own, R]:
         if obj is None:
             return self
-        bound = BoundTask(self, obj)
-        try:  # later accesses find it in the instance dict without calling __get__
-            obj.__dict__[self.name] = bound
-        except AttributeError:  # __slots__ class: no instance dict, bound objects are rebuilt
-            pass
-        return bound
-
-    def infra_field(self, cls: type) -> str:
-        """The name of the owner's field holding this method's infra (checked once per class)."""
-        name = self._infra_field.get(cls)
-        if name is None:
-            check_owner(cls)
-            for info in field_infos(cls):
-                if info.default is self.infra:
-                    name = info.name
-                    break
-            else:
-                raise TypeError(
-                    f"{cls.__qualname__}.{self.name}: the infra whose apply decorates it must be "
-                    "the default of one of its dataclass fields (infra: TaskInfra = TaskInfra())"
-                )
-            for excluded in self.exclude:
-                _check_excluded_name(cls, excluded, self.name)
-            self._infra_field[cls] = name
-        return name
-
-
-def _check_excluded_name(cls: type, dotted: str, method: str) -> None:
-    """A name in exclude_from_cache_uid must be a field (a typo would silently keep it in the uid).
-
-    Nested parts are checked as far as the field defaults are dataclasses (a nested config that
-    defaults to None cannot be checked further: its type is only an annotation).
-    """
-    klass: type | None = cls
-    walked: list[str] = []
-    for part in dotted.split("."):
-        if klass is None:
-            return
-        infos = {info.name: info for info in field_infos(klass)}
-        if part not in infos:
-            where = ".".join(walked) or cls.__qualname__
-            raise ConfigError(
-                f"{cls.__qualname__}.{method}: exclude_from_cache_uid names {dotted!r}, but "
-                f"{where} has no field {part!r}; its fields: {sorted(infos)}"
-            )
-        walked.append(part)
-        default = infos[part].default
-        is_config = dataclasses.is_dataclass(default) and not isinstance(default, type)
-        klass = type(default) if is_config else None
-
-
-def _infra_paths(value: tp.Any, path: str) -> set[str]:
-    """Paths (as in config.json: ``sub.infra``, ``subs[0].infra``) of the infras in a config, at
-    any depth: they never count, so a stored config.json may differ there."""
-    if isinstance(value, InfraMarker):
-        return {path}
-    out: set[str] = set()
-    if isinstance(value, (tuple, list)):
-        for i, item in enumerate(value):
-            out |= _infra_paths(item, f"{path}[{i}]")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            out |= _infra_paths(item, f"{path}.{key}" if path else str(key))
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for info in field_infos(type(value)):
-            where = f"{path}.{info.name}" if path else info.name
-            out |= _infra_paths(getattr(value, info.name), where)
-    return out
+        return tp.cast("BoundTask[Own, R]", self.bind(obj))
 
 
 def _check_takes_only_self(func: tp.Callable[..., tp.Any]) -> None:
@@ -162,37 +87,16 @@ def _check_takes_only_self(func: tp.Callable[..., tp.Any]) -> None:
         )
 
 
-def _rebind(owner: tp.Any, name: str) -> BoundTask[tp.Any, tp.Any]:
-    """Unpickle a bound task (it travels inside its owner's __dict__) without its caches."""
-    method = _find_method(type(owner), name)
-    return BoundTask(method, owner)
-
-
-def _find_method(cls: type, name: str) -> TaskMethod[tp.Any, tp.Any]:
-    for klass in cls.__mro__:
-        method = klass.__dict__.get(name)
-        if isinstance(method, TaskMethod):
-            return method
-    raise AttributeError(f"{cls.__qualname__} has no TaskInfra method {name!r}")
-
-
-class BoundTask(tp.Generic[Own, R]):
+class BoundTask(BoundMethod, tp.Generic[Own, R]):
     """``task.process``: call it for the result; inspect and manage its cache."""
 
+    _infra: TaskInfra
+
     def __init__(self, method: TaskMethod[Own, R], owner: Own) -> None:
-        self._method = method
-        self._owner = owner
+        super().__init__(method, owner)
         self._result: tp.Any = _MISSING
-        self._prepared = False
-        self._checked = False
         self._forced = False
         self._retried = False
-
-    def __reduce__(self) -> tuple[tp.Any, ...]:
-        return (_rebind, (self._owner, self._method.name))
-
-    def __repr__(self) -> str:
-        return f"<bound task {type(self._owner).__qualname__}.{self._method.name}>"
 
     def __call__(self) -> R:
         result = self._result
@@ -200,45 +104,14 @@ class BoundTask(tp.Generic[Own, R]):
             return tp.cast(R, result)
         return self._call()
 
-    # # # derived state, computed once # # #
-
-    def _prepare(self) -> None:
-        if self._prepared:
-            return
-        method = self._method
-        cls = type(self._owner)
-        field = method.infra_field(cls)
-        given = getattr(self._owner, field)
-        if not isinstance(given, type(method.infra)):
-            raise TypeError(
-                f"{cls.__qualname__}.{field} must be a {type(method.infra).__name__}, got {given!r}"
-            )
-        self._infra: TaskInfra = given.merged_into(method.infra)
-        self._uid_config = uid_config(self._owner, method.exclude)
-        self._uid = method_uid(cls, method.name, self._infra.version, self._uid_config)
-        folder = self._infra.folder
-        self._paths = None if folder is None else TaskPaths(f"{folder}/{self._uid}")
+    def _prepare_more(self) -> None:
         self._ram_key = self._uid if self._paths is None else self._paths.base
-        self._prepared = True
 
     @property
     def infra(self) -> TaskInfra:
         """The infra in effect: the instance's, completed by the class default."""
         self._prepare()
         return self._infra
-
-    def uid(self) -> str:
-        self._prepare()
-        return self._uid
-
-    def folder(self) -> Path | None:
-        self._prepare()
-        return None if self._paths is None else self._paths.folder
-
-    def config(self) -> dict[str, tp.Any]:
-        """The uid config: the non-default fields the uid is computed from."""
-        self._prepare()
-        return dict(self._uid_config)
 
     # # # the call # # #
 
@@ -268,11 +141,7 @@ class BoundTask(tp.Generic[Own, R]):
     def _from_disk(self) -> tp.Any:
         """The cached result; raises a cached failure; ``_MISSING`` when it must be computed."""
         paths = tp.cast(TaskPaths, self._paths)
-        if not self._checked:
-            taskcache.check_configs(
-                paths, self._uid, self._full_config(), self._uid_bytes(), self._ignored_fields()
-            )
-            self._checked = True
+        self._check_configs()
         result = taskcache.load_result(paths)
         if result is not _MISSING:
             return result
@@ -285,22 +154,9 @@ class BoundTask(tp.Generic[Own, R]):
             )
         return _MISSING
 
-    def _full_config(self) -> dict[str, tp.Any]:
-        """The config for config.json: every field, and the infra in effect (heritage applied)."""
-        full = to_dict(self._owner)
-        full[self._method.infra_field(type(self._owner))] = infra_plain(self._infra)
-        return full
-
-    def _uid_bytes(self) -> bytes:
-        return canonical_bytes(self._uid_config)
-
-    def _ignored_fields(self) -> set[str]:
-        return _infra_paths(self._owner, "") | set(self._method.exclude)
-
     def _compute(self) -> tp.Any:
         paths = tp.cast(TaskPaths, self._paths)
-        paths.folder.mkdir(parents=True, exist_ok=True)
-        taskcache.write_configs(paths, self._full_config(), self._uid_bytes())
+        self._write_configs()
         with file_lock(Path(paths.lock)):
             job = self._claim_or_submit(paths)
             if job is None:  # computed inline, or found computed by another process meanwhile
@@ -461,8 +317,7 @@ class BoundTask(tp.Generic[Own, R]):
         job = _JOBS.get(self._uid)
         if job is not None:
             return job
-        paths.folder.mkdir(parents=True, exist_ok=True)
-        taskcache.write_configs(paths, self._full_config(), self._uid_bytes())
+        self._write_configs()
         with file_lock(Path(paths.lock)):
             job = self._claim_or_submit(paths)
         return job if job is not None else InlineJob(self)
@@ -525,7 +380,7 @@ def run_task_job(
     owner: tp.Any, method_name: str, folder: str, uid: str = "", reraise: bool = True
 ) -> None:
     """What a job runs: compute the method and write its outcome into the cache folder itself."""
-    method = _find_method(type(owner), method_name)
+    method = find_method(type(owner), method_name)
     paths = TaskPaths(Path(folder))
     try:
         value = method.func(owner)

@@ -1,0 +1,213 @@
+"""What TaskInfra and MapInfra methods share: the descriptor on the class and the bound object.
+
+``@infra.apply`` puts an ``InfraMethod`` on the class. On an instance it gives a bound object,
+stored in the instance's ``__dict__`` on first access, so later accesses are a plain attribute lookup
+(a data descriptor was rejected: it would run Python code on every access, and a RAM hit is meant
+to cost one call). The bound object computes once, and keeps, everything derivable from the
+config: the infra in effect (default heritage applied), the uid, the cache paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as tp
+from pathlib import Path
+
+from . import taskcache
+from .config import InfraMarker, check_owner, field_infos, infra_plain, to_dict
+from .errors import ConfigError
+from .taskcache import TaskPaths
+from .uid import canonical_bytes, method_uid, uid_config
+
+if tp.TYPE_CHECKING:
+    from .infra import _Infra
+
+B = tp.TypeVar("B", bound="BoundMethod")
+
+
+class InfraMethod(tp.Generic[B]):
+    """Base of the descriptors ``@infra.apply`` returns; subclasses make their bound objects."""
+
+    def __init__(self, infra: _Infra, func: tp.Callable[..., tp.Any], exclude: tuple[str, ...]):
+        self.infra = infra
+        self.func = func
+        self.exclude = exclude
+        self.name: str = getattr(func, "__name__", "method")
+        self.__doc__ = func.__doc__
+        self.__wrapped__ = func
+        self._infra_field: dict[type, str] = {}
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def new_bound(self, obj: tp.Any) -> B:
+        """A fresh bound object (subclasses name their class)."""
+        raise NotImplementedError
+
+    def bind(self, obj: tp.Any) -> B:
+        bound = self.new_bound(obj)
+        try:  # later accesses find it in the instance dict without calling __get__
+            obj.__dict__[self.name] = bound
+        except AttributeError:  # __slots__ class: no instance dict, bound objects are rebuilt
+            pass
+        return bound
+
+    def infra_field(self, cls: type) -> str:
+        """The name of the owner's field holding this method's infra (checked once per class)."""
+        name = self._infra_field.get(cls)
+        if name is None:
+            check_owner(cls)
+            for info in field_infos(cls):
+                if info.default is self.infra:
+                    name = info.name
+                    break
+            else:
+                kind = type(self.infra).__name__
+                raise TypeError(
+                    f"{cls.__qualname__}.{self.name}: the infra whose apply decorates it must be "
+                    f"the default of one of its dataclass fields (infra: {kind} = {kind}())"
+                )
+            for excluded in self.exclude:
+                _check_excluded_name(cls, excluded, self.name)
+            self._infra_field[cls] = name
+        return name
+
+
+def rebind(owner: tp.Any, name: str) -> BoundMethod:
+    """Unpickle a bound method (it travels inside its owner's __dict__) without its caches."""
+    bound: BoundMethod = find_method(type(owner), name).new_bound(owner)
+    return bound
+
+
+def find_method(cls: type, name: str) -> InfraMethod[tp.Any]:
+    for klass in cls.__mro__:
+        method = klass.__dict__.get(name)
+        if isinstance(method, InfraMethod):
+            return method
+    raise AttributeError(f"{cls.__qualname__} has no infra method {name!r}")
+
+
+class BoundMethod:
+    """State shared by ``task.process`` and ``feat.embed``: infra in effect, uid, paths."""
+
+    _infra: tp.Any
+
+    def __init__(self, method: InfraMethod[tp.Any], owner: tp.Any) -> None:
+        self._method = method
+        self._owner = owner
+        self._prepared = False
+        self._checked = False
+
+    def __reduce__(self) -> tuple[tp.Any, ...]:
+        return (rebind, (self._owner, self._method.name))
+
+    def __repr__(self) -> str:
+        kind = type(self).__name__
+        return f"<{kind} {type(self._owner).__qualname__}.{self._method.name}>"
+
+    def _prepare(self) -> None:
+        if self._prepared:
+            return
+        method = self._method
+        cls = type(self._owner)
+        field = method.infra_field(cls)
+        given = getattr(self._owner, field)
+        if not isinstance(given, type(method.infra)):
+            raise TypeError(
+                f"{cls.__qualname__}.{field} must be a {type(method.infra).__name__}, got {given!r}"
+            )
+        self._infra = given.merged_into(method.infra)
+        self._uid_config = uid_config(self._owner, method.exclude)
+        self._uid = method_uid(cls, method.name, self._infra.version, self._uid_config)
+        folder = self._infra.folder
+        self._paths = None if folder is None else TaskPaths(f"{folder}/{self._uid}")
+        self._prepare_more()
+        self._prepared = True
+
+    def _prepare_more(self) -> None:
+        """Subclasses derive more state here, once."""
+
+    def uid(self) -> str:
+        self._prepare()
+        return self._uid
+
+    def folder(self) -> Path | None:
+        self._prepare()
+        return None if self._paths is None else self._paths.folder
+
+    def config(self) -> dict[str, tp.Any]:
+        """The uid config: the non-default fields the uid is computed from."""
+        self._prepare()
+        return dict(self._uid_config)
+
+    # # # config.json and uid.json # # #
+
+    def _full_config(self) -> dict[str, tp.Any]:
+        """The config for config.json: every field, and the infra in effect (heritage applied)."""
+        full = to_dict(self._owner)
+        full[self._method.infra_field(type(self._owner))] = infra_plain(self._infra)
+        return full
+
+    def _uid_bytes(self) -> bytes:
+        return canonical_bytes(self._uid_config)
+
+    def _check_configs(self) -> None:
+        """Once per bound object: refuse a folder whose stored configs disagree with this one."""
+        if self._checked or self._paths is None:
+            return
+        ignored = _infra_paths(self._owner, "") | set(self._method.exclude)
+        taskcache.check_configs(
+            self._paths, self._uid, self._full_config(), self._uid_bytes(), ignored
+        )
+        self._checked = True
+
+    def _write_configs(self) -> None:
+        paths = tp.cast(TaskPaths, self._paths)
+        paths.folder.mkdir(parents=True, exist_ok=True)
+        taskcache.write_configs(paths, self._full_config(), self._uid_bytes())
+
+
+def _check_excluded_name(cls: type, dotted: str, method: str) -> None:
+    """A name in exclude_from_cache_uid must be a field (a typo would silently keep it in the uid).
+
+    Nested parts are checked as far as the field defaults are dataclasses (a nested config that
+    defaults to None cannot be checked further: its type is only an annotation).
+    """
+    klass: type | None = cls
+    walked: list[str] = []
+    for part in dotted.split("."):
+        if klass is None:
+            return
+        infos = {info.name: info for info in field_infos(klass)}
+        if part not in infos:
+            where = ".".join(walked) or cls.__qualname__
+            raise ConfigError(
+                f"{cls.__qualname__}.{method}: exclude_from_cache_uid names {dotted!r}, but "
+                f"{where} has no field {part!r}; its fields: {sorted(infos)}"
+            )
+        walked.append(part)
+        default = infos[part].default
+        is_config = dataclasses.is_dataclass(default) and not isinstance(default, type)
+        klass = type(default) if is_config else None
+
+
+def _infra_paths(value: tp.Any, path: str) -> set[str]:
+    """Paths (as in config.json: ``sub.infra``, ``subs[0].infra``) of the infras in a config, at
+    any depth: they never count, so a stored config.json may differ there."""
+    if isinstance(value, InfraMarker):
+        return {path}
+    out: set[str] = set()
+    if isinstance(value, (tuple, list)):
+        for i, item in enumerate(value):
+            out |= _infra_paths(item, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            out |= _infra_paths(item, f"{path}.{key}" if path else str(key))
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for info in field_infos(type(value)):
+            where = f"{path}.{info.name}" if path else info.name
+            out |= _infra_paths(getattr(value, info.name), where)
+    return out
+
+
+__all__ = ["BoundMethod", "InfraMethod", "find_method", "rebind"]
