@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import catalog
 from .catalog import NotACacheError, human_bytes, iso_time
+from .errors import ExcaLiteError
 
 EXIT_OK = 0
 EXIT_DAMAGE = 1
@@ -362,6 +363,9 @@ def main(argv: tp.Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `exca-lite ls ROOT | head`
         return EXIT_OK
+    except (ExcaLiteError, OSError) as e:  # a damaged store, a full disk: one line, no traceback
+        print(f"{prefix} {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_DAMAGE
 
 
 __all__ = ["EPILOG", "build_parser", "main"]

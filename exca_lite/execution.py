@@ -11,6 +11,7 @@ import getpass
 import logging
 import math
 import os
+import threading
 import typing as tp
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def make_executor(infra: ExecutorSettings, default_name: str) -> submitit.AutoEx
     params: dict[str, tp.Any] = {"name": default_name}
     for field, param in _PARAMETERS.items():
         value = getattr(infra, field)
-        if value is None or (field == "slurm_use_srun" and not value):
+        if value is None:  # unset; False is a choice (submitit's own default for use_srun is True)
             continue
         if field == "slurm_setup":
             value = list(value)
@@ -168,29 +169,44 @@ def chunks(items: tp.Sequence[tp.Any], sizes: list[int]) -> list[list[tp.Any]]:
     return out
 
 
+_DEBUG_LOGS_LOCK = threading.Lock()
+_debug_logs: set[str] = set()
+_debug_depth = 0
+
+
 @contextlib.contextmanager
 def closing_debug_log_handlers(job: tp.Any) -> tp.Iterator[None]:
     """Close the log file handlers submitit's DebugJob adds to the root logger.
 
     submitit 1.5 removes them without closing them, and they are collected as soon as
     ``job.result()`` returns: a ResourceWarning per file (an error under ``-W error``). Closing them
-    afterwards is too late, so ``removeHandler`` is intercepted while the job runs; only the job's
-    own log files are closed.
+    afterwards is too late, so ``removeHandler`` of the root logger is intercepted while debug jobs
+    run (one interception however many threads run debug jobs; only their own log files are
+    closed, and the logger is restored when the last one ends).
     """
+    global _debug_depth
     logs = {os.path.abspath(job.paths.stdout), os.path.abspath(job.paths.stderr)}
     root = logging.getLogger()
-    remove = root.removeHandler
+    with _DEBUG_LOGS_LOCK:
+        _debug_logs.update(logs)
+        if _debug_depth == 0:
+            remove = root.removeHandler
 
-    def remove_and_close(handler: logging.Handler) -> None:
-        remove(handler)
-        if isinstance(handler, logging.FileHandler) and handler.baseFilename in logs:
-            handler.close()
+            def remove_and_close(handler: logging.Handler) -> None:
+                remove(handler)
+                if isinstance(handler, logging.FileHandler) and handler.baseFilename in _debug_logs:
+                    handler.close()
 
-    root.removeHandler = remove_and_close  # type: ignore[method-assign,assignment]
+            root.removeHandler = remove_and_close  # type: ignore[method-assign,assignment]
+        _debug_depth += 1
     try:
         yield
     finally:
-        del root.removeHandler
+        with _DEBUG_LOGS_LOCK:
+            _debug_depth -= 1
+            _debug_logs.difference_update(logs)
+            if _debug_depth == 0:
+                del root.removeHandler
 
 
 __all__ = [

@@ -36,7 +36,9 @@ R = tp.TypeVar("R")
 
 # results kept for the life of the process when keep_in_ram=True, keyed by cache folder (or by uid
 # without a folder): the same config cached in two folders is two caches
-_RAM: dict[str, tp.Any] = {}
+# Each value is a one-item list (a cell) shared by every bound object of that key, so that one
+# object's clear() empties what the others serve from RAM too.
+_RAM: dict[str, list[tp.Any]] = {}
 # jobs submitted (or re-attached) by this process, keyed by uid
 _JOBS: dict[str, tp.Any] = {}
 _POLL_MAX_S = 0.2
@@ -94,12 +96,12 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
 
     def __init__(self, method: TaskMethod[Own, R], owner: Own) -> None:
         super().__init__(method, owner)
-        self._result: tp.Any = _MISSING
+        self._cell: list[tp.Any] = [_MISSING]
         self._forced = False
         self._retried = False
 
     def __call__(self) -> R:
-        result = self._result
+        result = self._cell[0]
         if result is not _MISSING:
             return tp.cast(R, result)
         return self._call()
@@ -120,10 +122,10 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         infra = self._infra
         force_now = infra.mode == "force" and not self._forced
         if infra.keep_in_ram and not force_now:
-            result = _RAM.get(self._ram_key, _MISSING)
-            if result is not _MISSING:
-                self._result = result
-                return tp.cast(R, result)
+            cell = _RAM.get(self._ram_key)
+            if cell is not None and cell[0] is not _MISSING:
+                self._cell = cell
+                return tp.cast(R, cell[0])
         if self._paths is None:
             if infra.mode == "read-only":
                 raise CacheMissError(f"{self._uid}: not in RAM and no folder (mode='read-only')")
@@ -134,8 +136,9 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
             if result is _MISSING:
                 result = self._compute()
         if infra.keep_in_ram:
-            _RAM[self._ram_key] = result
-            self._result = result
+            cell = _RAM.setdefault(self._ram_key, [_MISSING])
+            cell[0] = result
+            self._cell = cell
         return tp.cast(R, result)
 
     def _from_disk(self) -> tp.Any:
@@ -246,7 +249,8 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         job = executor.submit(
             run_task_job, self._owner, self._method.name, str(paths.folder), self._uid
         )
-        atomic_write(Path(paths.job), pickle.dumps(job))
+        if executor.cluster != "debug":  # a debug job runs in this process: no record to share
+            atomic_write(Path(paths.job), pickle.dumps(job))
         _JOBS[self._uid] = job
         _link_logs(paths, job)
         return job
@@ -289,7 +293,8 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         self._prepare()
         paths = self._paths
         if paths is None:
-            return "completed" if self._ram_key in _RAM else "not submitted"
+            cell = _RAM.get(self._ram_key)
+            return "completed" if cell is not None and cell[0] is not _MISSING else "not submitted"
         if os.path.exists(paths.result_pkl) or os.path.exists(paths.result_npy):
             return "completed"
         if os.path.exists(paths.error):
@@ -315,7 +320,7 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         if paths is None or self._infra.cluster is None or self._infra.mode == "read-only":
             return InlineJob(self)
         job = _JOBS.get(self._uid)
-        if job is not None:
+        if job is not None and not taskcache.has_outcome(paths):
             return job
         self._write_configs()
         with file_lock(Path(paths.lock)):
@@ -325,9 +330,11 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
     def clear(self) -> None:
         """Remove the cached result, failure and job record (and the RAM copy)."""
         self._prepare()
-        _RAM.pop(self._ram_key, None)
+        cell = _RAM.pop(self._ram_key, None)
+        if cell is not None:
+            cell[0] = _MISSING
+        self._cell = [_MISSING]
         _JOBS.pop(self._uid, None)
-        self._result = _MISSING
         if self._paths is not None and self._infra.mode != "read-only":
             taskcache.clear(self._paths)
 
@@ -378,7 +385,7 @@ def _link_logs(paths: TaskPaths, job: tp.Any) -> None:
 
 def run_task_job(
     owner: tp.Any, method_name: str, folder: str, uid: str = "", reraise: bool = True
-) -> None:
+) -> tp.Any:
     """What a job runs: compute the method and write its outcome into the cache folder itself."""
     method = find_method(type(owner), method_name)
     paths = TaskPaths(Path(folder))
@@ -396,8 +403,10 @@ def run_task_job(
         taskcache.save_failure(paths, failure)
         if reraise:
             raise
-        return
+        return None
     taskcache.save_result(paths, value)
+    # returned too, so that job().result() gives the value (the caller itself reads the cache)
+    return value
 
 
 __all__ = ["BoundTask", "InlineJob", "TaskMethod", "run_task_job"]

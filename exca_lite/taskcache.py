@@ -14,6 +14,7 @@ Results and failures are written to a temp name then published with ``os.replace
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import typing as tp
@@ -177,7 +178,21 @@ def write_configs(paths: TaskPaths, full_config: dict[str, tp.Any], uid_config: 
     if not os.path.exists(paths.uid):
         atomic_write(Path(paths.uid), uid_config)
     if not os.path.exists(paths.config):
-        atomic_write(Path(paths.config), msgspec.json.format(msgspec.json.encode(full_config)))
+        atomic_write(
+            Path(paths.config), msgspec.json.format(msgspec.json.encode(json_safe(full_config)))
+        )
+
+
+def json_safe(value: tp.Any) -> tp.Any:
+    """Plain data with non-finite floats as the strings "inf", "-inf", "nan": JSON has no such
+    numbers (msgspec would write null), and ``load_config`` reads these strings back as floats."""
+    if type(value) is float and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def check_configs(
@@ -195,7 +210,16 @@ def check_configs(
             stored_uid = f.read()
     except FileNotFoundError:
         return
-    if msgspec.json.decode(stored_uid) != msgspec.json.decode(uid_config):
+    try:
+        stored_config = msgspec.json.decode(stored_uid)
+    except msgspec.DecodeError as e:
+        warnings.warn(
+            f"unreadable {paths.uid} ({e}): the folder's config cannot be checked",
+            CorruptCacheWarning,
+            stacklevel=3,
+        )
+        return
+    if stored_config != msgspec.json.decode(uid_config):
         raise UidMismatchError(
             f"cache folder {paths.folder} holds uid config {stored_uid.decode()} but {uid} now "
             f"gives {uid_config.decode()} (hash collision?): clear it or bump the version"
@@ -205,7 +229,7 @@ def check_configs(
             stored = msgspec.json.decode(f.read())
     except (FileNotFoundError, msgspec.DecodeError):
         return
-    current = msgspec.json.decode(msgspec.json.encode(full_config))
+    current = msgspec.json.decode(msgspec.json.encode(json_safe(full_config)))
     diffs: list[str] = []
     _diff(stored, current, "", ignored, diffs)
     if diffs:

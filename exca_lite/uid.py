@@ -87,17 +87,23 @@ def uid_config(obj: tp.Any, exclude: tp.Iterable[str] = (), path: str = "") -> d
         cls = type(value)
         if cls in _PLAIN_SCALARS:  # the common case, kept free of the general walk below
             if cls is type(default) and value == default:
-                continue
+                # -0.0 == 0.0, but "floats by their exact repr": only the same repr is a default
+                if cls is not float or repr(value) == repr(default):
+                    continue
+            elif cls is float and value != value and type(default) is float and default != default:
+                continue  # NaN is its own default, though NaN != NaN
             if cls is not float or math.isfinite(value):
                 out[name] = value
                 continue
-        if _is_default(value, default) or isinstance(value, InfraMarker):
+        is_config = dataclasses.is_dataclass(value) and not isinstance(value, type)
+        # a nested config equal to its default is still walked: its == may hide an unsupported
+        # value (a numpy array equal to a default str); it counts only if it has non-default fields
+        if (not is_config and _is_default(value, default)) or isinstance(value, InfraMarker):
             continue
         where = f"{path}.{name}" if path else name
         sub_excluded = (
             [e[len(name) + 1 :] for e in excluded if e.startswith(name + ".")] if excluded else []
         )
-        is_config = dataclasses.is_dataclass(value) and not isinstance(value, type)
         if sub_excluded and is_config:
             sub = uid_config(value, sub_excluded, where)
             # differing from the default only in excluded fields is not differing
@@ -105,7 +111,10 @@ def uid_config(obj: tp.Any, exclude: tp.Iterable[str] = (), path: str = "") -> d
                 continue
             out[name] = sub
         else:
-            out[name] = _canon(value, where)
+            out[name] = _canon(value, where)  # raises on unsupported values, defaults included
+            if is_config and _is_default(value, default):
+                del out[name]  # equal to its default, and now checked
+                continue
         if is_config and type(value) is not type(default):
             # another config class than the default's (a polymorphic field, or one defaulting to
             # None): two classes with the same non-default fields must not share a uid. The

@@ -75,7 +75,6 @@ def test_rich_config_survives_a_json_file(tmp_path: Path) -> None:
     assert back.run.uid() == cfg.run.uid()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: config.json writes inf/nan as null: values lost")
 def test_cache_config_json_keeps_inf_and_nan(tmp_path: Path) -> None:
     cfg = _rich(tmp_path, scale=math.inf, weights={"a": -math.inf})
     cfg.run()
@@ -128,9 +127,6 @@ def test_unsupported_field_values_name_the_field(
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: an array equal to a nested default hides in it: silently 'default'"
-)
 def test_array_equal_to_nested_default_is_still_rejected(tmp_path: Path) -> None:
     cfg = _rich(tmp_path, optim=ud.Optim(name=np.array(["adam"])))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"optim\.name"):
@@ -239,7 +235,6 @@ def test_unicode_and_slashes_in_values_stay_one_folder_level(tmp_path: Path) -> 
     assert folder.is_dir()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: -0.0 is taken as its default 0.0: shares its cache")
 def test_negative_zero_is_not_the_default_zero(tmp_path: Path) -> None:
     counter = str(tmp_path / "counter")
     zero = ud.Scaled(x=0.0, counter=counter, infra=xl.TaskInfra(folder=tmp_path))
@@ -255,7 +250,6 @@ def test_negative_zero_differs_from_zero_when_default_is_nonzero(tmp_path: Path)
     assert math.copysign(1, neg.run()["scale"]) == -1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a nan equal to a nan default counts as non-default")
 def test_nan_equal_to_nan_default_keeps_the_default_uid(tmp_path: Path) -> None:
     default = ud.NanDefault(infra=xl.TaskInfra(folder=tmp_path))
     explicit = ud.NanDefault(x=float("nan"), infra=xl.TaskInfra(folder=tmp_path))
@@ -341,9 +335,6 @@ def test_clear_then_recompute_with_keep_in_ram(tmp_path: Path) -> None:
     assert counts(counter) == {"run": 2}
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: an object keeps serving its RAM copy after another object's clear()"
-)
 def test_clear_by_another_object_is_seen_in_this_process(tmp_path: Path) -> None:
     counter = str(tmp_path / "counter")
     task = ud.Rich(note="x", counter=counter, infra=xl.TaskInfra(folder=tmp_path))
@@ -430,9 +421,6 @@ def test_function_local_class_task(tmp_path: Path) -> None:
     assert cls(x=4, infra=xl.TaskInfra(folder=tmp_path / "local", cluster="local")).run() == 8
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: cluster='debug' on a function-local class: raw pickle AttributeError"
-)
 def test_function_local_class_task_debug(tmp_path: Path) -> None:
     def make() -> tp.Any:
         @dataclasses.dataclass(frozen=True)
