@@ -29,8 +29,6 @@ from . import storelocks
 from .errors import StoreError
 
 if tp.TYPE_CHECKING:
-    import filelock
-
     from .mapstore import MapStore
 
 _process_claims_lock = threading.Lock()
@@ -50,7 +48,7 @@ class Claim:
         self.token = uuid.uuid4().hex
         self.mine: list[str] = []
         self._others: dict[str, str] = {}  # uid -> owner token
-        self._owner: filelock.FileLock | None = None
+        self._owner: storelocks.FdLock | None = None
 
     def __repr__(self) -> str:
         return f"Claim(mine={len(self.mine)}, others={len(self._others)}, token={self.token!r})"
@@ -74,15 +72,15 @@ class Claim:
 
     @contextlib.contextmanager
     def _globally(self) -> tp.Iterator[None]:
-        with _process_claims_lock, storelocks.new_lock(self.store.paths.claims_lock):
+        with _process_claims_lock, storelocks.FdLock(self.store.paths.claims_lock):
             yield
 
     def acquire(self) -> None:
         paths = self.store.paths
         try:
             paths.claims.mkdir(parents=True, exist_ok=True)
-            owner = storelocks.new_lock(paths.owner_lock(self.token))
-            owner.acquire(blocking=False)
+            owner = storelocks.FdLock(paths.owner_lock(self.token))
+            owner.acquire(blocking=False)  # a fresh token: nobody else has it
         except OSError as exc:
             msg = f"cannot claim items in {paths.claims}: {exc}"
             raise StoreError(msg) from exc

@@ -35,16 +35,13 @@ import msgspec
 import numpy as np
 
 from . import encoding as enc
+from . import mapwriter, storelocks
 from . import shards as sh
-from . import storelocks
 from .claims import Claim
 from .encoding import CacheType
 from .errors import CorruptCacheWarning, StoreError
 from .mapwriter import MapWriter
 from .shards import Durability
-
-if tp.TYPE_CHECKING:
-    import filelock
 
 COMPACT_RECORD_ITEMS = 1 << 16
 COPY_CHUNK_BYTES = 8 << 20
@@ -201,6 +198,7 @@ class MapStore:
         self._meta_ids: dict[tuple[int, str | None, tuple[int, ...]], int] = {}
         self._ix = _Index(cgen=-1)
         self._max_stamp = 0  # the greatest stamp this store has read or given
+        self._park_key: tuple[str, str] | None = None  # (real folder path, durability)
         _open_stores.add(self)
         self._loaded = False
         if load_index:
@@ -599,8 +597,25 @@ class MapStore:
     # ----------------------------------------------------------------- writing
 
     def writer(self, cache_type: CacheType = None) -> MapWriter:
-        """A writer holding a free slot (use it as a context manager)."""
-        return MapWriter(self, cache_type)
+        """A writer holding a free slot (use it as a context manager).
+
+        Leaving it keeps its slot, files and I/O thread open for the next writer of this folder
+        in this process (the first ``writer()`` pays the set-up, later ones nothing); ``close()``
+        frees them (so do ``clear()``, ``compact()`` and the end of the process).
+        """
+        writer = mapwriter.take_parked(self)
+        if writer is None:
+            return MapWriter(self, cache_type)
+        try:
+            writer.configure(cache_type)
+        except BaseException:
+            writer._shutdown()
+            raise
+        return writer
+
+    def close(self) -> None:
+        """Free the slot an idle writer of this folder keeps in this process (if any)."""
+        mapwriter.release_parked(self)
 
     def claim(self, item_uids: tp.Sequence[str]) -> Claim:
         """Claim the missing items this caller should compute (use it as a context manager)."""
@@ -642,6 +657,7 @@ class MapStore:
         pairs = self.paths.list_pairs() or []
         cgen = max((p.gen for p in pairs if p.slot is None), default=-1)
         retired: set[str] = set()
+        # an idle writer this process keeps is not writing (its pair may be checked whole)
         busy = storelocks.held_slots_here(self.paths)
         for name in pairs:
             if name.stem in retired or (name.slot is None and name.gen != cgen):
@@ -758,7 +774,7 @@ class MapStore:
         """
         self.paths.locks.mkdir(parents=True, exist_ok=True)
         before = self._disk_bytes()
-        held: list[tuple[int, filelock.FileLock]] = []
+        held: list[tuple[int, storelocks.FdLock]] = []
         with storelocks.new_lock(self.paths.compact_lock):
             try:
                 slots = {p.slot for p in self.paths.list_pairs() or [] if p.slot is not None}
@@ -927,11 +943,12 @@ class MapStore:
 
     def clear(self) -> None:
         """Remove every stored item and the store's files (writers busy now lose their items)."""
+        mapwriter.release_parked(self)
         if not self.folder.is_dir():
             self._ix = _Index(cgen=-1)
             return
         self.paths.locks.mkdir(parents=True, exist_ok=True)
-        held: list[tuple[int, filelock.FileLock]] = []
+        held: list[tuple[int, storelocks.FdLock]] = []
         with storelocks.new_lock(self.paths.compact_lock):
             try:
                 for path in sorted(self.paths.locks.glob("slot-*.lock")):

@@ -29,8 +29,6 @@ from . import storelocks
 from .errors import StoreError
 
 if tp.TYPE_CHECKING:
-    import filelock
-
     from .mapstore import MapStore
 
 FLUSH_MAX_BYTES = 8 << 20
@@ -41,6 +39,51 @@ SLOW_PRODUCER_S = 0.1
 so batching saves nothing while a process waiting for the item would wait one more item."""
 LARGE_ITEM_BYTES = 256 << 10
 """Items this big skip the write buffer and go to the shard straight from their own memory."""
+
+
+_parked_lock = threading.Lock()
+_parked: dict[tuple[str, str], MapWriter] = {}
+"""Idle writers kept between uses, one per (folder, durability) in this process: a closed writer
+frees its slot lock (so compaction, clear and other writers see the slot free) but keeps its open
+files and its I/O thread. The next ``store.writer()`` of that folder tries the same slot again
+(one ``flock``) and, if nobody touched the pair meanwhile, goes on appending: no folder listing,
+no index read, no thread start. ``MapStore.close()`` and ``clear()`` close it."""
+
+
+def _forget_parked_after_fork() -> None:
+    # a forked child holds none of these (no I/O thread, locks owned by the parent)
+    global _parked_lock
+    _parked_lock = threading.Lock()
+    _parked.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parked_after_fork)
+
+
+def _park_key(store: MapStore) -> tuple[str, str]:
+    key = store._park_key
+    if key is None:  # realpath costs tens of microseconds: once per store
+        key = store._park_key = (os.path.realpath(store.folder), store.durability)
+    return key
+
+
+def take_parked(store: MapStore) -> MapWriter | None:
+    """The idle writer of ``store``'s folder, if any, now owned by the caller (and ``store``)."""
+    if not _parked:
+        return None
+    with _parked_lock:
+        writer = _parked.pop(_park_key(store), None)
+    if writer is not None:
+        writer.store = store
+    return writer
+
+
+def release_parked(store: MapStore) -> None:
+    """Close the idle writer of ``store``'s folder, if any (its slot becomes free)."""
+    writer = take_parked(store)
+    if writer is not None:
+        writer._shutdown()
 
 
 class _DamagedPair(Exception):
@@ -56,15 +99,14 @@ class MapWriter:
     """
 
     def __init__(self, store: MapStore, cache_type: enc.CacheType = None) -> None:
-        if cache_type is not None and cache_type not in enc.FORMAT_NAMES:
-            msg = f"cache_type must be one of None, {', '.join(map(repr, enc.FORMAT_NAMES))}; got {cache_type!r}"
-            raise ValueError(msg)
         self.store = store
-        self.cache_type = cache_type
-        self._forced = None if cache_type is None else enc.FORMAT_NAMES[cache_type]
+        self.configure(cache_type)
+        self._idle = False  # closed by its user, files and thread kept for the next one (parked)
+        self._parked_size = -1  # the shard's size when parked: anyone appending changes it
+        self._ref_end = 0  # the highest shard byte an item written by this writer ends at
         self._fsync = store.durability == "fsync"
         self._slot = -1
-        self._lock: filelock.FileLock | None = None
+        self._lock: storelocks.FdLock | None = None
         self._bin_fd = -1
         self._idx_fd = -1
         self._stem = ""
@@ -94,6 +136,13 @@ class MapWriter:
         self._thread: threading.Thread | None = None
         self._failed: BaseException | None = None
 
+    def configure(self, cache_type: enc.CacheType) -> None:
+        if cache_type is not None and cache_type not in enc.FORMAT_NAMES:
+            msg = f"cache_type must be one of None, {', '.join(map(repr, enc.FORMAT_NAMES))}; got {cache_type!r}"
+            raise ValueError(msg)
+        self.cache_type = cache_type
+        self._forced = None if cache_type is None else enc.FORMAT_NAMES[cache_type]
+
     @property
     def slot(self) -> int:
         return self._slot
@@ -113,8 +162,22 @@ class MapWriter:
     def open(self) -> None:
         if self._lock is not None:
             return
+        if self._idle:
+            self._idle = False
+            lock = storelocks.try_slot(self.store.paths, self._slot)
+            if lock is not None and self._still_good():
+                self._lock = lock
+                self._last_t = time.monotonic()
+                return
+            # taken, compacted, cleared, damaged or failed meanwhile: start afresh
+            if lock is not None:
+                storelocks.release_slot(self.store.paths, self._slot, lock)
+            self._shutdown()
+            self._failed = None  # reported to the user of the previous writer already
+            self._span_start, self._span_crc, self._spans = -1, 0, []
+            self._buf = bytearray()
         paths = self.store.paths
-        damaged: list[tuple[int, filelock.FileLock]] = []
+        damaged: list[tuple[int, storelocks.FdLock]] = []
         try:
             while self._lock is None:
                 try:
@@ -140,6 +203,26 @@ class MapWriter:
                 storelocks.release_slot(paths, slot, lock)
         self._last_t = time.monotonic()
         self._start_io_thread()
+
+    def _still_good(self) -> bool:
+        """Whether a parked writer, its slot taken again, can go on with its pair: nobody removed it
+        (compaction, clear), wrote to it (another holder of the slot) or cut it (external damage:
+        it must then never be appended to again), and its I/O thread is fine."""
+        if self._failed is not None or self._thread is None or not self._thread.is_alive():
+            return False
+        try:
+            idx, shard = os.fstat(self._idx_fd), os.fstat(self._bin_fd)
+        except OSError:
+            return False
+        # someone else touching the index (a torn tail appended) or cutting the shard: start
+        # afresh (a new holder checks the tail, and refuses a cut shard)
+        return (
+            idx.st_nlink > 0
+            and shard.st_nlink > 0
+            and idx.st_size == self._idx_end
+            and shard.st_size == self._parked_size
+            and shard.st_size >= self._ref_end
+        )
 
     def _open_pair(self, slot: int) -> None:
         paths = self.store.paths
@@ -234,6 +317,7 @@ class MapWriter:
                 buf = self._buf
                 self._offsets.append(self._buf_start + len(buf))
                 buf.extend(data)
+                self._ref_end = self._buf_start + len(buf)
                 buf += sh.ZEROS[: -nbytes % sh.ALIGN]
                 self._uids.append(item_uid)
                 self._nbytes.append(nbytes)
@@ -292,25 +376,31 @@ class MapWriter:
             # the write bandwidth)
             crc = enc.word_checksum(raw)
         self._buf_start = sh.align_up(offset + nbytes)
+        self._ref_end = offset + nbytes
         self._uids.append(item_uid)
         self._offsets.append(offset)
         self._nbytes.append(nbytes)
         self._crcs.append(crc)
         self._mix.append(mix)
 
-    def _queue_data(self) -> None:
+    def _queue_data(self, inline: bool = False) -> None:
         """Send the buffered bytes to the I/O thread (no index record: their items may be joined
         by more before the next flush)."""
         if self._buf:
-            self._submit((self._buf, self._buf_start, None, True))
+            job = (self._buf, self._buf_start, None, True)
+            if inline:
+                self._do_io(*job)
+            else:
+                self._submit(job)
             self._buf_start += len(self._buf)
             self._buf = bytearray()
 
-    def _hand_over(self) -> None:
-        """Send buffered bytes, then the index record of every pending item, to the I/O thread."""
+    def _hand_over(self, inline: bool = False) -> None:
+        """Send buffered bytes, then the index record of every pending item, to the I/O thread
+        (``inline``: do that I/O in this thread, when the I/O thread has nothing to do)."""
         if not self._uids:
             return
-        self._queue_data()
+        self._queue_data(inline)
         obj = [
             sh.RECORD_ENTRIES,
             self._uids,
@@ -320,7 +410,11 @@ class MapWriter:
             np.array(self._mix, dtype="<u4").tobytes(),
             self._metas,
         ]
-        self._submit((b"", self._buf_start, obj, False))
+        job = (b"", self._buf_start, obj, False)
+        if inline:
+            self._do_io(*job)
+        else:
+            self._submit(job)
         self._uids, self._offsets, self._nbytes, self._crcs, self._mix = [], [], [], [], []
         self._metas = []
         self._meta_of = {}
@@ -426,23 +520,56 @@ class MapWriter:
         if self._idx_fd < 0:
             return
         with self._buffer_lock:
+            if self._failed is None and self._jobs.unfinished_tasks == 0:
+                # the I/O thread is idle and cannot start anything while the buffer lock is held:
+                # write here, sparing two thread hand-offs (most of a small flush's latency)
+                try:
+                    self._hand_over(inline=True)
+                except BaseException as exc:
+                    self._failed = exc
+                    self._raise_failed()
+                return
             self._hand_over()
         self._wait_io()
 
     def close(self) -> None:
-        """Flush, stop the I/O thread, close the files and free the slot."""
-        if self._lock is None:
+        """Flush; then keep the slot, files and thread for the next writer of this folder in this
+        process (parked), or if one is kept already, stop the thread, close the files and free
+        the slot."""
+        if self._lock is None or self._idle:
             return
         try:
             self.flush()
-        finally:
+        except BaseException:
+            self._shutdown()
+            raise
+        key = _park_key(self.store)
+        with _parked_lock:
+            if key not in _parked:
+                try:
+                    self._parked_size = os.fstat(self._bin_fd).st_size
+                except OSError:
+                    self._parked_size = -1
+                self._idle = True
+                storelocks.release_slot(self.store.paths, self._slot, self._lock)
+                self._lock = None
+                _parked[key] = self
+                return
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        """Stop the I/O thread, close the files and free the slot if held (after a flush)."""
+        self._idle = False
+        try:
             if self._thread is not None:
                 self._jobs.put(None)
                 self._thread.join()
                 self._thread = None
+        finally:
             self._close_files()
-            storelocks.release_slot(self.store.paths, self._slot, self._lock)
-            self._lock = None
+            if self._lock is not None:
+                storelocks.release_slot(self.store.paths, self._slot, self._lock)
+                self._lock = None
 
     def _close_files(self) -> None:
         for fd in (self._bin_fd, self._idx_fd):

@@ -111,6 +111,7 @@ class StorePaths:
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
+        self.real: str | None = None  # its realpath, once asked for (storelocks)
         self.locks = self.folder / "locks"
         self.claims = self.folder / "claims"
 

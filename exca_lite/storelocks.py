@@ -1,7 +1,7 @@
 """File locks of the map store: writer slots, and probing whether someone else holds a lock.
 
-A lock here is a filelock ``FileLock`` held for as long as its holder lives: the OS drops it when the
-process dies, so a crashed writer or claim owner never blocks anyone, and "is this owner alive?"
+A lock here is an exclusive ``flock`` (``FdLock``) held for as long as its holder lives: the OS
+drops it when the process dies, so a crashed writer or claim owner never blocks anyone, and "is this owner alive?"
 is answered by trying the lock.
 
 Threads of one process must exclude each other as well. ``flock`` on separate descriptors does so on
@@ -11,9 +11,11 @@ process) it does not, so a process-wide registry of what this process holds back
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
+import weakref
 from pathlib import Path
 
 import filelock
@@ -21,6 +23,7 @@ import filelock
 from .shards import StorePaths
 
 _registry_lock = threading.Lock()
+_fd_locks: weakref.WeakSet[FdLock] = weakref.WeakSet()
 _held_slots: set[tuple[str, int]] = set()
 live_tokens: set[str] = set()
 """Claim owner tokens alive in this process (their lock is held by this process)."""
@@ -33,6 +36,13 @@ def _forget_after_fork() -> None:
     _registry_lock = threading.Lock()
     _held_slots.clear()
     live_tokens.clear()
+    for lock in list(_fd_locks):
+        # close the child's copy only: an unlock (LOCK_UN) would free the parent's lock too, and
+        # a copy left open would keep it held after the parent let go of it
+        if lock.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(lock.fd)
+            lock.fd = -1
 
 
 if hasattr(os, "register_at_fork"):
@@ -44,6 +54,54 @@ def new_lock(path: Path) -> filelock.FileLock:
     conflict even inside one process (``thread_local=False``: a claim may be released by another
     thread than the one that took it)."""
     return filelock.FileLock(path, thread_local=False, is_singleton=False)
+
+
+class FdLock:
+    """An exclusive ``flock`` on a descriptor of its own: a few system calls, where a filelock
+    ``FileLock`` costs tens of microseconds of Python. Each acquisition opens its own descriptor,
+    so it conflicts with every other holder, threads of this process included (on a local disk;
+    the callers back it with a process-wide registry for NFS, where flock is per process)."""
+
+    __slots__ = ("__weakref__", "fd", "path")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = -1
+        _fd_locks.add(self)
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock (creating the file); False if ``blocking=False`` and it is held."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+                # the holder we waited for may have removed the file (owners do, while holding
+                # it): a lock on a removed file locks nothing, so take the new one
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except (BlockingIOError, FileNotFoundError) as exc:
+                os.close(fd)
+                if isinstance(exc, FileNotFoundError):
+                    continue
+                return False
+            except BaseException:
+                os.close(fd)
+                raise
+            if same:
+                self.fd = fd
+                return True
+            os.close(fd)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)  # closing the only descriptor of the open file drops its flock
+
+    def __enter__(self) -> FdLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def probe_lock(path: Path) -> bool | None:
@@ -77,10 +135,13 @@ def probe_lock(path: Path) -> bool | None:
 
 
 def _folder_key(paths: StorePaths) -> str:
-    return os.path.realpath(paths.folder)
+    key = paths.real
+    if key is None:  # realpath costs tens of microseconds: once per StorePaths
+        key = paths.real = os.path.realpath(paths.folder)
+    return key
 
 
-def acquire_slot(paths: StorePaths) -> tuple[int, filelock.FileLock]:
+def acquire_slot(paths: StorePaths) -> tuple[int, FdLock]:
     """Take the first free writer slot: its number and the held lock (release it when done)."""
     key = _folder_key(paths)
     paths.locks.mkdir(parents=True, exist_ok=True)
@@ -90,31 +151,27 @@ def acquire_slot(paths: StorePaths) -> tuple[int, filelock.FileLock]:
             slot += 1
             if (key, slot) in _held_slots:
                 continue
-            lock = new_lock(paths.slot_lock(slot))
-            try:
-                lock.acquire(blocking=False)
-            except filelock.Timeout:
+            lock = FdLock(paths.slot_lock(slot))
+            if not lock.acquire(blocking=False):
                 continue
             _held_slots.add((key, slot))
             return slot, lock
 
 
-def try_slot(paths: StorePaths, slot: int) -> filelock.FileLock | None:
+def try_slot(paths: StorePaths, slot: int) -> FdLock | None:
     """Take slot ``slot`` if it is free (compaction and clear take idle slots only)."""
     key = _folder_key(paths)
     with _registry_lock:
         if (key, slot) in _held_slots:
             return None
-        lock = new_lock(paths.slot_lock(slot))
-        try:
-            lock.acquire(blocking=False)
-        except filelock.Timeout:
+        lock = FdLock(paths.slot_lock(slot))
+        if not lock.acquire(blocking=False):
             return None
         _held_slots.add((key, slot))
         return lock
 
 
-def release_slot(paths: StorePaths, slot: int, lock: filelock.FileLock) -> None:
+def release_slot(paths: StorePaths, slot: int, lock: FdLock) -> None:
     key = _folder_key(paths)
     with _registry_lock:
         lock.release()
@@ -128,6 +185,7 @@ def held_slots_here(paths: StorePaths) -> set[int]:
 
 
 __all__ = [
+    "FdLock",
     "acquire_slot",
     "held_slots_here",
     "live_tokens",

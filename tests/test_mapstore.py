@@ -691,6 +691,7 @@ def test_the_newest_published_copy_wins_for_every_reader(tmp_path: Path) -> None
     old_reader = MapStore(tmp_path)
     assert old_reader.load("x")[0] == 1
     holder.close()
+    MapStore(tmp_path).close()  # the slot an idle writer of this process keeps goes free
     assert python(_WRITE_ONE, tmp_path, "x", 2, "lazy") == "0"  # a worker: it never read copy 1
     assert python(_READ_ONE, tmp_path, "x") == "2.0"
     assert MapStore(tmp_path).load("x")[0] == 2
@@ -712,3 +713,41 @@ def test_the_newest_published_copy_wins_for_every_reader(tmp_path: Path) -> None
     assert python(_READ_ONE, tmp_path, "x") == "5.0"
     old_reader.refresh()
     assert old_reader.load("x")[0] == 5
+
+
+@pytest.mark.timeout(120)
+def test_an_idle_writer_goes_on_only_if_nobody_touched_its_pair(tmp_path: Path) -> None:
+    store = MapStore(tmp_path)
+    with store.writer() as w:
+        for i in range(10):
+            w.write(f"item-{i}", value_of(f"item-{i}"))
+    with store.writer() as w2:
+        assert w2 is w and w.slot == 0  # kept: no slot, listing, index read or thread to redo
+        w.write("item-10", value_of("item-10"))
+    assert len(list(tmp_path.glob("*.idx"))) == 1
+    # idle, it holds no lock: another process takes the slot and appends to the same pair
+    finish(run_worker("write", tmp_path, 40, 60, 7, 0, "eager"))
+    assert len(list(tmp_path.glob("*.idx"))) == 1
+    with store.writer() as w:  # sees the pair changed: reopens it, appends after the others
+        for i in range(11, 20):
+            w.write(f"item-{i}", value_of(f"item-{i}"))
+    uids = [f"item-{i}" for i in [*range(20), *range(40, 60)]]
+    assert all_served_values_are_right(tmp_path, uids) == []
+    assert MapStore(tmp_path).verify() == []
+    # another process compacts it away (the idle slot is free): the writer starts a new pair
+    python(
+        "import sys; from exca_lite.mapstore import MapStore; MapStore(sys.argv[1]).compact()",
+        tmp_path,
+    )
+    assert sorted(p.name for p in tmp_path.glob("*.idx")) == ["c-g000001.idx"]
+    with store.writer() as w:
+        for i in range(20, 30):
+            w.write(f"item-{i}", value_of(f"item-{i}"))
+    assert sorted(p.name for p in tmp_path.glob("*.idx")) == ["c-g000001.idx", "w000-g000001.idx"]
+    uids += [f"item-{i}" for i in range(20, 30)]
+    assert all_served_values_are_right(tmp_path, uids) == []
+    store.refresh()
+    assert store.missing(uids) == [] and MapStore(tmp_path).verify() == []
+    store.clear()  # closes the idle writer too: nothing is left behind
+    assert MapStore(tmp_path).missing(uids) == uids
+    assert list(tmp_path.glob("*.idx")) == []
