@@ -121,6 +121,7 @@ class _Index:
         self.table = np.zeros((1024, _COLS), dtype=np.int64)
         self.raw = self.table.data.cast("B")  # rows unpack faster with struct than numpy
         self.count = 0
+        self.top = -1  # the greatest stamp of any entry in the table
 
     def add_pair(self, name: sh.DataName, index_path: str) -> _Pair:
         pair = _Pair(name, len(self.pairs), index_path)
@@ -138,7 +139,8 @@ class _Index:
             self.table = grown
             self.raw = self.table.data.cast("B")
 
-    def append_rows(self, uids: list[str], block: np.ndarray) -> None:
+    def append_rows(self, uids: list[str], block: np.ndarray, low: int, high: int) -> None:
+        """Add entries (``low``/``high``: the least and greatest stamp in ``block``)."""
         n = len(uids)
         start = self.count
         need = start + n
@@ -146,8 +148,9 @@ class _Index:
         self.table[start:need] = block
         # rows are in place before the uids point at them: a concurrent load sees old or new, whole
         rows = self.rows
-        if not rows or rows.keys().isdisjoint(uids):
-            # no uid seen before (the usual case): within a record, a later duplicate wins
+        if low > self.top or not rows or rows.keys().isdisjoint(uids):
+            # newer than every entry so far (a pair read in order), or no uid seen before: no
+            # comparison needed (within a record, a later duplicate wins)
             rows.update(zip(uids, range(start, need), strict=True))
         else:
             newer = self.newer
@@ -156,6 +159,7 @@ class _Index:
                 if old is None or newer(row, old):
                     rows[uid] = row
         self.count = need
+        self.top = max(self.top, high)
 
     def newer(self, row: int, old: int) -> bool:
         """Whether entry ``row`` supersedes entry ``old`` of the same uid: the greater stamp
@@ -325,7 +329,7 @@ class MapStore:
             raise ValueError("columns of different lengths")
         stamps: np.ndarray | None = None
         if type(stamp) is int:  # a writer's record: one stamp for its flush
-            top = stamp
+            top = low = stamp
         elif (
             type(stamp) is bytes
         ):  # a compacted record: each entry keeps the stamp it was written with
@@ -333,6 +337,7 @@ class MapStore:
             if len(stamps) != n:
                 raise ValueError("columns of different lengths")
             top = int(stamps.max()) if n else 0
+            low = int(stamps.min()) if n else 0
         else:
             raise TypeError(f"a stamp of type {type(stamp).__name__}")
         pair.max_end = max(pair.max_end, sh.referenced_end(offsets, nbytes, _span))
@@ -374,7 +379,7 @@ class MapStore:
         block[:, 5] = stamp if stamps is None else stamps
         if top > self._max_stamp:
             self._max_stamp = top
-        ix.append_rows(uids, block)
+        ix.append_rows(uids, block, low, top)
 
     def _array_nbytes(self, meta_id: int) -> int:
         """The byte count of an array of meta ``meta_id``, or -1 for other formats."""
