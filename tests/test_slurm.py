@@ -203,7 +203,10 @@ def test_task_runs_as_slurm_job(tmp_path: Path, cluster: str) -> None:
     assert logs.is_dir()
     assert (logs / f"{job.job_id}_0_log.out").exists()
     assert (logs / f"{job.job_id}_0_log.err").exists()
-    assert (logs / f"{job.job_id}_submission.sh").read_text().count("#SBATCH") > 0
+    script = (logs / f"{job.job_id}_submission.sh").read_text()
+    assert script.count("#SBATCH") > 0
+    # slurm_use_srun defaults to False: the job runs python directly in the batch step
+    assert "srun" not in script.split("# command")[-1], script
 
 
 @pytest.mark.timeout(90)
