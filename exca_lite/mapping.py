@@ -73,6 +73,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
     """``feat.embed``: call it on items; inspect and manage its cache."""
 
     _infra: MapInfra
+    _store: MapStore | None
 
     def __init__(self, method: MapMethod[Own, X, R], owner: Own) -> None:
         super().__init__(method, owner)
@@ -81,11 +82,14 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         self._ram: dict[str, tp.Any] = {}  # folder=None only
 
     def _prepare_more(self) -> None:
-        self._store = (
+        store = (
             None
             if self._paths is None
             else MapStore(self._paths.base, durability=self._infra.durability)
         )
+        # threads preparing one bound object at once keep the first store: a thread switched to
+        # another store after its call refreshed this one would miss the items just computed
+        self._store = self.__dict__.setdefault("_store", store)
         if self._store is None and self._infra.cluster not in (None, "threadpool"):
             raise ValueError(f"MapInfra(cluster={self._infra.cluster!r}) needs a folder")
 

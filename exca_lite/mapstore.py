@@ -216,20 +216,24 @@ class MapStore:
     def refresh(self) -> None:
         """Read the index bytes appended since the last call, and pick up new index files."""
         with self._lock:
+            ix = self._ix
             for attempt in range(50):
                 try:
-                    self._refresh_once()
+                    # a rebuilt view is published only once complete: threads reading without
+                    # the lock (load, __contains__) see the old view or the new one, never a part
+                    self._ix = self._refresh_once(ix)
                     self._loaded = True
                     return
                 except _StaleError:
                     # files went away while reading (a compaction or clear): start over
-                    self._ix = _Index(cgen=-1)
+                    ix = _Index(cgen=-1)
                     time.sleep(0.001 * attempt)
         msg = f"{self.folder}: the store's files keep being replaced; could not read a stable view"
         raise StoreError(msg)
 
-    def _refresh_once(self) -> None:
-        ix = self._ix
+    def _refresh_once(self, ix: _Index) -> _Index:
+        """Bring ``ix`` up to date (appending only) or, if files were replaced, build a new view:
+        the view to publish."""
         try:
             names = os.listdir(self.folder)
         except (FileNotFoundError, NotADirectoryError):
@@ -240,7 +244,7 @@ class MapStore:
             stems = {p.stem for p in pairs}
             if cgen != ix.cgen or any(stem not in stems for stem in ix.by_stem):
                 # a compaction or a clear happened: rows may point at retired pairs
-                ix = self._ix = _Index(cgen=cgen)
+                ix = _Index(cgen=cgen)
             for name in pairs:
                 if name.stem in ix.by_stem or name.stem in ix.retired:
                     continue
@@ -251,6 +255,7 @@ class MapStore:
             ix.listing = names
         for pair in ix.pairs:
             self._read_new(ix, pair)
+        return ix
 
     def _read_new(self, ix: _Index, pair: _Pair) -> None:
         path = pair.index_path

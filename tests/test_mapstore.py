@@ -245,6 +245,39 @@ def test_threads_get_their_own_slots(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_threads_reading_one_store_while_it_reloads_never_miss_an_item(tmp_path: Path) -> None:
+    # each compaction replaces the files, so the store rebuilds its whole view: threads reading it
+    # meanwhile (without the lock) must see the old view or the new one, never a half-built one
+    uids = [f"item-{i}" for i in range(300)]
+    fill(tmp_path, uids)
+    store = MapStore(tmp_path)
+    other = MapStore(tmp_path)
+    stop = threading.Event()
+    problems: list[str] = []
+
+    def read() -> None:
+        while not stop.is_set() and not problems:
+            for uid in uids:
+                if uid not in store:
+                    problems.append(f"{uid} not in the store")
+                try:
+                    store.load(uid)
+                except KeyError as exc:
+                    problems.append(repr(exc))
+
+    threads = [threading.Thread(target=read) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for _ in range(6):
+        other.compact()
+        store.refresh()
+    stop.set()
+    for t in threads:
+        t.join()
+    assert problems == []
+
+
+@pytest.mark.timeout(60)
 def test_four_processes_write_at_once(tmp_path: Path) -> None:
     procs = [run_worker("write", tmp_path, k * 500, (k + 1) * 500, 100, 0.0) for k in range(4)]
     outputs = [finish(p) for p in procs]

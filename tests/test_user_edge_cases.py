@@ -685,10 +685,6 @@ def test_user_threads_share_a_map(tmp_path: Path, cluster: str | None, shared_ob
     assert counts(tmp_path / "counter") == {i: 1 for i in items}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: threads sharing one bound map object (threadpool) get KeyError on completed items",
-)
 def test_user_threads_share_one_map_object_on_a_threadpool(tmp_path: Path) -> None:
     # one model object used by a data loader's threads: a few percent of the rounds fail, so repeat
     items = [f"item{k:04d}" for k in range(60)]
