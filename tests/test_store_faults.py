@@ -86,11 +86,9 @@ def test_sigkill_at_random_instants_loses_only_unpublished_items(tmp_path: Path)
     # a new writer completes everything, without hanging on anything the dead ones left
     everything = [f"item-{i}" for i in range(next_item)]
     store = MapStore(folder)
-    t0 = time.monotonic()
-    with store.writer() as w:
+    with store.writer() as w:  # (the test's timeout guards against a hang)
         for uid in store.missing(everything):
             w.write(uid, value_of(uid))
-    assert time.monotonic() - t0 < 30
     final = MapStore(folder)
     assert final.missing(everything) == []
     for uid in everything[::7]:
