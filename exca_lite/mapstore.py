@@ -484,6 +484,19 @@ class MapStore:
                 self._drop_damaged(ix, number, item_uid, "its bytes do not match their checksum")
             try:
                 return enc.decode_other(data, fmt)
+            except Exception as exc:
+                # its bytes passed their checksum: the code changed (a pickled class renamed,
+                # moved or removed, a module gone), not the data
+                hint = (
+                    "was its class renamed, moved or removed? restore it, or clear the cache"
+                    if fmt == enc.PICKLE
+                    else "clear the cache"
+                )
+                msg = (
+                    f"cannot decode item {item_uid!r} of {self.folder}: {type(exc).__name__}: "
+                    f"{exc} ({hint})"
+                )
+                raise StoreError(msg) from exc
             finally:
                 data.release()
 

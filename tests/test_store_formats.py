@@ -4,6 +4,8 @@ plain data through msgpack, everything else through pickle, each coming back wit
 from __future__ import annotations
 
 import itertools
+import sys
+import types
 import typing as tp
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from exca_lite.encoding import is_plain
+from exca_lite.errors import StoreError
 from exca_lite.mapstore import MapStore
 
 _counter = itertools.count()
@@ -137,3 +140,32 @@ def test_is_plain_is_exact() -> None:
         pass
 
     assert not is_plain(Sub("x"))
+
+
+@pytest.mark.timeout(60)
+def test_an_item_whose_class_is_gone_names_the_item_and_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = types.ModuleType("gone_user_module")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+
+    class Payload:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+    Payload.__module__, Payload.__qualname__ = module.__name__, "Payload"
+    module.Payload = Payload  # type: ignore[attr-defined]
+    store = MapStore(tmp_path)
+    with store.writer() as w:
+        w.write("x", Payload(3))
+        w.write("y", {"fine": 1})
+    assert MapStore(tmp_path).load("x").n == 3
+    del module.Payload  # renamed or removed since the cache was written
+    fresh = MapStore(tmp_path)
+    with pytest.raises(StoreError, match="cannot decode item 'x' of ") as info:
+        fresh.load("x")
+    message = str(info.value)
+    assert str(tmp_path) in message and "AttributeError" in message and "Payload" in message
+    assert "renamed" in message and "clear the cache" in message
+    assert isinstance(info.value.__cause__, AttributeError)
+    assert fresh.load("y") == {"fine": 1}  # the rest of the cache is still served
