@@ -789,3 +789,24 @@ def test_an_idle_writer_goes_on_only_if_nobody_touched_its_pair(tmp_path: Path) 
     store.clear()  # closes the idle writer too: nothing is left behind
     assert MapStore(tmp_path).missing(uids) == uids
     assert list(tmp_path.glob("*.idx")) == []
+
+
+@pytest.mark.timeout(60)
+def test_clear_never_frees_a_busy_writers_slot(tmp_path: Path) -> None:
+    # clear() unlinks only slot lock files it holds itself (idle slots; FdLock re-checks the inode
+    # after locking, so a contender that opened the old file retries): a busy slot keeps its lock
+    store = MapStore(tmp_path)
+    with store.writer() as w:
+        w.write("item-0", value_of("item-0"))
+        w.flush()
+        lock = store.paths.slot_lock(w.slot)
+        inode = lock.stat().st_ino
+        code = (
+            "import sys\nfrom exca_lite.mapstore import MapStore\n"
+            "s = MapStore(sys.argv[1])\ns.clear()\n"
+            "with s.writer() as w:\n    print(w.slot)\n"
+        )
+        assert python(code, tmp_path) != str(w.slot)  # another process: never the same slot
+        assert lock.stat().st_ino == inode
+        w.write("item-1", value_of("item-1"))  # the busy writer goes on, into its own slot
+    assert MapStore(tmp_path).verify() == []
