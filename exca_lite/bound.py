@@ -47,10 +47,10 @@ class InfraMethod(tp.Generic[B]):
     def bind(self, obj: tp.Any) -> B:
         bound = self.new_bound(obj)
         try:  # later accesses find it in the instance dict without calling __get__
-            obj.__dict__[self.name] = bound
+            # setdefault: threads racing on a first access all get the one object that won
+            return tp.cast(B, obj.__dict__.setdefault(self.name, bound))
         except AttributeError:  # __slots__ class: no instance dict, bound objects are rebuilt
-            pass
-        return bound
+            return bound
 
     def infra_field(self, cls: type) -> str:
         """The name of the owner's field holding this method's infra (checked once per class)."""
