@@ -146,6 +146,8 @@ class Claim:
         claim, and the caller computes them.
         """
         freed: list[str] = []
+        if not self._others:
+            return freed  # nobody else claimed any of these items: nothing to wait for
         delay_s = 0.01
         while True:
             self.store.refresh()

@@ -516,14 +516,17 @@ class MapStore:
         path = self.paths.shard(pair.name.stem)
         with self._lock:
             try:
-                with open(path, "rb") as f:
-                    size = os.fstat(f.fileno()).st_size
-                    if size < max(need, sh.SHARD_HEADER_BYTES):
-                        # entries are checked against the size at ingest and shards never shrink
-                        raise _StaleError
-                    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                fd = os.open(path, os.O_RDONLY)  # not open(): no file object to build
             except FileNotFoundError:
                 raise _StaleError from None
+            try:
+                size = os.fstat(fd).st_size
+                if size < max(need, sh.SHARD_HEADER_BYTES):
+                    # entries are checked against the size at ingest and shards never shrink
+                    raise _StaleError
+                mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            finally:
+                os.close(fd)
             if sh.parse_header(mm[: sh.SHARD_HEADER_BYTES], sh.SHARD_MAGIC) != pair.file_id:
                 raise _StaleError
             ix.maps[number] = mm

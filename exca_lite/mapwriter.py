@@ -39,6 +39,7 @@ SLOW_PRODUCER_S = 0.1
 so batching saves nothing while a process waiting for the item would wait one more item."""
 LARGE_ITEM_BYTES = 256 << 10
 """Items this big skip the write buffer and go to the shard straight from their own memory."""
+_monotonic = time.monotonic
 
 
 _parked_lock = threading.Lock()
@@ -120,9 +121,11 @@ class MapWriter:
         self._mix: list[int] = []
         self._metas: list[list[tp.Any]] = []
         self._meta_of: dict[tp.Any, tuple[int, bool]] = {}
-        self._last_dtype: np.dtype[tp.Any] | None = None
         self._last_shape: tuple[int, ...] = ()
         self._last_meta = (0, False)
+        self._last_nbytes = 0
+        self._last_pad = b""
+        self._last_small = False
         self._pending_bytes = 0
         self._first_t = 0.0
         self._last_t = 0.0
@@ -142,6 +145,7 @@ class MapWriter:
             raise ValueError(msg)
         self.cache_type = cache_type
         self._forced = None if cache_type is None else enc.FORMAT_NAMES[cache_type]
+        self._last_dtype: np.dtype[tp.Any] | None = None  # the last array's meta (hot path)
 
     @property
     def slot(self) -> int:
@@ -280,24 +284,68 @@ class MapWriter:
         """Buffer one item (published by the next ``flush``, automatic every ~1000 items/8 MiB/1 s)."""
         if self._lock is None:
             self.open()
+        if self._failed is not None:
+            self._raise_failed()
+        # the hot path: a small C-contiguous array of the last item's dtype and shape (items of a
+        # map mostly share one; numpy reuses its builtin dtype objects): no format pick, no meta
+        # lookup, size and padding known. _last_dtype is only ever a non-object array dtype of
+        # the current record, reset when the forced format changes
+        if (
+            type(value) is np.ndarray
+            and value.dtype is self._last_dtype
+            and value.shape == self._last_shape
+            and self._last_small
+            and value.flags.c_contiguous
+        ):
+            with self._buffer_lock:
+                if self._last_dtype is value.dtype:  # still this record's meta (not handed over)
+                    buf = self._buf
+                    nbytes = self._last_nbytes
+                    start = self._buf_start + len(buf)
+                    self._offsets.append(start)
+                    buf.extend(value)
+                    buf += self._last_pad
+                    self._ref_end = start + nbytes
+                    uids = self._uids
+                    uids.append(item_uid)
+                    self._nbytes.append(nbytes)
+                    self._crcs.append(0)  # covered by their buffer's span checksum (I/O thread)
+                    self._mix.append(self._last_meta[0])
+                    pending = self._pending_bytes = self._pending_bytes + nbytes
+                    # _after_write, inlined
+                    now = _monotonic()
+                    count = len(uids)
+                    if count == 1:
+                        self._first_t = now
+                    slow = now - self._last_t > SLOW_PRODUCER_S
+                    self._last_t = now
+                    if (
+                        slow
+                        or pending >= FLUSH_MAX_BYTES
+                        or count >= FLUSH_MAX_ITEMS
+                        or now - self._first_t > FLUSH_MAX_AGE_S
+                    ):
+                        self._hand_over()
+                    return
         fmt = (
             enc.ARRAY
             if self._forced is None and type(value) is np.ndarray and not value.dtype.hasobject
             else enc.pick_format(value, self._forced)
         )
-        if self._failed is not None:
-            self._raise_failed()
         with self._buffer_lock:  # the I/O thread may publish stale items (see _publish_if_stale)
             if fmt == enc.ARRAY:
                 arr = value
-                # items of a map mostly share one dtype and shape: compare with the last one
-                # before hashing a (dtype, shape) key (numpy reuses its builtin dtype objects)
+                # compare with the last one before hashing a (dtype, shape) key
                 if arr.dtype is self._last_dtype and arr.shape == self._last_shape:
                     found = self._last_meta
                 else:
                     found = self._meta_of.get((arr.dtype, arr.shape)) or self._new_array_meta(arr)
                     self._last_dtype, self._last_shape = arr.dtype, arr.shape
                     self._last_meta = found
+                    self._last_nbytes = arr.nbytes
+                    self._last_pad = sh.ZEROS[: -arr.nbytes % sh.ALIGN]
+                    # buffer-exportable and buffered (the hot path's conditions)
+                    self._last_small = not found[1] and arr.nbytes < LARGE_ITEM_BYTES
                 mix, as_bytes = found
                 if not arr.flags.c_contiguous:
                     arr = np.ascontiguousarray(arr)
@@ -324,18 +372,22 @@ class MapWriter:
                 self._crcs.append(crc)
                 self._mix.append(mix)
             self._pending_bytes += nbytes
-            now = time.monotonic()
-            if len(self._uids) == 1:
-                self._first_t = now
-            slow = now - self._last_t > SLOW_PRODUCER_S
-            self._last_t = now
-            if (
-                slow
-                or self._pending_bytes >= FLUSH_MAX_BYTES
-                or len(self._uids) >= FLUSH_MAX_ITEMS
-                or now - self._first_t > FLUSH_MAX_AGE_S
-            ):
-                self._hand_over()
+            self._after_write()
+
+    def _after_write(self) -> None:
+        """Hand the buffer over if it is full, old, or the producer is slow (buffer lock held)."""
+        now = _monotonic()
+        if len(self._uids) == 1:
+            self._first_t = now
+        slow = now - self._last_t > SLOW_PRODUCER_S
+        self._last_t = now
+        if (
+            slow
+            or self._pending_bytes >= FLUSH_MAX_BYTES
+            or len(self._uids) >= FLUSH_MAX_ITEMS
+            or now - self._first_t > FLUSH_MAX_AGE_S
+        ):
+            self._hand_over()
 
     def _new_array_meta(self, arr: np.ndarray) -> tuple[int, bool]:
         try:
