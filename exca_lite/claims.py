@@ -49,6 +49,8 @@ class Claim:
         self.mine: list[str] = []
         self._others: dict[str, str] = {}  # uid -> owner token
         self._owner: storelocks.FdLock | None = None
+        self._lock_path = store.paths.owner_lock(self.token)
+        self._claims_path = store.paths.owner_claims(self.token)
 
     def __repr__(self) -> str:
         return f"Claim(mine={len(self.mine)}, others={len(self._others)}, token={self.token!r})"
@@ -79,7 +81,7 @@ class Claim:
         paths = self.store.paths
         try:
             paths.claims.mkdir(parents=True, exist_ok=True)
-            owner = storelocks.FdLock(paths.owner_lock(self.token))
+            owner = storelocks.FdLock(self._lock_path)
             owner.acquire(blocking=False)  # a fresh token: nobody else has it
         except OSError as exc:
             msg = f"cannot claim items in {paths.claims}: {exc}"
@@ -136,7 +138,7 @@ class Claim:
             return
         # one JSON line per append, written whole while the global lock is held: readers of the
         # file also hold it, so they never see half a line
-        with open(self.store.paths.owner_claims(self.token), "ab") as f:
+        with open(self._claims_path, "ab") as f:
             f.write(msgspec.json.encode(uids) + b"\n")
 
     def wait_others(self, poll_max_s: float = 0.5) -> list[str]:
@@ -181,12 +183,11 @@ class Claim:
         """Give up this owner's claims (items not stored by now are free for others)."""
         if self._owner is None:
             return
-        paths = self.store.paths
         with self._globally(), contextlib.suppress(FileNotFoundError):
-            paths.owner_claims(self.token).unlink()
+            os.unlink(self._claims_path)
         # the lock file goes while still held: a prober finding no file knows the owner is gone
         with contextlib.suppress(FileNotFoundError):
-            paths.owner_lock(self.token).unlink()
+            os.unlink(self._lock_path)
         self._owner.release()
         self._owner = None
         storelocks.live_tokens.discard(self.token)

@@ -199,6 +199,7 @@ class MapStore:
         self.paths = sh.StorePaths(self.folder)
         self._lock = threading.RLock()
         self._metas: list[tuple[int, np.dtype[tp.Any] | None, tuple[int, ...]]] = []
+        self._meta_nbytes: list[int] = []  # per meta: an array's byte count, -1 for others
         self._meta_ids: dict[tuple[int, str | None, tuple[int, ...]], int] = {}
         self._ix = _Index(cgen=-1)
         self._max_stamp = 0  # the greatest stamp this store has read or given
@@ -388,10 +389,7 @@ class MapStore:
 
     def _array_nbytes(self, meta_id: int) -> int:
         """The byte count of an array of meta ``meta_id``, or -1 for other formats."""
-        fmt, dtype, shape = self._metas[meta_id]
-        if fmt != enc.ARRAY or dtype is None:
-            return -1
-        return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        return self._meta_nbytes[meta_id]  # computed once, by _intern
 
     def _intern(self, meta: list[tp.Any]) -> int:
         fmt, descr, shape = meta
@@ -404,7 +402,11 @@ class MapStore:
         dtype = None if key[1] is None else enc.dtype_from_descr(key[1])
         if key[0] == enc.ARRAY and dtype is None:
             raise ValueError("array entry without dtype")
+        nbytes = -1
+        if key[0] == enc.ARRAY and dtype is not None:
+            nbytes = int(np.prod(key[2], dtype=np.int64)) * dtype.itemsize
         self._metas.append((key[0], dtype, key[2]))
+        self._meta_nbytes.append(nbytes)
         self._meta_ids[key] = len(self._metas) - 1
         return len(self._metas) - 1
 

@@ -114,23 +114,35 @@ class StorePaths:
         self.real: str | None = None  # its realpath, once asked for (storelocks)
         self.locks = self.folder / "locks"
         self.claims = self.folder / "claims"
+        self.compact_lock = self.locks / "compact.lock"
+        self.claims_lock = self.claims / "claims.lock"
+        # paths are asked for on every call of a map (a pathlib join costs microseconds): built
+        # once per name
+        self._index: dict[str, Path] = {}
+        self._shard: dict[str, Path] = {}
+        self._slot_lock: dict[int, Path] = {}
 
     def index(self, stem: str) -> Path:
-        return self.folder / f"{stem}.idx"
+        path = self._index.get(stem)
+        if path is None:
+            if len(self._index) > 1000:  # names of retired generations, in a long-lived process
+                self._index.clear()
+            path = self._index[stem] = self.folder / f"{stem}.idx"
+        return path
 
     def shard(self, stem: str) -> Path:
-        return self.folder / f"{stem}.bin"
+        path = self._shard.get(stem)
+        if path is None:
+            if len(self._shard) > 1000:  # names of retired generations, in a long-lived process
+                self._shard.clear()
+            path = self._shard[stem] = self.folder / f"{stem}.bin"
+        return path
 
     def slot_lock(self, slot: int) -> Path:
-        return self.locks / f"slot-{slot:03d}.lock"
-
-    @property
-    def compact_lock(self) -> Path:
-        return self.locks / "compact.lock"
-
-    @property
-    def claims_lock(self) -> Path:
-        return self.claims / "claims.lock"
+        path = self._slot_lock.get(slot)
+        if path is None:
+            path = self._slot_lock[slot] = self.locks / f"slot-{slot:03d}.lock"
+        return path
 
     def owner_lock(self, token: str) -> Path:
         return self.claims / f"{token}.owner"
