@@ -349,7 +349,15 @@ def referenced_end(offsets: tp.Any, nbytes: tp.Any, spans: tp.Any) -> int:
     or huge values) counts as ``FAR_END``: such a shard must never be appended to again.
     """
     end = 0
-    if len(offsets):
+    if 0 < len(offsets) <= 16 and len(nbytes) == len(offsets):
+        # a record of a few items (a call with one new item): Python ints, not five reductions
+        offs, sizes = offsets.tolist(), nbytes.tolist()
+        if min(offs) < 0 or min(sizes) < 0:
+            return FAR_END
+        if max(offs) >= FAR_END or max(sizes) >= FAR_END:
+            return FAR_END
+        end = max(o + n for o, n in zip(offs, sizes, strict=True))
+    elif len(offsets):
         if int(offsets.min()) < 0 or int(nbytes.min()) < 0:
             return FAR_END
         if int(offsets.max()) >= FAR_END or int(nbytes.max()) >= FAR_END:
