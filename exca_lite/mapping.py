@@ -348,6 +348,11 @@ def _process_context() -> tp.Any:
     import multiprocessing
     import threading
 
+    from .mapwriter import release_all_parked
+
+    # idle writers kept for later calls have I/O threads: closing them costs a reopen later, far
+    # less than spawning the workers
+    release_all_parked()
     methods = multiprocessing.get_all_start_methods()
     if "fork" in methods and threading.active_count() == 1:
         return multiprocessing.get_context("fork")

@@ -80,6 +80,15 @@ def take_parked(store: MapStore) -> MapWriter | None:
     return writer
 
 
+def release_all_parked() -> None:
+    """Close every idle writer of this process (and their I/O threads), e.g. before forking."""
+    with _parked_lock:
+        writers = list(_parked.values())
+        _parked.clear()
+    for writer in writers:
+        writer._shutdown()
+
+
 def release_parked(store: MapStore) -> None:
     """Close the idle writer of ``store``'s folder, if any (its slot becomes free)."""
     writer = take_parked(store)
