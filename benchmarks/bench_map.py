@@ -390,6 +390,12 @@ def bench_map_parallel(sizes: Sizes, tmp: Path) -> Scenario:
     from benchmarks.map_configs import Burner
 
     n, work = sizes.parallel_items, sizes.parallel_work
+    # exca's progress bars leave tqdm's monitor thread running, and exca_lite forks its pool
+    # workers only from a single-threaded process (it spawns otherwise): without this, the peer
+    # run of the previous repeat would decide how exca_lite starts its workers
+    import tqdm
+
+    tqdm.tqdm.monitor_interval = 0
     scenario = Scenario(
         "map_parallel",
         "s",
