@@ -396,6 +396,9 @@ def bench_map_parallel(sizes: Sizes, tmp: Path) -> Scenario:
     import tqdm
 
     tqdm.tqdm.monitor_interval = 0
+    if tqdm.tqdm.monitor is not None:  # started by an earlier scenario's peer
+        tqdm.tqdm.monitor.exit()
+        tqdm.tqdm.monitor = None
     scenario = Scenario(
         "map_parallel",
         "s",
