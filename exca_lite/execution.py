@@ -18,7 +18,6 @@ from pathlib import Path
 if tp.TYPE_CHECKING:
     import submitit
 
-SUBMITIT_CLUSTERS = ("local", "debug", "slurm", "auto")
 
 # infra field -> AutoExecutor parameter; only fields that are set (not None) are passed
 _PARAMETERS = {
@@ -211,7 +210,6 @@ def closing_debug_log_handlers(job: tp.Any) -> tp.Iterator[None]:
 
 __all__ = [
     "closing_debug_log_handlers",
-    "SUBMITIT_CLUSTERS",
     "chunk_sizes",
     "chunks",
     "is_alive",

@@ -18,6 +18,8 @@ import time
 import traceback
 import typing as tp
 
+import numpy as np
+
 from .bound import BoundMethod, InfraMethod, find_method
 from .errors import CacheMissError, JobError
 from .mapstore import MapStore
@@ -128,8 +130,6 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
 
     def stack(self, items: tp.Iterable[X]) -> tp.Any:
         """One contiguous array ``(len(items), *item_shape)``, computing missing items first."""
-        import numpy as np
-
         seq = items if isinstance(items, tp.Sequence) else list(items)
         uids = self._item_uids(seq)
         self._ensure(seq, uids)

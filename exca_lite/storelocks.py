@@ -12,6 +12,7 @@ process) it does not, so a process-wide registry of what this process holds back
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import threading
@@ -125,7 +126,7 @@ def probe_lock(path: Path) -> bool | None:
         except BlockingIOError:
             return True
         except OSError as exc:
-            if exc.errno in (11, 13):  # EAGAIN / EACCES: contention on some filesystems
+            if exc.errno in (errno.EAGAIN, errno.EACCES):  # contention on some filesystems
                 return True
             raise
         fcntl.flock(fd, fcntl.LOCK_UN)
