@@ -37,6 +37,7 @@ R = tp.TypeVar("R")
 
 CacheType = tp.Literal["array", "msgpack", "pickle"] | None
 PROGRESS_MIN_ITEMS = 1000
+ITEM_UID_MAX_CHARS = 128  # longer item uids keep their head and get a hash of the whole
 _POLL_MAX_S = 0.5
 
 
@@ -104,15 +105,18 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
     # # # naming items # # #
 
     def _item_uids(self, items: tp.Sequence[X]) -> list[str]:
-        name = self._map_method.item_uid
-        uids = [name(item) for item in items]
-        for i, uid in enumerate(uids):
-            if type(uid) is not str:
-                raise TypeError(
-                    f"item_uid must return a str, got {type(uid).__name__} for item #{i} ({items[i]!r:.80})"
-                )
-            if len(uid) > 128:
-                uids[i] = item_uid_name(uid)
+        uids = list(map(self._map_method.item_uid, items))
+        if not uids:
+            return uids
+        # checked with C-level loops (map/set/max): this runs on every call, cache hits included
+        if set(map(type, uids)) != {str}:
+            i = next(k for k, uid in enumerate(uids) if type(uid) is not str)
+            raise TypeError(
+                f"item_uid must return a str, got {type(uids[i]).__name__} for item #{i} "
+                f"({items[i]!r:.80})"
+            )
+        if max(map(len, uids)) > ITEM_UID_MAX_CHARS:
+            uids = [u if len(u) <= ITEM_UID_MAX_CHARS else item_uid_name(u) for u in uids]
         return uids
 
     # # # public calls # # #
