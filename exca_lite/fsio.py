@@ -17,10 +17,14 @@ if tp.TYPE_CHECKING:
 
 
 def atomic_write(path: Path, data: bytes, *, fsync: bool = False) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
+    """Write ``data`` to ``path`` atomically (temp file in the same folder + ``os.replace``).
+
+    With ``fsync`` the bytes and then the folder entry are synced, so the file survives power loss
+    whole or not at all. A failed write leaves no temp file behind.
+    """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "xb") as f:
             f.write(data)
             if fsync:
                 f.flush()
@@ -29,6 +33,17 @@ def atomic_write(path: Path, data: bytes, *, fsync: bool = False) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if fsync:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a create/rename in ``folder`` survive power loss (the entry lives in the directory)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_writer(path: Path) -> tuple[Path, tp.Callable[[], None]]:
@@ -52,4 +67,4 @@ def file_lock(path: Path, timeout_s: float = -1) -> BaseFileLock:
     return FileLock(path, timeout=timeout_s, thread_local=False, is_singleton=False)
 
 
-__all__ = ["atomic_write", "atomic_writer", "file_lock"]
+__all__ = ["atomic_write", "atomic_writer", "file_lock", "fsync_dir"]

@@ -40,6 +40,7 @@ from . import shards as sh
 from .claims import Claim
 from .encoding import CacheType
 from .errors import CorruptCacheWarning, StoreError
+from .fsio import atomic_write
 from .mapwriter import MapWriter
 from .shards import Durability
 
@@ -884,7 +885,7 @@ class MapStore:
         content = sh.index_header(file_id) + b"".join(sh.frame(p) for p in payloads)
         # the index appears complete (temp + os.replace), after its shard is on disk: publishing
         # is this one rename, and the old pairs are removed only after it
-        sh.create_atomically(self.paths.index(name.stem), content, fsync=True)
+        atomic_write(self.paths.index(name.stem), content, fsync=True)
         for stem in retired:
             # index before shard: a reader listing the folder never finds an index without data
             for path in (self.paths.index(stem), self.paths.shard(stem)):

@@ -27,6 +27,7 @@ from . import encoding as enc
 from . import shards as sh
 from . import storelocks
 from .errors import StoreError
+from .fsio import atomic_write
 
 if tp.TYPE_CHECKING:
     from .mapstore import MapStore
@@ -252,13 +253,13 @@ class MapWriter:
                 raise StoreError(msg)
             file_id = sh.new_file_id()
             # the shard exists before its index: a reader never finds entries without their file
-            sh.create_atomically(bin_path, sh.shard_header(file_id), fsync=self._fsync)
+            atomic_write(bin_path, sh.shard_header(file_id), fsync=self._fsync)
         index_id = sh.read_index_file_id(idx_path)
         if index_id is None:
             if idx_path.exists():
                 msg = f"{idx_path} has a damaged header: run verify()/clear()"
                 raise StoreError(msg)
-            sh.create_atomically(idx_path, sh.index_header(file_id), fsync=self._fsync)
+            atomic_write(idx_path, sh.index_header(file_id), fsync=self._fsync)
         elif index_id != file_id:
             msg = f"{idx_path} and {bin_path} do not belong together (file ids differ)"
             raise StoreError(msg)

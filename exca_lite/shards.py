@@ -206,34 +206,6 @@ def read_index_file_id(path: Path) -> bytes | None:
         return None
 
 
-def create_atomically(path: Path, content: bytes, *, fsync: bool) -> None:
-    """Write ``content`` to a temporary name, then ``os.replace`` it onto ``path``.
-
-    Readers list the folder and open what they see: a file that appears only complete (never
-    headerless) spares them a whole class of half-created states.
-    """
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        write_all(fd, content)
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    if fsync:
-        fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a create/rename in ``folder`` survive power loss (the entry lives in the directory)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     """``os.write`` until everything is written (a write may be short, e.g. above 2 GiB)."""
     view = memoryview(data).cast("B")
@@ -427,9 +399,7 @@ __all__ = [
     "Scan",
     "StorePaths",
     "align_up",
-    "create_atomically",
     "frame",
-    "fsync_dir",
     "index_header",
     "new_file_id",
     "pairs_from_listing",
