@@ -27,12 +27,16 @@ TASK_CLUSTERS = (None, "local", "slurm", "auto", "debug")
 MAP_CLUSTERS = (*TASK_CLUSTERS, "threadpool", "processpool")
 TASK_MODES = ("cached", "retry", "force", "read-only")
 MAP_MODES = ("cached", "force", "read-only")
-DURABILITIES = ("flush", "fsync")
 
 Cluster = tp.Literal["local", "slurm", "auto", "debug"]
 MapCluster = tp.Literal["local", "slurm", "auto", "debug", "threadpool", "processpool"]
 Mode = tp.Literal["cached", "retry", "force", "read-only"]
 MapMode = tp.Literal["cached", "force", "read-only"]
+# the same names as encoding.CacheType and shards.Durability, spelled here so that `import exca_lite`
+# does not import the store (and numpy); test_typing checks the public signatures
+CacheType = tp.Literal["array", "msgpack", "pickle"] | None
+Durability = tp.Literal["flush", "fsync"]
+DURABILITIES: tuple[str, ...] = tp.get_args(Durability)
 
 
 def _choice(cls: type, name: str, value: object, choices: tuple[object, ...]) -> None:
@@ -184,7 +188,7 @@ class MapInfra(_Infra):
     max_jobs: int = 128
     min_samples_per_job: int = 1
     forbid_single_item_computation: bool = False
-    durability: tp.Literal["flush", "fsync"] = "flush"
+    durability: Durability = "flush"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -206,7 +210,7 @@ class MapInfra(_Infra):
         *,
         item_uid: tp.Callable[[tp.Any], str],
         exclude_from_cache_uid: tp.Sequence[str] = (),
-        cache_type: tp.Literal["array", "msgpack", "pickle"] | None = None,
+        cache_type: CacheType = None,
     ) -> MapDecorator:
         """Decorate a method taking one sequence of items and yielding one output per item."""
         if method is not None:
@@ -231,7 +235,7 @@ class MapDecorator:
         infra: MapInfra,
         item_uid: tp.Callable[[tp.Any], str],
         exclude: tuple[str, ...],
-        cache_type: tp.Literal["array", "msgpack", "pickle"] | None,
+        cache_type: CacheType,
     ) -> None:
         self._args = (infra, item_uid, exclude, cache_type)
 

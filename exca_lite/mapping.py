@@ -22,7 +22,7 @@ import numpy as np
 
 from .bound import BoundMethod, InfraMethod, find_method
 from .errors import CacheMissError, JobError
-from .mapstore import MapStore
+from .mapstore import CacheType, Durability, MapStore
 from .taskcache import TaskPaths
 from .uid import item_uid_name
 
@@ -35,7 +35,6 @@ Own = tp.TypeVar("Own")
 X = tp.TypeVar("X")
 R = tp.TypeVar("R")
 
-CacheType = tp.Literal["array", "msgpack", "pickle"] | None
 PROGRESS_MIN_ITEMS = 1000
 ITEM_UID_MAX_CHARS = 128  # longer item uids keep their head and get a hash of the whole
 _POLL_MAX_S = 0.5
@@ -423,7 +422,7 @@ def run_map_chunk(
     folder: str,
     items: list[tp.Any],
     uids: list[str],
-    durability: tp.Literal["flush", "fsync"],
+    durability: Durability,
     progress: bool = False,
     store: MapStore | None = None,
 ) -> int:
