@@ -90,12 +90,13 @@ class Claim:
         storelocks.live_tokens.add(self.token)
         try:
             with self._globally():
-                self.store.refresh()
-                rows = self.store
-                wanted = [uid for uid in dict.fromkeys(self.item_uids) if uid not in rows]
+                wanted = self.store.missing(self.item_uids)  # refreshed under the lock
                 claimed = self._read_claims()
-                self.mine = [uid for uid in wanted if uid not in claimed]
-                self._others = {uid: claimed[uid] for uid in wanted if uid in claimed}
+                if claimed:
+                    self.mine = [uid for uid in wanted if uid not in claimed]
+                    self._others = {uid: claimed[uid] for uid in wanted if uid in claimed}
+                else:
+                    self.mine, self._others = wanted, {}
                 self._append(self.mine)
         except BaseException:
             self.release()  # a claim that failed to form holds nothing

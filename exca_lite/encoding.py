@@ -103,18 +103,35 @@ def decode_other(data: memoryview, fmt: int) -> tp.Any:
     return pickle.loads(data)
 
 
-def word_checksum(data: memoryview | bytes) -> int:
-    """A 32-bit checksum of a large array's bytes: the sum of its 64-bit words, folded.
+_U64 = (1 << 64) - 1
 
-    crc32 runs at ~2-4 GB/s and would halve the write bandwidth of large arrays; a vectorized
-    word sum runs at memory speed. It catches what storage does to data (flipped bits, zeroed or
-    garbage pages, a torn write), not a reordering of 8-byte words, which storage does not do.
+
+def word_sum(data: memoryview | bytes | bytearray) -> int:
+    """The sum of ``data``'s little-endian 64-bit words (a short tail counts as one), mod 2**64.
+
+    Sums of pieces whose lengths are multiples of 8 add up to the sum of their concatenation,
+    so a writer can checksum a run of buffers one buffer at a time.
     """
     whole = len(data) // 8
     total = int(np.add.reduce(np.frombuffer(data, dtype="<u8", count=whole), dtype=np.uint64))
-    total += int.from_bytes(bytes(data[whole * 8 :]), "little") + len(data)
-    total &= (1 << 64) - 1
+    return (total + int.from_bytes(bytes(data[whole * 8 :]), "little")) & _U64
+
+
+def fold_word_sum(total: int, nbytes: int) -> int:
+    """The 32-bit checksum of ``nbytes`` bytes whose ``word_sum`` is ``total``."""
+    total = (total + nbytes) & _U64
     return (total ^ (total >> 32)) & 0xFFFFFFFF
+
+
+def word_checksum(data: memoryview | bytes | bytearray) -> int:
+    """A 32-bit checksum of array bytes: the sum of their 64-bit words and length, folded.
+
+    crc32 runs at ~2-4 GB/s and would halve the write bandwidth of large arrays (and cost the
+    writing thread more than the whole copy of small ones); a vectorized word sum runs at memory
+    speed. It catches what storage does to data (flipped bits, zeroed or garbage pages, a torn
+    write), not a reordering of 8-byte words, which storage does not do.
+    """
+    return fold_word_sum(word_sum(data), len(data))
 
 
 def dtype_descr(dtype: np.dtype[tp.Any]) -> str:

@@ -186,9 +186,17 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
                 "forbid_single_item_computation=True (computing a cache item by item is slow): "
                 "compute items in batches, or set forbid_single_item_computation=False"
             )
-        by_uid = dict(zip(uids, items, strict=True))
+        by_uid: dict[str, X] = {}
+
+        def items_of(subset: list[str]) -> list[X]:
+            if len(subset) == len(uids):  # a subset of the distinct uids as long: all, in order
+                return list(items)
+            if not by_uid:
+                by_uid.update(zip(uids, items, strict=True))
+            return [by_uid[u] for u in subset]
+
         if self._store is None:
-            self._run_inline_ram([by_uid[u] for u in todo], todo)
+            self._run_inline_ram(items_of(todo), todo)
             return len(todo)
         self._write_configs()
         store = self._store
@@ -197,14 +205,14 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         with store.claim(todo) as claim:
             mine = todo if forced else claim.mine
             if mine:
-                self._run([by_uid[u] for u in mine], mine)
+                self._run(items_of(mine), mine)
                 computed += len(mine)
             while True:
                 freed = claim.wait_others(poll_max_s=_POLL_MAX_S)
                 if not freed:
                     break
                 logger.info("%s: taking over %d items of a dead process", self._uid, len(freed))
-                self._run([by_uid[u] for u in freed], freed)
+                self._run(items_of(freed), freed)
                 computed += len(freed)
         store.refresh()  # workers wrote through their own writers: read their index records
         return computed
@@ -216,9 +224,13 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         return self._store.missing(uids)
 
     def _run_inline_ram(self, items: list[X], uids: list[str]) -> None:
-        outputs = _checked_outputs(self._map_method, self._owner, items, uids)
-        for i, output in enumerate(outputs):
-            self._ram[uids[i]] = output
+        outputs = iter(self._map_method.func(self._owner, items))
+        ram = self._ram
+        n = 0
+        for uid, output in zip(uids, outputs, strict=False):
+            ram[uid] = output
+            n += 1
+        _check_output_count(self._map_method, self._owner, outputs, n, len(items))
 
     def _run(self, items: list[X], uids: list[str]) -> None:
         from .execution import chunk_sizes, chunks
@@ -396,24 +408,29 @@ def _progress(total: int, desc: str) -> tp.Any:
 _BAR_CLASS: tp.Any = None
 
 
-def _checked_outputs(
-    method: MapMethod[tp.Any, tp.Any, tp.Any], owner: tp.Any, items: list[tp.Any], uids: list[str]
-) -> tp.Iterator[tp.Any]:
-    """The method's outputs, with a RuntimeError as soon as their count differs from the items'."""
-    outputs = iter(method.func(owner, items))
-    n = 0
-    for n, output in enumerate(outputs, start=1):
-        if n > len(items):
-            raise RuntimeError(
-                f"{type(owner).__qualname__}.{method.name} yielded more outputs than the "
-                f"{len(items)} items it was given"
-            )
-        yield output
-    if n != len(items):
+_END = object()
+
+
+def _check_output_count(
+    method: MapMethod[tp.Any, tp.Any, tp.Any],
+    owner: tp.Any,
+    outputs: tp.Iterator[tp.Any],
+    n: int,
+    n_items: int,
+) -> None:
+    """Raise a RuntimeError naming the counts unless the method, which gave ``n`` outputs for
+    ``n_items`` items (consumed by zipping them with the items), yields nothing more."""
+    if n == n_items and next(outputs, _END) is _END:
+        return
+    if n == n_items:
         raise RuntimeError(
-            f"{type(owner).__qualname__}.{method.name} yielded {n} outputs for {len(items)} "
-            "items: a map method must yield exactly one output per item, in order"
+            f"{type(owner).__qualname__}.{method.name} yielded more outputs than the "
+            f"{n_items} items it was given"
         )
+    raise RuntimeError(
+        f"{type(owner).__qualname__}.{method.name} yielded {n} outputs for {n_items} "
+        "items: a map method must yield exactly one output per item, in order"
+    )
 
 
 def run_map_chunk(
@@ -445,11 +462,14 @@ def run_map_chunk(
     try:
         with bar, store.writer(method.cache_type) as writer:
             write = writer.write
-            for output in _checked_outputs(method, owner, items, uids):
-                write(uids[n], output)
+            outputs = iter(method.func(owner, items))
+            # zip pulls a uid before an output: a method yielding too many is caught below
+            for uid, output in zip(uids, outputs, strict=False):
+                write(uid, output)
                 n += 1
-                if n % 256 == 0:
+                if not n & 255:
                     bar.update(256)
+            _check_output_count(method, owner, outputs, n, len(items))
     except Exception as e:
         if progress:  # in this process: the caller gets the original exception
             raise

@@ -104,7 +104,7 @@ class _Pair:
         # the highest shard byte any entry or span of this index points to, valid or not: a
         # writer never appends below it, and never to a shard shorter than it (damage)
         self.max_end = 0
-        self.spans: list[tuple[int, int, int]] = []  # [start, end, crc32) of its records' runs
+        self.spans: list[tuple[int, int, int]] = []  # [start, end), checksum of its records' runs
 
 
 class _Index:
@@ -289,7 +289,8 @@ class MapStore:
             file_id = sh.parse_header(data, sh.INDEX_MAGIC)
             if file_id is None:
                 pair.bad = True
-                self._warn(pair, f"{path}: not an index file (bad header); its items are ignored")
+                why = sh.header_problem(data, sh.INDEX_MAGIC)
+                self._warn(pair, f"{path}: not an index file ({why}); its items are ignored")
                 return
             pair.file_id = file_id
             pair.ino = stat.st_ino
@@ -705,7 +706,7 @@ class MapStore:
             return []  # removed by a concurrent compaction
         file_id = sh.parse_header(data, sh.INDEX_MAGIC)
         if file_id is None:
-            return [f"{idx_path}: bad index header"]
+            return [f"{idx_path}: {sh.header_problem(data, sh.INDEX_MAGIC)}"]
         problems = []
         shard_id = sh.read_shard_file_id(bin_path)
         if shard_id != file_id:
@@ -783,7 +784,7 @@ class MapStore:
         for (start, end, crc), names in zip(spans, in_span, strict=True):
             if end > size:
                 problems.append(f"{idx_path}: a record points past the end of {bin_path.name}")
-            elif zlib.crc32(view[start:end]) != crc:
+            elif enc.word_checksum(view[start:end]) != crc:
                 some = ", ".join(map(repr, names[:3])) + (", ..." if len(names) > 3 else "")
                 problems.append(
                     f"{bin_path}: bytes {start}-{end} do not match their checksum: "
@@ -866,7 +867,7 @@ class MapStore:
             sub = table[part]
             first = int(new_offsets[start])
             last = int(new_offsets[start + len(part) - 1] + sub[-1, 2])
-            spans = [[first, last, zlib.crc32(data[first:last]) if data is not None else 0]]
+            spans = [[first, last, enc.word_checksum(data[first:last]) if data is not None else 0]]
             payloads.append(
                 sh.encode_payload(
                     [
@@ -897,7 +898,7 @@ class MapStore:
         """Which of these table rows' bytes do not match their checksum (a bool per row).
 
         The checks ``verify()`` does: arrays inside a span (a run of small items flushed together)
-        by the span's crc32 (damage anywhere in a span condemns its arrays: the span is what the
+        by the span's word checksum (damage anywhere in a span condemns its arrays: the span is what the
         checksum covers), large arrays by their word sum, other items by their crc32.
         """
         bad = np.zeros(len(rows), dtype=bool)
@@ -919,7 +920,7 @@ class MapStore:
             spans = sorted(set(ix.pairs[number].spans))
             starts = [a for a, _, _ in spans]
             with memoryview(mm) as view:
-                span_ok = [b <= len(mm) and zlib.crc32(view[a:b]) == c for a, b, c in spans]
+                span_ok = [b <= len(mm) and enc.word_checksum(view[a:b]) == c for a, b, c in spans]
                 # the span holding an array: the last one starting at or before it (spans of a
                 # pair do not overlap); others, or none found, are checked by their own checksum
                 first = np.searchsorted(np.array(starts, dtype=np.int64), part[:, 1], "right") - 1

@@ -129,20 +129,18 @@ class MapWriter:
         self._nbytes: list[int] = []
         self._crcs: list[int] = []
         self._mix: list[int] = []
+        # the entries of the pending items, as column arrays (offsets, nbytes, crcs, metas) in
+        # item order: runs of the hot path, and the listed entries above once sealed
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._metas: list[list[tp.Any]] = []
         self._meta_of: dict[tp.Any, tuple[int, bool]] = {}
-        self._last_shape: tuple[int, ...] = ()
-        self._last_meta = (0, False)
-        self._last_nbytes = 0
-        self._last_pad = b""
-        self._last_small = False
-        self._pending_bytes = 0
-        self._first_t = 0.0
+        self._direct_bytes = 0  # bytes of the pending large items (written, not yet published)
+        self._first_t = 0.0  # when the pending batch began (the last hand-over or open)
         self._last_t = 0.0
         self._span_start = -1  # the run of buffers being written since the last index record
         self._span_end = 0
-        self._span_crc = 0
-        self._spans: list[list[int]] = []  # closed runs: [start, end, crc32]
+        self._span_sum = 0
+        self._spans: list[list[int]] = []  # closed runs: [start, end, word checksum]
         # guards the buffer against the I/O thread publishing stale items (see _publish_if_stale)
         self._buffer_lock = threading.Lock()
         self._jobs: queue.Queue[tp.Any] = queue.Queue(maxsize=4)  # backpressure: 4 buffers
@@ -155,7 +153,14 @@ class MapWriter:
             raise ValueError(msg)
         self.cache_type = cache_type
         self._forced = None if cache_type is None else enc.FORMAT_NAMES[cache_type]
-        self._last_dtype: np.dtype[tp.Any] | None = None  # the last array's meta (hot path)
+        # the hot run (see write): the array meta its items share, and where it began
+        self._hot_dtype: np.dtype[tp.Any] | None = None
+        self._hot_shape: tuple[int, ...] = ()
+        self._hot_pad = b""
+        self._run_nbytes = 0
+        self._run_mix = 0
+        self._run_from = 0  # index in self._uids of the run's first item
+        self._run_offset = 0  # shard offset of the run's first item
 
     @property
     def slot(self) -> int:
@@ -181,14 +186,14 @@ class MapWriter:
             lock = storelocks.try_slot(self.store.paths, self._slot)
             if lock is not None and self._still_good():
                 self._lock = lock
-                self._last_t = time.monotonic()
+                self._last_t = self._first_t = time.monotonic()
                 return
             # taken, compacted, cleared, damaged or failed meanwhile: start afresh
             if lock is not None:
                 storelocks.release_slot(self.store.paths, self._slot, lock)
             self._shutdown()
             self._failed = None  # reported to the user of the previous writer already
-            self._span_start, self._span_crc, self._spans = -1, 0, []
+            self._span_start, self._span_sum, self._spans = -1, 0, []
             self._buf = bytearray()
         paths = self.store.paths
         damaged: list[tuple[int, storelocks.FdLock]] = []
@@ -215,7 +220,7 @@ class MapWriter:
         finally:
             for slot, lock in damaged:
                 storelocks.release_slot(paths, slot, lock)
-        self._last_t = time.monotonic()
+        self._last_t = self._first_t = time.monotonic()
         self._start_io_thread()
 
     def _still_good(self) -> bool:
@@ -248,17 +253,21 @@ class MapWriter:
         idx_path, bin_path = paths.index(name.stem), paths.shard(name.stem)
         file_id = sh.read_shard_file_id(bin_path)
         if file_id is None:
-            if bin_path.exists() or idx_path.exists():
-                msg = f"{bin_path} or {idx_path} is damaged (bad header): run verify()/clear()"
-                raise StoreError(msg)
+            if bin_path.exists():
+                with open(bin_path, "rb") as f:
+                    why = sh.header_problem(f.read(sh.SHARD_HEADER_BYTES), sh.SHARD_MAGIC)
+                raise StoreError(f"{bin_path}: {why} (see verify(), clear())")
+            if idx_path.exists():
+                raise StoreError(f"{idx_path} exists without its shard {bin_path}: run clear()")
             file_id = sh.new_file_id()
             # the shard exists before its index: a reader never finds entries without their file
             atomic_write(bin_path, sh.shard_header(file_id), fsync=self._fsync)
         index_id = sh.read_index_file_id(idx_path)
         if index_id is None:
             if idx_path.exists():
-                msg = f"{idx_path} has a damaged header: run verify()/clear()"
-                raise StoreError(msg)
+                with open(idx_path, "rb") as f:
+                    why = sh.header_problem(f.read(sh.INDEX_HEADER_BYTES), sh.INDEX_MAGIC)
+                raise StoreError(f"{idx_path}: {why} (see verify(), clear())")
             atomic_write(idx_path, sh.index_header(file_id), fsync=self._fsync)
         elif index_id != file_id:
             msg = f"{idx_path} and {bin_path} do not belong together (file ids differ)"
@@ -292,71 +301,59 @@ class MapWriter:
 
     def write(self, item_uid: str, value: tp.Any) -> None:
         """Buffer one item (published by the next ``flush``, automatic every ~1000 items/8 MiB/1 s)."""
+        # the hot path: a small array of the previous item's dtype and shape (items of a map mostly
+        # share one; numpy reuses its builtin dtype objects). It only copies the bytes and the uid:
+        # such items form a "run" whose offsets, sizes and meta follow from its first one, written
+        # out by _end_run. _hot_dtype is None unless the last item of this record started a run
+        if (
+            type(value) is np.ndarray
+            and value.dtype is self._hot_dtype
+            and value.shape == self._hot_shape
+        ):
+            with self._buffer_lock:
+                if value.dtype is self._hot_dtype:  # not handed over by the I/O thread meanwhile
+                    buf = self._buf
+                    try:
+                        buf.extend(value)  # C-contiguous arrays only: others raise TypeError
+                    except (TypeError, ValueError, BufferError):
+                        pass  # the general path below copies it
+                    else:
+                        buf += self._hot_pad
+                        uids = self._uids
+                        uids.append(item_uid)
+                        now = _monotonic()
+                        last, self._last_t = self._last_t, now
+                        if (
+                            now - last > SLOW_PRODUCER_S
+                            or len(uids) >= FLUSH_MAX_ITEMS
+                            or len(buf) >= FLUSH_MAX_BYTES
+                            or now - self._first_t > FLUSH_MAX_AGE_S
+                        ):
+                            if self._failed is not None:
+                                self._raise_failed()
+                            self._hand_over()
+                        return
+        self._write_any(item_uid, value)
+
+    def _write_any(self, item_uid: str, value: tp.Any) -> None:
+        """Every item the hot path does not take: picks the format and meta, may start a run."""
         if self._lock is None:
             self.open()
         if self._failed is not None:
             self._raise_failed()
-        # the hot path: a small C-contiguous array of the last item's dtype and shape (items of a
-        # map mostly share one; numpy reuses its builtin dtype objects): no format pick, no meta
-        # lookup, size and padding known. _last_dtype is only ever a non-object array dtype of
-        # the current record, reset when the forced format changes
-        if (
-            type(value) is np.ndarray
-            and value.dtype is self._last_dtype
-            and value.shape == self._last_shape
-            and self._last_small
-            and value.flags.c_contiguous
-        ):
-            with self._buffer_lock:
-                if self._last_dtype is value.dtype:  # still this record's meta (not handed over)
-                    buf = self._buf
-                    nbytes = self._last_nbytes
-                    start = self._buf_start + len(buf)
-                    self._offsets.append(start)
-                    buf.extend(value)
-                    buf += self._last_pad
-                    self._ref_end = start + nbytes
-                    uids = self._uids
-                    uids.append(item_uid)
-                    self._nbytes.append(nbytes)
-                    self._crcs.append(0)  # covered by their buffer's span checksum (I/O thread)
-                    self._mix.append(self._last_meta[0])
-                    pending = self._pending_bytes = self._pending_bytes + nbytes
-                    # _after_write, inlined
-                    now = _monotonic()
-                    count = len(uids)
-                    if count == 1:
-                        self._first_t = now
-                    slow = now - self._last_t > SLOW_PRODUCER_S
-                    self._last_t = now
-                    if (
-                        slow
-                        or pending >= FLUSH_MAX_BYTES
-                        or count >= FLUSH_MAX_ITEMS
-                        or now - self._first_t > FLUSH_MAX_AGE_S
-                    ):
-                        self._hand_over()
-                    return
         fmt = (
             enc.ARRAY
             if self._forced is None and type(value) is np.ndarray and not value.dtype.hasobject
             else enc.pick_format(value, self._forced)
         )
         with self._buffer_lock:  # the I/O thread may publish stale items (see _publish_if_stale)
+            self._end_run()
+            hot = False
             if fmt == enc.ARRAY:
                 arr = value
-                # compare with the last one before hashing a (dtype, shape) key
-                if arr.dtype is self._last_dtype and arr.shape == self._last_shape:
-                    found = self._last_meta
-                else:
-                    found = self._meta_of.get((arr.dtype, arr.shape)) or self._new_array_meta(arr)
-                    self._last_dtype, self._last_shape = arr.dtype, arr.shape
-                    self._last_meta = found
-                    self._last_nbytes = arr.nbytes
-                    self._last_pad = sh.ZEROS[: -arr.nbytes % sh.ALIGN]
-                    # buffer-exportable and buffered (the hot path's conditions)
-                    self._last_small = not found[1] and arr.nbytes < LARGE_ITEM_BYTES
-                mix, as_bytes = found
+                mix, as_bytes = self._meta_of.get((arr.dtype, arr.shape)) or self._new_array_meta(
+                    arr
+                )
                 if not arr.flags.c_contiguous:
                     arr = np.ascontiguousarray(arr)
                 if as_bytes:  # dtypes without a buffer export (datetime64): their raw bytes
@@ -364,6 +361,7 @@ class MapWriter:
                 nbytes = arr.nbytes
                 data: tp.Any = arr
                 crc = 0  # small arrays: covered by their buffer's span checksum (I/O thread)
+                hot = not as_bytes and nbytes < LARGE_ITEM_BYTES
             else:
                 data = enc.encode_other(value, fmt)
                 nbytes = len(data)
@@ -381,23 +379,57 @@ class MapWriter:
                 self._nbytes.append(nbytes)
                 self._crcs.append(crc)
                 self._mix.append(mix)
-            self._pending_bytes += nbytes
-            self._after_write()
+            if hot:  # the next items of this dtype and shape take the hot path
+                self._hot_dtype, self._hot_shape = value.dtype, value.shape
+                self._hot_pad = sh.ZEROS[: -nbytes % sh.ALIGN]
+                self._run_nbytes, self._run_mix = nbytes, mix
+                self._run_from = len(self._uids)
+                self._run_offset = self._buf_start + len(self._buf)
+            now = _monotonic()
+            slow = now - self._last_t > SLOW_PRODUCER_S
+            self._last_t = now
+            if (
+                slow
+                or self._direct_bytes + len(self._buf) >= FLUSH_MAX_BYTES
+                or len(self._uids) >= FLUSH_MAX_ITEMS
+                or now - self._first_t > FLUSH_MAX_AGE_S
+            ):
+                self._hand_over()
 
-    def _after_write(self) -> None:
-        """Hand the buffer over if it is full, old, or the producer is slow (buffer lock held)."""
-        now = _monotonic()
-        if len(self._uids) == 1:
-            self._first_t = now
-        slow = now - self._last_t > SLOW_PRODUCER_S
-        self._last_t = now
-        if (
-            slow
-            or self._pending_bytes >= FLUSH_MAX_BYTES
-            or len(self._uids) >= FLUSH_MAX_ITEMS
-            or now - self._first_t > FLUSH_MAX_AGE_S
-        ):
-            self._hand_over()
+    def _end_run(self) -> None:
+        """Write out the offsets, sizes and meta of the items the hot path took since its run began
+        (buffer lock held); the next item starts no run until ``_write_any`` says so."""
+        if self._hot_dtype is None:
+            return
+        self._hot_dtype = None
+        count = len(self._uids) - self._run_from
+        if count:
+            self._seal_entries()  # the entries before the run come first
+            stride = self._run_nbytes + len(self._hot_pad)
+            start = self._run_offset
+            self._parts.append(
+                (
+                    # empty arrays take no bytes: a stride of 0, all at the same offset
+                    start + np.arange(count, dtype="<i8") * stride,
+                    np.full(count, self._run_nbytes, dtype="<i8"),
+                    np.zeros(count, dtype="<u4"),
+                    np.full(count, self._run_mix, dtype="<u4"),
+                )
+            )
+            self._ref_end = start + (count - 1) * stride + self._run_nbytes
+
+    def _seal_entries(self) -> None:
+        """Move the entries listed one by one into ``_parts`` (as arrays, in item order)."""
+        if self._offsets:
+            self._parts.append(
+                (
+                    np.array(self._offsets, dtype="<i8"),
+                    np.array(self._nbytes, dtype="<i8"),
+                    np.array(self._crcs, dtype="<u4"),
+                    np.array(self._mix, dtype="<u4"),
+                )
+            )
+            self._offsets, self._nbytes, self._crcs, self._mix = [], [], [], []
 
     def _new_array_meta(self, arr: np.ndarray) -> tuple[int, bool]:
         try:
@@ -439,6 +471,7 @@ class MapWriter:
             crc = enc.word_checksum(raw)
         self._buf_start = sh.align_up(offset + nbytes)
         self._ref_end = offset + nbytes
+        self._direct_bytes += nbytes
         self._uids.append(item_uid)
         self._offsets.append(offset)
         self._nbytes.append(nbytes)
@@ -460,28 +493,27 @@ class MapWriter:
     def _hand_over(self, inline: bool = False) -> None:
         """Send buffered bytes, then the index record of every pending item, to the I/O thread
         (``inline``: do that I/O in this thread, when the I/O thread has nothing to do)."""
+        self._end_run()  # the meta numbers restart with each record
         if not self._uids:
             return
         self._queue_data(inline)
-        obj = [
-            sh.RECORD_ENTRIES,
-            self._uids,
-            np.array(self._offsets, dtype="<i8").tobytes(),
-            np.array(self._nbytes, dtype="<i8").tobytes(),
-            np.array(self._crcs, dtype="<u4").tobytes(),
-            np.array(self._mix, dtype="<u4").tobytes(),
-            self._metas,
+        self._seal_entries()
+        parts, self._parts = self._parts, []
+        columns = [
+            (parts[0][k] if len(parts) == 1 else np.concatenate([p[k] for p in parts])).tobytes()
+            for k in range(4)
         ]
+        obj = [sh.RECORD_ENTRIES, self._uids, *columns, self._metas]
         job = (b"", self._buf_start, obj, False)
         if inline:
             self._do_io(*job)
         else:
             self._submit(job)
-        self._uids, self._offsets, self._nbytes, self._crcs, self._mix = [], [], [], [], []
+        self._uids = []
         self._metas = []
         self._meta_of = {}
-        self._last_dtype = None  # the meta numbers restart with each record
-        self._pending_bytes = 0
+        self._direct_bytes = 0
+        self._first_t = _monotonic()
 
     def _start_io_thread(self) -> None:
         # one I/O thread per writer does every buffered write in order, so the shard bytes of an
@@ -532,13 +564,13 @@ class MapWriter:
         if len(data):
             sh.pwrite_all(self._bin_fd, data, offset)
             if buffered:
-                # buffers of small items: one running crc32 per run of consecutive buffers (a
-                # "span"), computed here where zlib releases the GIL, instead of a call per item
-                # in the writing thread; large items carry their own checksum
+                # buffers of small items: one word-sum checksum per run of consecutive buffers
+                # (a "span") instead of one per item; buffers are 64-byte multiples, so their
+                # sums add up. Large items carry their own checksum
                 if self._span_start < 0 or offset != self._span_end:
                     self._close_span()
                     self._span_start = self._span_end = offset
-                self._span_crc = zlib.crc32(data, self._span_crc)
+                self._span_sum += enc.word_sum(data)
                 self._span_end = offset + len(data)
         if obj is None:
             return
@@ -560,9 +592,11 @@ class MapWriter:
 
     def _close_span(self) -> None:
         if self._span_start >= 0:
-            self._spans.append([self._span_start, self._span_end, self._span_crc])
+            size = self._span_end - self._span_start
+            checksum = enc.fold_word_sum(self._span_sum, size)
+            self._spans.append([self._span_start, self._span_end, checksum])
         self._span_start = -1
-        self._span_crc = 0
+        self._span_sum = 0
 
     def _wait_io(self) -> None:
         if self._thread is not None:

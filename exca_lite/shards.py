@@ -13,10 +13,10 @@ middle (skip it, warn once, resynchronise on the next magic).
 File formats (little endian)::
 
     index  = header(32) record*
-    header = b"XLIDX\\0\\x01\\0" file_id(16) reserved(8)
+    header = b"XLIDX\\0" version(u16) file_id(16) reserved(8)
     record = b"XLR1" payload_len(u32) crc32(payload)(u32) payload
     shard  = header(64) item bytes at 64-aligned offsets (garbage between items is dead bytes)
-    header = b"XLSHD\\0\\x01\\0" file_id(16) zeros(40)
+    header = b"XLSHD\\0" version(u16) file_id(16) zeros(40)
 
 The shard and the index of one pair share a random ``file_id``: a reader that maps a shard checks it,
 so a pair deleted and re-created under the same name (``clear()``) is never mixed with the old one.
@@ -39,8 +39,10 @@ import numpy as np
 ALIGN = 64
 """Item offsets in a shard are multiples of this: arrays are aligned for any dtype and SIMD."""
 
-INDEX_MAGIC = b"XLIDX\x00\x01\x00"
-SHARD_MAGIC = b"XLSHD\x00\x01\x00"
+FORMAT_VERSION = 2
+"""Bytes 6-7 of both headers. 2: span checksums are word sums (1: crc32)."""
+INDEX_MAGIC = b"XLIDX\x00" + FORMAT_VERSION.to_bytes(2, "little")
+SHARD_MAGIC = b"XLSHD\x00" + FORMAT_VERSION.to_bytes(2, "little")
 RECORD_MAGIC = b"XLR1"
 INDEX_HEADER_BYTES = 32
 SHARD_HEADER_BYTES = 64
@@ -188,6 +190,17 @@ def parse_header(data: bytes, magic: bytes) -> bytes | None:
     if len(data) < len(magic) + 16 or data[: len(magic)] != magic:
         return None
     return bytes(data[len(magic) : len(magic) + 16])
+
+
+def header_problem(data: bytes, magic: bytes) -> str:
+    """Why ``data`` does not start with a header of this format: another version, or damage."""
+    if len(data) >= len(magic) and data[:6] == magic[:6] and data[6:8] != magic[6:8]:
+        found = int.from_bytes(data[6:8], "little")
+        return (
+            f"written in cache format {found}, this exca_lite reads format {FORMAT_VERSION}: "
+            "clear the cache (exca-lite clear FOLDER) and recompute"
+        )
+    return "bad header"
 
 
 def read_shard_file_id(path: Path) -> bytes | None:
@@ -403,6 +416,7 @@ __all__ = [
     "index_header",
     "new_file_id",
     "pairs_from_listing",
+    "header_problem",
     "parse_header",
     "pread_all",
     "pwrite_all",

@@ -810,3 +810,56 @@ def test_clear_never_frees_a_busy_writers_slot(tmp_path: Path) -> None:
         assert lock.stat().st_ino == inode
         w.write("item-1", value_of("item-1"))  # the busy writer goes on, into its own slot
     assert MapStore(tmp_path).verify() == []
+
+
+def test_runs_of_same_shape_arrays_mixed_with_other_items_keep_every_entry(tmp_path: Path) -> None:
+    # the writer records a run of same-dtype, same-shape arrays by its first entry; anything else
+    # (another shape, a non-contiguous array of the same shape, an empty array, a dict, a large
+    # array written in place) must end the run with every offset and size right
+    big = np.arange(100_000, dtype=np.float64)  # 800 kB: written straight to the shard
+    expected: dict[str, tp.Any] = {}
+    rng = np.random.default_rng(0)
+    store = MapStore(tmp_path)
+    with store.writer() as w:
+        for i in range(2_500):
+            kind = i % 11
+            if kind == 3:
+                value: tp.Any = np.full((6, 3), i, dtype=np.int16)[:, ::2]  # (6, 2), strided
+            elif kind == 5:
+                value = np.zeros((0, 2), dtype=np.int16)
+            elif kind == 7:
+                value = {"i": i}
+            elif i % 500 == 9:
+                value = big + i
+            else:
+                value = rng.integers(0, 1000, size=(6, 2)).astype(np.int16)
+            w.write(f"u{i}", value)
+            expected[f"u{i}"] = value
+    for reader in (store, MapStore(tmp_path)):
+        for uid, value in expected.items():
+            got = reader.load(uid)
+            if isinstance(value, dict):
+                assert got == value
+            else:
+                assert got.dtype == value.dtype and got.shape == value.shape, uid
+                np.testing.assert_array_equal(got, value)
+    assert MapStore(tmp_path).verify() == []
+    runs = [
+        u for u in expected if isinstance(expected[u], np.ndarray) and expected[u].shape == (6, 2)
+    ]
+    np.testing.assert_array_equal(store.stack(runs), np.stack([expected[u] for u in runs]))
+
+
+def test_a_cache_of_another_format_version_is_named_as_such(tmp_path: Path) -> None:
+    store = MapStore(tmp_path)
+    with store.writer() as w:
+        w.write("a", np.ones(3))
+    (index,) = tmp_path.glob("*.idx")
+    data = bytearray(index.read_bytes())
+    data[6:8] = (1).to_bytes(2, "little")  # what format 1 wrote
+    index.write_bytes(bytes(data))
+    with pytest.warns(CorruptCacheWarning, match="cache format 1"):
+        problems = MapStore(tmp_path).verify()
+    assert len(problems) == 1 and "cache format 1" in problems[0], problems
+    with pytest.warns(CorruptCacheWarning, match="cache format 1"):
+        assert "a" not in MapStore(tmp_path)
