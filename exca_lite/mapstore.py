@@ -47,6 +47,9 @@ from .shards import Durability
 COMPACT_RECORD_ITEMS = 1 << 16
 COPY_CHUNK_BYTES = 8 << 20
 STACK_CHUNK_BYTES = 4 << 20
+STACK_READ_BYTES = 64 << 10
+"""stack() reads items this big with ``preadv`` straight into the output (one copy, no mapping);
+smaller ones are gathered from the shard's memory map (one vectorized copy for many items)."""
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+
 
 _COLS = 6  # index table columns: pair number, offset, nbytes, meta id, crc32, stamp
@@ -588,6 +591,9 @@ class MapStore:
             if len(distinct) > 1:
                 select = np.flatnonzero(numbers == number)
                 offsets = offsets[select]
+            if nbytes >= STACK_READ_BYTES:
+                self._read_into(ix, number, offsets, nbytes, flat, select)
+                continue
             mm = ix.maps[number]
             need = int(offsets.max()) + nbytes
             if mm is None or need > len(mm):
@@ -623,6 +629,39 @@ class MapStore:
                 else:
                     flat[select[start : start + len(part)]] = part
         return out
+
+    def _read_into(
+        self,
+        ix: _Index,
+        number: int,
+        offsets: np.ndarray,
+        nbytes: int,
+        flat: np.ndarray,
+        select: np.ndarray | None,
+    ) -> None:
+        """Read large items of pair ``number`` into rows of ``flat`` (``select``: which rows)."""
+        pair = ix.pairs[number]
+        try:
+            fd = os.open(self.paths.shard(pair.name.stem), os.O_RDONLY)
+        except FileNotFoundError:
+            raise _StaleError from None
+        try:
+            header = os.pread(fd, sh.SHARD_HEADER_BYTES, 0)
+            need = int(offsets.max()) + nbytes
+            if sh.parse_header(header, sh.SHARD_MAGIC) != pair.file_id:
+                raise _StaleError  # removed and re-created (clear, compaction)
+            if os.fstat(fd).st_size < need:
+                raise _StaleError
+            rows = range(len(offsets)) if select is None else select.tolist()
+            for row, offset in zip(rows, offsets.tolist(), strict=True):
+                view = memoryview(flat[row])
+                while view:  # a read may be short (signals, > 2 GiB): go on where it stopped
+                    got = os.preadv(fd, [view], offset)
+                    if got <= 0:
+                        raise _StaleError  # cut while reading
+                    view, offset = view[got:], offset + got
+        finally:
+            os.close(fd)
 
     # ----------------------------------------------------------------- writing
 

@@ -863,3 +863,29 @@ def test_a_cache_of_another_format_version_is_named_as_such(tmp_path: Path) -> N
     assert len(problems) == 1 and "cache format 1" in problems[0], problems
     with pytest.warns(CorruptCacheWarning, match="cache format 1"):
         assert "a" not in MapStore(tmp_path)
+
+
+def test_stack_of_large_items_reads_them_from_every_shard_in_any_order(tmp_path: Path) -> None:
+    # items of 64 KiB and more are read with preadv straight into the output
+    shape = (130, 129)  # 134,160 bytes of float64: not a multiple of 64 (padding between items)
+    store = MapStore(tmp_path)
+    with store.writer() as w:
+        for i in range(6):
+            w.write(f"a{i}", np.full(shape, i, dtype=np.float64))
+    with store.writer() as w1, store.writer() as w2:  # two more shards
+        for i in range(6, 12):
+            (w1 if i % 2 else w2).write(f"a{i}", np.full(shape, i, dtype=np.float64))
+    assert len(list(tmp_path.glob("*.bin"))) >= 2
+    uids = [f"a{i}" for i in (11, 0, 5, 5, 7, 2, 10, 8, 1)]
+    for reader in (store, MapStore(tmp_path)):
+        out = reader.stack(uids)
+        assert out.shape == (len(uids), *shape) and out.flags.writeable
+        for row, uid in zip(out, uids, strict=True):
+            assert (row == int(uid[1:])).all(), uid
+    (shard, *_) = sorted(tmp_path.glob("*.bin"))
+    with open(shard, "r+b") as f:  # cut: the index now points past the shard's end
+        f.truncate(os.path.getsize(shard) - 1000)
+    with pytest.raises(StoreError, match="shorter than its index"):
+        store.stack(uids)  # a reader that loaded the entries before the cut
+    with pytest.warns(CorruptCacheWarning, match="point outside"), pytest.raises(KeyError):
+        MapStore(tmp_path).stack(uids)  # a new reader rejects those entries: they are missing
