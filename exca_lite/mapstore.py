@@ -110,6 +110,19 @@ class _Pair:
         self.spans: list[tuple[int, int, int]] = []  # [start, end), checksum of its records' runs
 
 
+class _Columns(tp.NamedTuple):
+    """The entries of one index record, decoded and checked for shape (not yet for bounds)."""
+
+    uids: list[str]
+    offsets: np.ndarray
+    nbytes: np.ndarray
+    crcs: np.ndarray
+    meta_ids: np.ndarray  # store-wide meta ids, one per entry
+    stamps: int | np.ndarray  # one for a writer's record, one per entry for a compacted one
+    low: int
+    top: int
+
+
 class _Index:
     """One consistent view of the store; replaced as a whole (never patched) on a full reload, so a
     concurrent ``load`` never mixes rows of one view with pair numbers of another."""
@@ -143,16 +156,21 @@ class _Index:
             self.table = grown
             self.raw = self.table.data.cast("B")
 
-    def append_rows(self, uids: list[str], block: np.ndarray, low: int, high: int) -> None:
-        """Add entries (``low``/``high``: the least and greatest stamp in ``block``)."""
+    def next_rows(self, n: int) -> np.ndarray:
+        """The table rows the next ``n`` entries go to, to fill before ``append_rows``."""
+        self.reserve(n)
+        return self.table[self.count : self.count + n]
+
+    def append_rows(self, uids: list[str], low: int, high: int) -> None:
+        """Add entries whose rows are filled (``low``/``high``: their least and greatest stamp)."""
         n = len(uids)
         start = self.count
         need = start + n
-        self.reserve(n)
-        self.table[start:need] = block
         # rows are in place before the uids point at them: a concurrent load sees old or new, whole
         rows = self.rows
-        if low > self.top or not rows or rows.keys().isdisjoint(uids):
+        if not rows:
+            self.rows = dict(zip(uids, range(start, need), strict=True))  # faster than update
+        elif low > self.top or rows.keys().isdisjoint(uids):
             # newer than every entry so far (a pair read in order), or no uid seen before: no
             # comparison needed (within a record, a later duplicate wins)
             rows.update(zip(uids, range(start, need), strict=True))
@@ -312,7 +330,7 @@ class MapStore:
                 self._warn(pair, f"{path}: index record at offset {at} unreadable ({exc!r})")
         # one table allocation for all of them (opening a big store reads ~1000 records at once)
         ix.reserve(sum(_entry_count(obj) for _, obj in decoded))
-        shard_size = -1
+        records: list[_Columns] = []
         for at, obj in decoded:
             try:
                 if type(obj) is not list or not obj:
@@ -320,16 +338,18 @@ class MapStore:
                 if obj[0] == sh.RECORD_RETIRE:
                     ix.retired.update(str(stem) for stem in obj[1])
                     continue
-                if shard_size < 0:
-                    shard_size = _file_size(self.paths.shard(pair.name.stem))
-                self._ingest(ix, pair, obj, shard_size)
+                records.append(self._columns(pair, obj))
             except (ValueError, TypeError, IndexError, KeyError) as exc:
                 pair.max_end = sh.FAR_END  # it may point anywhere: never append to this shard
                 self._warn(pair, f"{path}: index record at offset {at} unreadable ({exc!r})")
+        if records:
+            shard_size = _file_size(self.paths.shard(pair.name.stem))
+            self._ingest(ix, pair, records, shard_size)
         pair.pos = scan.end
 
-    def _ingest(self, ix: _Index, pair: _Pair, obj: list[tp.Any], shard_size: int) -> None:
-        _, uids, offs_b, nbytes_b, crcs_b, mix_b, metas, _span = obj[:8]
+    def _columns(self, pair: _Pair, obj: list[tp.Any]) -> _Columns:
+        """The entries of one decoded record as columns (ValueError/TypeError if malformed)."""
+        _, uids, offs_b, nbytes_b, crcs_b, mix_b, metas, spans = obj[:8]
         stamp = obj[8] if len(obj) > 8 else 0  # records of before stamps: older than any
         n = len(uids)
         offsets = np.frombuffer(offs_b, dtype="<i8")
@@ -338,9 +358,9 @@ class MapStore:
         mix = np.frombuffer(mix_b, dtype="<u4")
         if not (len(offsets) == len(nbytes) == len(crcs) == len(mix) == n):
             raise ValueError("columns of different lengths")
-        stamps: np.ndarray | None = None
+        stamps: int | np.ndarray
         if type(stamp) is int:  # a writer's record: one stamp for its flush
-            top = low = stamp
+            stamps = top = low = stamp
         elif (
             type(stamp) is bytes
         ):  # a compacted record: each entry keeps the stamp it was written with
@@ -351,14 +371,51 @@ class MapStore:
             low = int(stamps.min()) if n else 0
         else:
             raise TypeError(f"a stamp of type {type(stamp).__name__}")
-        pair.max_end = max(pair.max_end, sh.referenced_end(offsets, nbytes, _span))
-        pair.spans.extend((int(a), int(b), int(c)) for a, b, c in _span or ())
+        span_end = sh.referenced_end(offsets[:0], nbytes[:0], spans)
+        checked = [(int(a), int(b), int(c)) for a, b, c in spans or ()]
         if n and int(mix.max()) >= len(metas):
             raise ValueError("meta index out of range")
-        meta_ids = np.array([self._intern(m) for m in metas] or [0], dtype=np.int64)
+        ids = [self._intern(m) for m in metas]
+        meta_ids = (
+            mix if ids == list(range(len(ids))) else np.array(ids or [0], dtype=np.int64)[mix]
+        )
+        pair.max_end = max(pair.max_end, span_end)
+        pair.spans.extend(checked)
+        return _Columns(uids, offsets, nbytes, crcs, meta_ids, stamps, low, top)
+
+    def _ingest(self, ix: _Index, pair: _Pair, records: list[_Columns], shard_size: int) -> None:
+        """Add the entries of ``records`` (of one pair, in file order) to the view, as one block:
+        the per-record work is the decoding, the checks and the table rows are done once."""
+        if len(records) == 1:
+            rec = records[0]
+            uids, offsets, nbytes, crcs, meta_ids = (
+                rec.uids,
+                rec.offsets,
+                rec.nbytes,
+                rec.crcs,
+                rec.meta_ids,
+            )
+            stamps = rec.stamps
+        else:
+            uids = list(itertools.chain.from_iterable(r.uids for r in records))
+            offsets = np.concatenate([r.offsets for r in records])
+            nbytes = np.concatenate([r.nbytes for r in records])
+            crcs = np.concatenate([r.crcs for r in records])
+            meta_ids = np.concatenate([r.meta_ids for r in records])
+            stamps = np.concatenate(
+                [
+                    np.full(len(r.uids), r.stamps, dtype=np.int64)
+                    if type(r.stamps) is int
+                    else r.stamps
+                    for r in records
+                ]
+            )
+        low = min(r.low for r in records)
+        top = max(r.top for r in records)
+        pair.max_end = max(pair.max_end, sh.referenced_end(offsets, nbytes, ()))
         # an array's byte count must be what its dtype and shape say, or a view would show bytes
         # of its neighbours: never a wrong array, even from a record that passed its checksum
-        expected = np.array([self._array_nbytes(int(i)) for i in meta_ids], dtype=np.int64)[mix]
+        expected = np.array(self._meta_nbytes or [0], dtype=np.int64)[meta_ids]
         ok = (
             (offsets >= sh.SHARD_HEADER_BYTES)
             & (offsets % sh.ALIGN == 0)
@@ -377,20 +434,24 @@ class MapStore:
             )
             keep = np.flatnonzero(ok)
             uids = [uids[i] for i in keep]
-            offsets, nbytes, crcs, mix = offsets[keep], nbytes[keep], crcs[keep], mix[keep]
-            if stamps is not None:
+            offsets, nbytes, crcs, meta_ids = (
+                offsets[keep],
+                nbytes[keep],
+                crcs[keep],
+                meta_ids[keep],
+            )
+            if isinstance(stamps, np.ndarray):
                 stamps = stamps[keep]
-            n = len(uids)
-        block = np.empty((n, _COLS), dtype=np.int64)
+        block = ix.next_rows(len(uids))
         block[:, 0] = pair.number
         block[:, 1] = offsets
         block[:, 2] = nbytes
-        block[:, 3] = meta_ids[mix]
+        block[:, 3] = meta_ids
         block[:, 4] = crcs
-        block[:, 5] = stamp if stamps is None else stamps
+        block[:, 5] = stamps
         if top > self._max_stamp:
             self._max_stamp = top
-        ix.append_rows(uids, block, low, top)
+        ix.append_rows(uids, low, top)
 
     def _array_nbytes(self, meta_id: int) -> int:
         """The byte count of an array of meta ``meta_id``, or -1 for other formats."""
@@ -712,7 +773,7 @@ class MapStore:
             pair = ix.by_stem.get(stem)
             if pair is None or pair.pos != start:
                 return  # this reader is behind or reloaded: the next refresh reads the file
-            self._ingest(ix, pair, obj, shard_size)
+            self._ingest(ix, pair, [self._columns(pair, obj)], shard_size)
             pair.pos = end
 
     # ----------------------------------------------------------------- maintenance
