@@ -10,6 +10,7 @@ config: the infra in effect (default heritage applied), the uid, the cache paths
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing as tp
 from pathlib import Path
 
@@ -163,6 +164,8 @@ class BoundMethod:
 
     def _write_configs(self) -> None:
         paths = tp.cast(TaskPaths, self._paths)
+        if os.path.exists(paths.uid) and os.path.exists(paths.config):
+            return  # written once for a uid (every call with missing items comes here)
         paths.folder.mkdir(parents=True, exist_ok=True)
         taskcache.write_configs(paths, self._full_config(), self._uid_bytes())
 
