@@ -1,10 +1,10 @@
 """Claims: processes, threads and hosts asking for overlapping items compute each one once.
 
-A claim owner is a random token with its own lock file, held for the claim's life: the owner is
-alive exactly as long as that lock is held, which anyone can test by trying it (the OS drops the
-lock of a dead process, so no heartbeat, pid or hostname is needed, and it works across hosts
-on a shared filesystem with working locks). An owner writes the uids it claims into its own
-``{token}.uids`` file.
+A claim owner is a random token with its own file ``{token}.owner``, locked for the claim's life:
+the owner is alive exactly as long as that lock is held, which anyone can test by trying it (the OS
+drops the lock of a dead process, so no heartbeat, pid or hostname is needed, and it works across
+hosts on a shared filesystem with working locks). The owner appends the uids it claims to that same
+file, through the descriptor holding the lock (one ``write``, no file to open).
 
 Claiming happens under one global lock (``claims/claims.lock``), held for milliseconds: refresh the
 store, read the live owners' claim files, take the free uids, and delete the files of dead owners
@@ -25,6 +25,7 @@ import uuid
 
 import msgspec
 
+from . import shards as sh
 from . import storelocks
 from .errors import StoreError
 
@@ -50,7 +51,6 @@ class Claim:
         self._others: dict[str, str] = {}  # uid -> owner token
         self._owner: storelocks.FdLock | None = None
         self._lock_path = store.paths.owner_lock(self.token)
-        self._claims_path = store.paths.owner_claims(self.token)
 
     def __repr__(self) -> str:
         return f"Claim(mine={len(self.mine)}, others={len(self._others)}, token={self.token!r})"
@@ -79,10 +79,14 @@ class Claim:
 
     def acquire(self) -> None:
         paths = self.store.paths
+        owner = storelocks.FdLock(self._lock_path)
         try:
-            paths.claims.mkdir(parents=True, exist_ok=True)
-            owner = storelocks.FdLock(self._lock_path)
-            owner.acquire(blocking=False)  # a fresh token: nobody else has it
+            # blocking: nobody else has a fresh token, but a prober may hold its lock for a moment
+            try:
+                owner.acquire()
+            except FileNotFoundError:  # the first claim in this folder (or after a clear)
+                paths.claims.mkdir(parents=True, exist_ok=True)
+                owner.acquire()
         except OSError as exc:
             msg = f"cannot claim items in {paths.claims}: {exc}"
             raise StoreError(msg) from exc
@@ -107,16 +111,17 @@ class Claim:
         paths = self.store.paths
         claimed: dict[str, str] = {}
         for entry in os.scandir(paths.claims):
-            if not entry.name.endswith(".uids"):
+            if not entry.name.endswith(".owner"):
                 continue
-            token = entry.name[: -len(".uids")]
+            token = entry.name[: -len(".owner")]
             if token == self.token:
                 continue
             if not self._is_live(token):
-                # takeover: the owner died (its lock is free) or finished (its lock file is gone)
-                for path in (paths.owner_claims(token), paths.owner_lock(token)):
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
+                # takeover: the owner died (its lock is free). Removing the file of an owner that
+                # created it but has not locked it yet is harmless: FdLock.acquire notices the
+                # file went away and locks a new one
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
                 continue
             try:
                 with open(entry.path, "rb") as f:
@@ -139,8 +144,8 @@ class Claim:
             return
         # one JSON line per append, written whole while the global lock is held: readers of the
         # file also hold it, so they never see half a line
-        with open(self._claims_path, "ab") as f:
-            f.write(msgspec.json.encode(uids) + b"\n")
+        owner = tp.cast(storelocks.FdLock, self._owner)
+        sh.write_all(owner.fd, msgspec.json.encode(uids) + b"\n")
 
     def wait_others(self, poll_max_s: float = 0.5) -> list[str]:
         """Wait until every item claimed by others is stored or its owner died.
@@ -184,10 +189,9 @@ class Claim:
         """Give up this owner's claims (items not stored by now are free for others)."""
         if self._owner is None:
             return
+        # the file goes while its lock is still held (a prober finding no file knows the owner is
+        # gone), and under the global lock (a reader never finds it half gone)
         with self._globally(), contextlib.suppress(FileNotFoundError):
-            os.unlink(self._claims_path)
-        # the lock file goes while still held: a prober finding no file knows the owner is gone
-        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._lock_path)
         self._owner.release()
         self._owner = None

@@ -214,7 +214,10 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
                 logger.info("%s: taking over %d items of a dead process", self._uid, len(freed))
                 self._run(items_of(freed), freed)
                 computed += len(freed)
-        store.refresh()  # workers wrote through their own writers: read their index records
+        if infra.cluster is not None:
+            # workers wrote through their own writers: read their index records (inline, this
+            # store's writer handed its records to the store as it published them)
+            store.refresh()
         return computed
 
     def _missing(self, uids: list[str]) -> list[str]:

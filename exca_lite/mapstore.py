@@ -53,6 +53,7 @@ smaller ones are gathered from the shard's memory map (one vectorized copy for m
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+
 
 _COLS = 6  # index table columns: pair number, offset, nbytes, meta id, crc32, stamp
+_FEW = 16  # records of at most this many entries are taken in with plain Python, not numpy
 _ROW = struct.Struct(f"={_COLS}q")  # one row of the table (native int64, as numpy stores it)
 
 
@@ -373,7 +374,7 @@ class MapStore:
             raise TypeError(f"a stamp of type {type(stamp).__name__}")
         span_end = sh.referenced_end(offsets[:0], nbytes[:0], spans)
         checked = [(int(a), int(b), int(c)) for a, b, c in spans or ()]
-        if n and int(mix.max()) >= len(metas):
+        if n and (max(mix.tolist()) if n <= _FEW else int(mix.max())) >= len(metas):
             raise ValueError("meta index out of range")
         ids = [self._intern(m) for m in metas]
         meta_ids = (
@@ -386,6 +387,9 @@ class MapStore:
     def _ingest(self, ix: _Index, pair: _Pair, records: list[_Columns], shard_size: int) -> None:
         """Add the entries of ``records`` (of one pair, in file order) to the view, as one block:
         the per-record work is the decoding, the checks and the table rows are done once."""
+        if len(records) == 1 and len(records[0].uids) <= _FEW:
+            self._ingest_few(ix, pair, records[0], shard_size)
+            return
         if len(records) == 1:
             rec = records[0]
             uids, offsets, nbytes, crcs, meta_ids = (
@@ -452,6 +456,43 @@ class MapStore:
         if top > self._max_stamp:
             self._max_stamp = top
         ix.append_rows(uids, low, top)
+
+    def _ingest_few(self, ix: _Index, pair: _Pair, rec: _Columns, shard_size: int) -> None:
+        """``_ingest`` of one small record (a call with a few new items) in plain Python: the
+        same checks, without the fixed cost of a dozen numpy calls."""
+        offsets, nbytes = rec.offsets.tolist(), rec.nbytes.tolist()
+        crcs, metas = rec.crcs.tolist(), rec.meta_ids.tolist()
+        n = len(offsets)
+        stamps = rec.stamps.tolist() if isinstance(rec.stamps, np.ndarray) else [rec.stamps] * n
+        pair.max_end = max(pair.max_end, sh.referenced_end(rec.offsets, rec.nbytes, ()))
+        meta_nbytes = self._meta_nbytes
+        keep = [
+            i
+            for i, (offset, size, meta) in enumerate(zip(offsets, nbytes, metas, strict=True))
+            if offset >= sh.SHARD_HEADER_BYTES
+            and offset % sh.ALIGN == 0
+            and 0 <= size <= shard_size
+            and offset <= shard_size - size
+            and meta_nbytes[meta] in (-1, size)
+        ]
+        uids = rec.uids
+        if len(keep) < n:
+            bad = next(i for i in range(n) if i not in keep)
+            self._warn(
+                pair,
+                f"{self.paths.index(pair.name.stem)}: {n - len(keep)} entries point outside "
+                f"{self.paths.shard(pair.name.stem)} ({shard_size} bytes), e.g. item "
+                f"{uids[bad]!r}; they are ignored",
+            )
+            uids = [uids[i] for i in keep]
+        ix.reserve(len(keep))
+        raw, at, number = ix.raw, ix.count * _ROW.size, pair.number
+        for i in keep:
+            _ROW.pack_into(raw, at, number, offsets[i], nbytes[i], metas[i], crcs[i], stamps[i])
+            at += _ROW.size
+        if rec.top > self._max_stamp:
+            self._max_stamp = rec.top
+        ix.append_rows(uids, rec.low, rec.top)
 
     def _array_nbytes(self, meta_id: int) -> int:
         """The byte count of an array of meta ``meta_id``, or -1 for other formats."""
@@ -1099,12 +1140,10 @@ class MapStore:
                 for slot, lock in held:
                     storelocks.release_slot(self.paths, slot, lock)
         if self.paths.claims.is_dir():
-            for path in self.paths.claims.glob("*.uids"):
-                owner = self.paths.owner_lock(path.stem)
-                if not storelocks.probe_lock(owner):
-                    for dead in (path, owner):
-                        with contextlib.suppress(FileNotFoundError):
-                            dead.unlink()
+            for owner in self.paths.claims.glob("*.owner"):
+                if not storelocks.probe_lock(owner):  # a dead owner's claims
+                    with contextlib.suppress(FileNotFoundError):
+                        owner.unlink()
         for folder in (self.paths.claims, self.paths.locks):
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only if empty: a busy writer's or owner's lock file stays

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import queue
+import struct
 import threading
 import time
 import types
@@ -38,6 +39,7 @@ FLUSH_MAX_AGE_S = 1.0
 SLOW_PRODUCER_S = 0.1
 """A write() arriving this long after the previous one is published at once: the producer is slow,
 so batching saves nothing while a process waiting for the item would wait one more item."""
+_FEW = 16
 LARGE_ITEM_BYTES = 256 << 10
 """Items this big skip the write buffer and go to the shard straight from their own memory."""
 _monotonic = time.monotonic
@@ -497,12 +499,25 @@ class MapWriter:
         if not self._uids:
             return
         self._queue_data(inline)
-        self._seal_entries()
-        parts, self._parts = self._parts, []
-        columns = [
-            (parts[0][k] if len(parts) == 1 else np.concatenate([p[k] for p in parts])).tobytes()
-            for k in range(4)
-        ]
+        if not self._parts and len(self._offsets) <= _FEW:
+            # a few items listed one by one (a call with a few new items): no numpy round trip
+            n = len(self._offsets)
+            columns = [
+                struct.pack(f"<{n}q", *self._offsets),
+                struct.pack(f"<{n}q", *self._nbytes),
+                struct.pack(f"<{n}I", *self._crcs),
+                struct.pack(f"<{n}I", *self._mix),
+            ]
+            self._offsets, self._nbytes, self._crcs, self._mix = [], [], [], []
+        else:
+            self._seal_entries()
+            parts, self._parts = self._parts, []
+            columns = [
+                (
+                    parts[0][k] if len(parts) == 1 else np.concatenate([p[k] for p in parts])
+                ).tobytes()
+                for k in range(4)
+            ]
         obj = [sh.RECORD_ENTRIES, self._uids, *columns, self._metas]
         job = (b"", self._buf_start, obj, False)
         if inline:

@@ -149,9 +149,6 @@ class StorePaths:
     def owner_lock(self, token: str) -> Path:
         return self.claims / f"{token}.owner"
 
-    def owner_claims(self, token: str) -> Path:
-        return self.claims / f"{token}.uids"
-
     def list_pairs(self) -> list[DataName] | None:
         """The pairs whose index file exists, sorted (compacted first); None if no folder."""
         try:

@@ -178,7 +178,7 @@ def test_threads_of_one_process_coordinate(tmp_path: Path) -> None:
         t.join()
     assert set(done.values()) == {1} and len(done) == 60
     assert store.missing(uids) == []
-    assert not list((tmp_path / "claims").glob("*.uids"))  # released
+    assert not list((tmp_path / "claims").glob("*.owner"))  # released
 
 
 @pytest.mark.timeout(60)
