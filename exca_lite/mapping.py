@@ -135,6 +135,14 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         """One contiguous array ``(len(items), *item_shape)``, computing missing items first."""
         seq = items if isinstance(items, tp.Sequence) else list(items)
         uids = self._item_uids(seq)
+        if self._checked and self._store is not None and self._infra.mode != "force":
+            # every item already in this reader's view (the hot loop of a training, say): one
+            # lookup per item, no refresh, no separate missing() pass (_checked: prepared, and
+            # the folder's configs checked)
+            try:
+                return self._store.stack(uids)
+            except KeyError:
+                pass  # some are missing: compute them, as below
         self._ensure(seq, uids)
         if self._store is None:
             return np.stack([self._ram[uid] for uid in uids])
