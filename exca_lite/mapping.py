@@ -107,14 +107,17 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         uids = list(map(self._map_method.item_uid, items))
         if not uids:
             return uids
-        # checked with C-level loops (map/set/max): this runs on every call, cache hits included
-        if set(map(type, uids)) != {str}:
-            i = next(k for k, uid in enumerate(uids) if type(uid) is not str)
+        # checked in one C-level pass (str.__len__ takes nothing but a str): this runs on every
+        # call, cache hits included
+        try:
+            longest = max(map(str.__len__, uids))
+        except TypeError:
+            i = next(k for k, uid in enumerate(uids) if not isinstance(uid, str))
             raise TypeError(
                 f"item_uid must return a str, got {type(uids[i]).__name__} for item #{i} "
                 f"({items[i]!r:.80})"
-            )
-        if max(map(len, uids)) > ITEM_UID_MAX_CHARS:
+            ) from None
+        if longest > ITEM_UID_MAX_CHARS:
             uids = [u if len(u) <= ITEM_UID_MAX_CHARS else item_uid_name(u) for u in uids]
         return uids
 

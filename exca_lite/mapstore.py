@@ -53,6 +53,8 @@ smaller ones are gathered from the shard's memory map (one vectorized copy for m
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+
 
 _COLS = 6  # index table columns: pair number, offset, nbytes, meta id, crc32, stamp
+_READ_WINDOW = 64 << 10
+"""Index bytes read at a time into one reused buffer (records longer than this grow it)."""
 _FEW = 16  # records of at most this many entries are taken in with plain Python, not numpy
 _ROW = struct.Struct(f"={_COLS}q")  # one row of the table (native int64, as numpy stores it)
 
@@ -298,37 +300,26 @@ class MapStore:
         except FileNotFoundError:
             raise _StaleError from None
         try:
-            if pair.pos and pair.file_id != sh.parse_header(
-                os.pread(fd, sh.INDEX_HEADER_BYTES, 0), sh.INDEX_MAGIC
-            ):
+            header = os.pread(fd, sh.INDEX_HEADER_BYTES, 0)
+            if pair.pos == 0:
+                file_id = sh.parse_header(header, sh.INDEX_MAGIC)
+                if file_id is None:
+                    pair.bad = True
+                    why = sh.header_problem(header, sh.INDEX_MAGIC)
+                    self._warn(pair, f"{path}: not an index file ({why}); its items are ignored")
+                    return
+                pair.file_id = file_id
+                pair.ino = stat.st_ino
+            elif pair.file_id != sh.parse_header(header, sh.INDEX_MAGIC):
                 # removed and re-created under the same name (clear) on a reused inode
                 raise _StaleError
-            data = sh.pread_all(fd, stat.st_size - pair.pos, pair.pos)
+            start = max(pair.pos, sh.INDEX_HEADER_BYTES)
+            end, damage, decoded = self._read_records(fd, start, stat.st_size, path, pair)
         finally:
             os.close(fd)
-        base = pair.pos
-        if pair.pos == 0:
-            file_id = sh.parse_header(data, sh.INDEX_MAGIC)
-            if file_id is None:
-                pair.bad = True
-                why = sh.header_problem(data, sh.INDEX_MAGIC)
-                self._warn(pair, f"{path}: not an index file ({why}); its items are ignored")
-                return
-            pair.file_id = file_id
-            pair.ino = stat.st_ino
-            data = data[sh.INDEX_HEADER_BYTES :]
-            base = sh.INDEX_HEADER_BYTES
-        scan = sh.scan_records(data, base)
-        if scan.damage:
-            where = ", ".join(f"offset {at} ({why})" for at, why in scan.damage[:5])
+        if damage:
+            where = ", ".join(f"offset {at} ({why})" for at, why in damage[:5])
             self._warn(pair, f"{path}: damaged index records skipped at {where}")
-        decoded = []
-        for at, payload in scan.records:
-            try:
-                decoded.append((at, sh.decode_payload(payload)))
-            except msgspec.DecodeError as exc:
-                pair.max_end = sh.FAR_END
-                self._warn(pair, f"{path}: index record at offset {at} unreadable ({exc!r})")
         # one table allocation for all of them (opening a big store reads ~1000 records at once)
         ix.reserve(sum(_entry_count(obj) for _, obj in decoded))
         records: list[_Columns] = []
@@ -346,7 +337,45 @@ class MapStore:
         if records:
             shard_size = _file_size(self.paths.shard(pair.name.stem))
             self._ingest(ix, pair, records, shard_size)
-        pair.pos = scan.end
+        pair.pos = end
+
+    def _read_records(
+        self, fd: int, pos: int, size: int, path: str, pair: _Pair
+    ) -> tuple[int, list[tuple[int, str]], list[tuple[int, tp.Any]]]:
+        """Decode the valid records of index ``fd`` from ``pos`` on: where they end, the damage
+        skipped, and the decoded records with their offsets.
+
+        The bytes are read window by window into one reused buffer (decoding copies what it
+        keeps): opening a big cache would otherwise read its index into as much fresh memory,
+        whose first touch costs more than the read on these VMs. A window that holds no whole
+        record (or no valid record after bad bytes) grows until it reaches the end of the file:
+        then what is left is a tail being written or torn, left for the next read.
+        """
+        damage: list[tuple[int, str]] = []
+        decoded: list[tuple[int, tp.Any]] = []
+        window = _READ_WINDOW
+        buf = bytearray(min(window, size - pos))
+        while pos < size:
+            want = min(window, size - pos)
+            if len(buf) < want:
+                buf = bytearray(want)
+            view = memoryview(buf)[:want]
+            got = os.preadv(fd, [view], pos)
+            scan = sh.scan_records(view[:got], pos)
+            damage.extend(scan.damage)
+            for at, payload in scan.records:
+                try:
+                    decoded.append((at, sh.decode_payload(payload)))
+                except msgspec.DecodeError as exc:
+                    pair.max_end = sh.FAR_END
+                    self._warn(pair, f"{path}: index record at offset {at} unreadable ({exc!r})")
+            if scan.end > pos:
+                pos, window = scan.end, _READ_WINDOW
+            elif got < want or pos + got >= size:
+                break  # an incomplete record at the end: being written, or torn
+            else:
+                window *= 2  # a record (or the next valid one) longer than the window
+        return pos, damage, decoded
 
     def _columns(self, pair: _Pair, obj: list[tp.Any]) -> _Columns:
         """The entries of one decoded record as columns (ValueError/TypeError if malformed)."""
@@ -390,36 +419,31 @@ class MapStore:
         if len(records) == 1 and len(records[0].uids) <= _FEW:
             self._ingest_few(ix, pair, records[0], shard_size)
             return
-        if len(records) == 1:
-            rec = records[0]
-            uids, offsets, nbytes, crcs, meta_ids = (
-                rec.uids,
-                rec.offsets,
-                rec.nbytes,
-                rec.crcs,
-                rec.meta_ids,
-            )
-            stamps = rec.stamps
-        else:
-            uids = list(itertools.chain.from_iterable(r.uids for r in records))
-            offsets = np.concatenate([r.offsets for r in records])
-            nbytes = np.concatenate([r.nbytes for r in records])
-            crcs = np.concatenate([r.crcs for r in records])
-            meta_ids = np.concatenate([r.meta_ids for r in records])
-            stamps = np.concatenate(
-                [
-                    np.full(len(r.uids), r.stamps, dtype=np.int64)
-                    if type(r.stamps) is int
-                    else r.stamps
-                    for r in records
-                ]
-            )
+        # each record's columns go straight into the table's next rows; the checks then run on
+        # those rows (no concatenated copies: on these VMs fresh memory costs more than the work)
+        uids = (
+            records[0].uids
+            if len(records) == 1
+            else list(itertools.chain.from_iterable(r.uids for r in records))
+        )
+        block = ix.next_rows(len(uids))
+        at = 0
+        for rec in records:
+            rows = block[at : at + len(rec.uids)]
+            rows[:, 1] = rec.offsets
+            rows[:, 2] = rec.nbytes
+            rows[:, 3] = rec.meta_ids
+            rows[:, 4] = rec.crcs
+            rows[:, 5] = rec.stamps
+            at += len(rec.uids)
+        block[:, 0] = pair.number
+        offsets, nbytes = block[:, 1], block[:, 2]
         low = min(r.low for r in records)
         top = max(r.top for r in records)
         pair.max_end = max(pair.max_end, sh.referenced_end(offsets, nbytes, ()))
         # an array's byte count must be what its dtype and shape say, or a view would show bytes
         # of its neighbours: never a wrong array, even from a record that passed its checksum
-        expected = np.array(self._meta_nbytes or [0], dtype=np.int64)[meta_ids]
+        expected = np.array(self._meta_nbytes or [0], dtype=np.int64)[block[:, 3]]
         ok = (
             (offsets >= sh.SHARD_HEADER_BYTES)
             & (offsets % sh.ALIGN == 0)
@@ -437,22 +461,8 @@ class MapStore:
                 f"{uids[bad[0]]!r}; they are ignored",
             )
             keep = np.flatnonzero(ok)
-            uids = [uids[i] for i in keep]
-            offsets, nbytes, crcs, meta_ids = (
-                offsets[keep],
-                nbytes[keep],
-                crcs[keep],
-                meta_ids[keep],
-            )
-            if isinstance(stamps, np.ndarray):
-                stamps = stamps[keep]
-        block = ix.next_rows(len(uids))
-        block[:, 0] = pair.number
-        block[:, 1] = offsets
-        block[:, 2] = nbytes
-        block[:, 3] = meta_ids
-        block[:, 4] = crcs
-        block[:, 5] = stamps
+            uids = [uids[i] for i in keep.tolist()]
+            block[: len(keep)] = block[keep]  # the rows past them stay unused
         if top > self._max_stamp:
             self._max_stamp = top
         ix.append_rows(uids, low, top)

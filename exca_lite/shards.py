@@ -182,14 +182,14 @@ def shard_header(file_id: bytes) -> bytes:
     return SHARD_MAGIC + file_id + bytes(SHARD_HEADER_BYTES - len(SHARD_MAGIC) - len(file_id))
 
 
-def parse_header(data: bytes, magic: bytes) -> bytes | None:
+def parse_header(data: bytes | memoryview, magic: bytes) -> bytes | None:
     """The file id in an index or shard header, or None if the header is not one."""
     if len(data) < len(magic) + 16 or data[: len(magic)] != magic:
         return None
     return bytes(data[len(magic) : len(magic) + 16])
 
 
-def header_problem(data: bytes, magic: bytes) -> str:
+def header_problem(data: bytes | memoryview, magic: bytes) -> str:
     """Why ``data`` does not start with a header of this format: another version, or damage."""
     if len(data) >= len(magic) and data[:6] == magic[:6] and data[6:8] != magic[6:8]:
         found = int.from_bytes(data[6:8], "little")

@@ -889,3 +889,28 @@ def test_stack_of_large_items_reads_them_from_every_shard_in_any_order(tmp_path:
         store.stack(uids)  # a reader that loaded the entries before the cut
     with pytest.warns(CorruptCacheWarning, match="point outside"), pytest.raises(KeyError):
         MapStore(tmp_path).stack(uids)  # a new reader rejects those entries: they are missing
+
+
+def test_an_index_larger_than_the_read_window_with_damage_and_a_torn_tail(tmp_path: Path) -> None:
+    # the index is read in windows of 64 KiB: records longer than a window, damage whose next
+    # valid record lies windows away, and a torn tail must read as in one piece
+    pad = "u" * 120
+    store = MapStore(tmp_path)
+    with store.writer() as w:
+        for i in range(4000):  # four records of 1000 items, ~130 KB each
+            w.write(f"{pad}{i}", np.array([i], dtype=np.int32))
+    (idx,) = tmp_path.glob("*.idx")
+    data = bytearray(idx.read_bytes())
+    starts = [at for at in range(len(data)) if data[at : at + 4] == b"XLR1"]
+    assert len(starts) == 4 and starts[2] - starts[1] > 2 * (64 << 10)
+    # damage the second record's payload near its start, and leave half a record at the end
+    data[starts[1] + 100 : starts[1] + 108] = b"\xff" * 8
+    data += data[starts[3] : starts[3] + 5000]
+    idx.write_bytes(bytes(data))
+    with pytest.warns(CorruptCacheWarning, match="damaged index records") as caught:
+        fresh = MapStore(tmp_path)
+        present = set(fresh.item_uids())
+    assert len(caught) == 1
+    assert present == {f"{pad}{i}" for i in range(4000) if not 1000 <= i < 2000}
+    assert int(fresh.load(f"{pad}3999")[0]) == 3999
+    assert fresh._ix.pairs[0].pos == starts[3] + (starts[3] - starts[2])  # stopped at the tail
