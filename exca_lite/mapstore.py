@@ -1138,8 +1138,8 @@ class MapStore:
                         lock = storelocks.try_slot(self.paths, slot)
                         if lock is not None:
                             held.append((slot, lock))
-                for suffix in (".idx", ".bin", ".tmp"):
-                    for path in self.folder.glob(f"*{suffix}"):
+                for path in self.folder.iterdir():
+                    if _is_data_file(path.name):
                         with contextlib.suppress(FileNotFoundError):
                             path.unlink()
                 for slot, _ in held:
@@ -1198,6 +1198,14 @@ class MapStore:
             "writers": writers,
             "last_write": last_write,
         }
+
+
+def _is_data_file(name: str) -> bool:
+    """A shard, an index, or a temp file of one (not the temp of another process's config.json,
+    which a clear racing a first call must leave alone)."""
+    if name.endswith((".idx", ".bin")):
+        return True
+    return name.endswith(".tmp") and (".idx." in name or ".bin." in name)
 
 
 def _entry_count(obj: tp.Any) -> int:

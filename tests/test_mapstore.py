@@ -444,8 +444,17 @@ def test_clear_and_stats(tmp_path: Path) -> None:
     with store.writer():
         assert store.stats()["writers"] == 1
     other = MapStore(tmp_path / "c")
+    # temp files: of data files (left by a killed writer or compaction) and of another process's
+    # config.json being written right now, which clear() must not pull from under it
+    data_temps = [".w000-g000000.idx.0123abcd.tmp", "c-g000004.bin.tmp"]
+    in_flight = tmp_path / "c" / ".config.json.0123abcd.tmp"
+    for name in data_temps:
+        (tmp_path / "c" / name).write_bytes(b"x")
+    in_flight.write_bytes(b"{}")
     store.clear()
     assert len(store) == 0 and not list((tmp_path / "c").glob("*.bin"))
+    assert not any((tmp_path / "c" / name).exists() for name in data_temps)
+    assert in_flight.read_bytes() == b"{}"
     assert other.missing(["item-1"]) == ["item-1"]
     fill(tmp_path / "c", ["item-1"])
     other.refresh()
