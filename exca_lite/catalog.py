@@ -26,7 +26,7 @@ import msgspec
 import numpy as np
 
 from . import taskcache
-from .errors import ExcaLiteError
+from .errors import NotACacheError
 from .shards import pairs_from_listing
 from .storelocks import probe_lock
 from .taskcache import TaskPaths
@@ -42,10 +42,6 @@ _TASK_FILES = ("result.pkl", "result.npy", "error.json", "job.pkl", "task.lock")
 _CONFIG_FILES = ("uid.json", "config.json")
 _MAP_INFRA_KEYS = frozenset({"max_jobs", "min_samples_per_job", "forbid_single_item_computation"})
 """Keys only a ``MapInfra`` has: how ``config.json`` tells an empty map cache from a task cache."""
-
-
-class NotACacheError(ExcaLiteError, ValueError):
-    """A folder given as a cache holds none of the files of a task or map cache."""
 
 
 @dataclasses.dataclass(frozen=True)

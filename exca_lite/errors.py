@@ -35,6 +35,10 @@ class StoreError(ExcaLiteError):
     """A cache store cannot be used as asked (bad value, shape mismatch, unwritable folder)."""
 
 
+class NotACacheError(ExcaLiteError, ValueError):
+    """A folder given as a cache holds none of the files of a task or map cache."""
+
+
 class CorruptCacheWarning(UserWarning):
     """Damaged cache data was found and skipped; the rest of the cache is still served."""
 
@@ -45,6 +49,7 @@ __all__ = [
     "CorruptCacheWarning",
     "ExcaLiteError",
     "JobError",
+    "NotACacheError",
     "StoreError",
     "UidMismatchError",
     "ValidationError",
