@@ -79,19 +79,28 @@ class Claim:
 
     def acquire(self) -> None:
         paths = self.store.paths
-        owner = storelocks.FdLock(self._lock_path)
+        # live before its file exists: a thread of this process must never probe it (on NFS,
+        # closing the probe's descriptor would drop this process's lock)
+        storelocks.live_tokens.add(self.token)
+        # the owner file is born locked: created and locked under a name no reader looks at, then
+        # renamed (a reader that found it unlocked would take it for a dead owner's and remove it)
+        owner = storelocks.FdLock(paths.owner_lock_new(self.token))
         try:
-            # blocking: nobody else has a fresh token, but a prober may hold its lock for a moment
             try:
-                owner.acquire()
+                owner.acquire(blocking=False)  # a fresh token: nobody else knows this file
             except FileNotFoundError:  # the first claim in this folder (or after a clear)
                 paths.claims.mkdir(parents=True, exist_ok=True)
-                owner.acquire()
+                owner.acquire(blocking=False)
+            if owner.fd < 0:
+                raise OSError(f"{owner.path} is locked by someone else")
+            os.rename(owner.path, self._lock_path)
+            owner.path = self._lock_path
         except OSError as exc:
+            owner.release()
+            storelocks.live_tokens.discard(self.token)
             msg = f"cannot claim items in {paths.claims}: {exc}"
             raise StoreError(msg) from exc
         self._owner = owner
-        storelocks.live_tokens.add(self.token)
         try:
             with self._globally():
                 wanted = self.store.missing(self.item_uids)  # refreshed under the lock
@@ -117,9 +126,7 @@ class Claim:
             if token == self.token:
                 continue
             if not self._is_live(token):
-                # takeover: the owner died (its lock is free). Removing the file of an owner that
-                # created it but has not locked it yet is harmless: FdLock.acquire notices the
-                # file went away and locks a new one
+                # takeover: the owner died (its lock is free; owner files are born locked)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                 continue

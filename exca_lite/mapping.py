@@ -200,7 +200,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         by_uid: dict[str, X] = {}
 
         def items_of(subset: list[str]) -> list[X]:
-            if len(subset) == len(uids):  # a subset of the distinct uids as long: all, in order
+            if subset == uids:  # every item, in order (compared by identity first: cheap)
                 return list(items)
             if not by_uid:
                 by_uid.update(zip(uids, items, strict=True))

@@ -369,12 +369,15 @@ class MapStore:
                 except msgspec.DecodeError as exc:
                     pair.max_end = sh.FAR_END
                     self._warn(pair, f"{path}: index record at offset {at} unreadable ({exc!r})")
+            # the record the window ends in: read it whole next time (compacted records run to
+            # megabytes), as far as its header can be trusted; else double the window
+            following = sh.record_length(view[scan.end - pos : got])
             if scan.end > pos:
-                pos, window = scan.end, _READ_WINDOW
+                pos, window = scan.end, max(_READ_WINDOW, following)
             elif got < want or pos + got >= size:
                 break  # an incomplete record at the end: being written, or torn
             else:
-                window *= 2  # a record (or the next valid one) longer than the window
+                window = max(2 * window, following)  # a record, or bad bytes, past the window
         return pos, damage, decoded
 
     def _columns(self, pair: _Pair, obj: list[tp.Any]) -> _Columns:
@@ -418,6 +421,12 @@ class MapStore:
         the per-record work is the decoding, the checks and the table rows are done once."""
         if len(records) == 1 and len(records[0].uids) <= _FEW:
             self._ingest_few(ix, pair, records[0], shard_size)
+            return
+        if any(b.low < a.top for a, b in itertools.pairwise(records)):
+            # stamps going back in file order (a clock stepped back): as one block, a later
+            # entry would beat a newer one; record by record, stamps decide as for every reader
+            for rec in records:
+                self._ingest(ix, pair, [rec], shard_size)
             return
         # each record's columns go straight into the table's next rows; the checks then run on
         # those rows (no concatenated copies: on these VMs fresh memory costs more than the work)
@@ -1150,8 +1159,11 @@ class MapStore:
                 for slot, lock in held:
                     storelocks.release_slot(self.paths, slot, lock)
         if self.paths.claims.is_dir():
-            for owner in self.paths.claims.glob("*.owner"):
-                if not storelocks.probe_lock(owner):  # a dead owner's claims
+            for owner in [
+                *self.paths.claims.glob("*.owner"),
+                *self.paths.claims.glob("*.owner-new"),
+            ]:
+                if not storelocks.probe_lock(owner):  # a dead owner's claims (or birth)
                     with contextlib.suppress(FileNotFoundError):
                         owner.unlink()
         for folder in (self.paths.claims, self.paths.locks):
@@ -1201,11 +1213,10 @@ class MapStore:
 
 
 def _is_data_file(name: str) -> bool:
-    """A shard, an index, or a temp file of one (not the temp of another process's config.json,
-    which a clear racing a first call must leave alone)."""
-    if name.endswith((".idx", ".bin")):
-        return True
-    return name.endswith(".tmp") and (".idx." in name or ".bin." in name)
+    """A shard, an index, or a compaction's shard being written (compaction and clear exclude
+    each other). Not the dot-named temp files of ``atomic_write``: a writer creating its pair's
+    headers, or another process its ``config.json``, may be between write and rename."""
+    return name.endswith((".idx", ".bin", ".bin.tmp")) and not name.startswith(".")
 
 
 def _entry_count(obj: tp.Any) -> int:

@@ -549,7 +549,10 @@ class MapWriter:
             try:
                 job = self._jobs.get(timeout=FLUSH_MAX_AGE_S / 2)
             except queue.Empty:
-                self._publish_if_stale()
+                try:
+                    self._publish_if_stale()
+                except BaseException as exc:  # the thread must live on: reported like I/O errors
+                    self._failed = exc
                 continue
             try:
                 if job is None:

@@ -149,6 +149,10 @@ class StorePaths:
     def owner_lock(self, token: str) -> Path:
         return self.claims / f"{token}.owner"
 
+    def owner_lock_new(self, token: str) -> Path:
+        """Where an owner file is created and locked before it is renamed to ``owner_lock``."""
+        return self.claims / f"{token}.owner-new"
+
     def list_pairs(self) -> list[DataName] | None:
         """The pairs whose index file exists, sorted (compacted first); None if no folder."""
         try:
@@ -288,6 +292,16 @@ def _record_at(data: memoryview, at: int) -> tuple[int, str]:
     return stop - at, ""
 
 
+def record_length(data: memoryview) -> int:
+    """The whole length of the record whose header starts ``data`` (0 if it is not a header)."""
+    if len(data) < RECORD_HEADER.size:
+        return 0
+    magic, length, _ = RECORD_HEADER.unpack_from(data, 0)
+    if magic != RECORD_MAGIC or length > MAX_RECORD_BYTES:
+        return 0
+    return int(RECORD_HEADER.size + length)
+
+
 def scan_records(data: bytes | memoryview, base: int) -> Scan:
     """Split index bytes (starting at file offset ``base``) into valid records.
 
@@ -414,6 +428,7 @@ __all__ = [
     "new_file_id",
     "pairs_from_listing",
     "header_problem",
+    "record_length",
     "parse_header",
     "pread_all",
     "pwrite_all",

@@ -444,17 +444,17 @@ def test_clear_and_stats(tmp_path: Path) -> None:
     with store.writer():
         assert store.stats()["writers"] == 1
     other = MapStore(tmp_path / "c")
-    # temp files: of data files (left by a killed writer or compaction) and of another process's
-    # config.json being written right now, which clear() must not pull from under it
-    data_temps = [".w000-g000000.idx.0123abcd.tmp", "c-g000004.bin.tmp"]
-    in_flight = tmp_path / "c" / ".config.json.0123abcd.tmp"
-    for name in data_temps:
-        (tmp_path / "c" / name).write_bytes(b"x")
-    in_flight.write_bytes(b"{}")
+    # temp files: a killed compaction's shard, and the atomic_write temps of another process's
+    # config.json or new pair being written right now, which clear() must not pull from under it
+    compaction_temp = tmp_path / "c" / "c-g000004.bin.tmp"  # left by a killed compaction
+    compaction_temp.write_bytes(b"x")
+    in_flight = [tmp_path / "c" / n for n in (".config.json.0123abcd.tmp", ".w001-g0.bin.ab.tmp")]
+    for path in in_flight:
+        path.write_bytes(b"{}")
     store.clear()
     assert len(store) == 0 and not list((tmp_path / "c").glob("*.bin"))
-    assert not any((tmp_path / "c" / name).exists() for name in data_temps)
-    assert in_flight.read_bytes() == b"{}"
+    assert not compaction_temp.exists()
+    assert all(path.read_bytes() == b"{}" for path in in_flight)
     assert other.missing(["item-1"]) == ["item-1"]
     fill(tmp_path / "c", ["item-1"])
     other.refresh()
@@ -923,3 +923,24 @@ def test_an_index_larger_than_the_read_window_with_damage_and_a_torn_tail(tmp_pa
     assert present == {f"{pad}{i}" for i in range(4000) if not 1000 <= i < 2000}
     assert int(fresh.load(f"{pad}3999")[0]) == 3999
     assert fresh._ix.pairs[0].pos == starts[3] + (starts[3] - starts[2])  # stopped at the tail
+
+
+def test_a_record_with_an_older_stamp_later_in_a_file_loses_for_every_reader(
+    tmp_path: Path,
+) -> None:
+    # a clock stepped back between two flushes of one writer: the copy with the greater stamp
+    # wins, whether a reader takes the records in one by one or all at once
+    writing = MapStore(tmp_path)
+    stamps = iter([2 * 10**18, 10**18])
+    writing._next_stamp = lambda: next(stamps)  # type: ignore[method-assign]
+    incremental = MapStore(tmp_path)
+    with writing.writer() as w:
+        w.write("a", np.array([1.0]))
+        w.write("b", np.array([0.0]))
+        w.flush()
+        incremental.refresh()
+        w.write("a", np.array([2.0]))
+        w.flush()
+    incremental.refresh()
+    assert float(incremental.load("a")[0]) == 1.0
+    assert float(MapStore(tmp_path).load("a")[0]) == 1.0

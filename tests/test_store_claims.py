@@ -219,3 +219,54 @@ def test_a_forked_child_sees_its_parents_claims_end(tmp_path: Path) -> None:
     assert queue.get(timeout=30) == ["x"]
     child.join(timeout=30)
     assert child.exitcode == 0
+
+
+@pytest.mark.timeout(60)
+def test_items_taken_over_in_another_order_get_their_own_outputs(tmp_path: Path) -> None:
+    # two owners hold "a" and "b" and die "b" first: the waiting call takes them over as
+    # ["b", "a"], and each must still be computed from its own item
+    import dataclasses
+
+    import exca_lite as xl
+
+    @dataclasses.dataclass(frozen=True)
+    class Code:
+        infra: xl.MapInfra = xl.MapInfra()
+
+        @infra.apply(item_uid=str)
+        def code(self, items: tp.Sequence[str]) -> tp.Iterator[np.ndarray]:
+            for item in items:
+                yield np.array([ord(item)], dtype=np.int64)
+
+    bound = Code(infra=xl.MapInfra(folder=tmp_path)).code
+    bound.compute(["z"])  # creates the cache folder
+    store = MapStore(bound.folder())
+    owner_a, owner_b = store.claim(["a"]), store.claim(["b"])
+    owner_a.acquire()
+    owner_b.acquire()
+    claims = Path(bound.folder()) / "claims"
+    tokens = {owner_a.token, owner_b.token}
+
+    def wait_for(condition: tp.Callable[[list[Path]], bool]) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            waiting = [p for p in claims.glob("*.owner") if p.stem not in tokens]
+            if condition(waiting):
+                return
+            time.sleep(0.01)
+        raise TimeoutError("the waiting call never got there")
+
+    def die_in_turn() -> None:
+        wait_for(lambda waiting: bool(waiting))  # the call has claimed, nothing for itself
+        owner_b.release()
+        # the call has taken "b" over and waits on for "a": both come back in one batch
+        wait_for(lambda waiting: any(b'"b"' in p.read_bytes() for p in waiting if p.exists()))
+        owner_a.release()
+
+    thread = threading.Thread(target=die_in_turn)
+    thread.start()
+    out = bound.stack(["a", "b"])
+    thread.join()
+    assert out[:, 0].tolist() == [ord("a"), ord("b")]
+    fresh = MapStore(bound.folder())
+    assert int(fresh.load("a")[0]) == ord("a") and int(fresh.load("b")[0]) == ord("b")
