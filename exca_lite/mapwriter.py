@@ -461,7 +461,9 @@ class MapWriter:
         """
         raw = data if isinstance(data, bytes) else data.reshape(-1).view(np.uint8).data
         self._queue_data()
-        offset = self._buf_start
+        # at a page boundary: the kernel then copies whole pages (writing 1 MiB items at 64-byte
+        # offsets measured ~4% slower), and the array's view starts a page. The gap is dead bytes
+        offset = -(-self._buf_start // sh.PAGE) * sh.PAGE
         try:
             sh.pwrite_all(self._bin_fd, raw, offset)
         except OSError as exc:

@@ -37,6 +37,8 @@ import msgspec
 import numpy as np
 
 ALIGN = 64
+PAGE = 4096
+"""Large items (written straight from their memory) start at multiples of this."""
 """Item offsets in a shard are multiples of this: arrays are aligned for any dtype and SIMD."""
 
 FORMAT_VERSION = 2
@@ -411,6 +413,7 @@ def _next_valid(view: memoryview, start: int) -> int:
 
 __all__ = [
     "ALIGN",
+    "PAGE",
     "RECORD_ENTRIES",
     "RECORD_RETIRE",
     "ZEROS",

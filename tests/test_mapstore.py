@@ -944,3 +944,16 @@ def test_a_record_with_an_older_stamp_later_in_a_file_loses_for_every_reader(
     incremental.refresh()
     assert float(incremental.load("a")[0]) == 1.0
     assert float(MapStore(tmp_path).load("a")[0]) == 1.0
+
+
+def test_large_items_start_at_a_page(tmp_path: Path) -> None:
+    store = MapStore(tmp_path)
+    with store.writer() as w:
+        w.write("small", np.ones(3))
+        for i in range(3):
+            w.write(f"big{i}", np.full(300_000, i, dtype=np.uint8))  # written in place
+    for reader in (store, MapStore(tmp_path)):
+        for i in range(3):
+            view = reader.load(f"big{i}")
+            assert view.ctypes.data % 4096 == 0 and int(view[-1]) == i
+    assert MapStore(tmp_path).verify() == []
