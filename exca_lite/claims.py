@@ -43,9 +43,12 @@ class Claim:
     Use as a context manager: ``mine`` is set on entry, the claims are released on exit.
     """
 
-    def __init__(self, store: MapStore, item_uids: tp.Sequence[str]) -> None:
+    def __init__(
+        self, store: MapStore, item_uids: tp.Sequence[str], missing_as_of: object = None
+    ) -> None:
         self.store = store
         self.item_uids = list(item_uids)
+        self._missing_as_of = missing_as_of
         self.token = uuid.uuid4().hex
         self.mine: list[str] = []
         self._others: dict[str, str] = {}  # uid -> owner token
@@ -103,7 +106,12 @@ class Claim:
         self._owner = owner
         try:
             with self._globally():
-                wanted = self.store.missing(self.item_uids)  # refreshed under the lock
+                store = self.store
+                store.refresh()  # under the lock: what others published until now
+                if self._missing_as_of is not None and store.view_state() == self._missing_as_of:
+                    wanted = self.item_uids  # all missing, and nothing was added since
+                else:
+                    wanted = store.missing(self.item_uids)
                 claimed = self._read_claims()
                 if claimed:
                     self.mine = [uid for uid in wanted if uid not in claimed]

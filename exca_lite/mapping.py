@@ -183,6 +183,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
                 logger.debug("%s: mode='force' recomputes %d items", self._uid, len(todo))
         else:
             todo = self._missing(uids)
+        as_of = None if self._store is None or infra.mode == "force" else self._store.view_state()
         if not todo:
             return 0
         if infra.mode == "read-only":
@@ -213,7 +214,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         store = self._store
         computed = 0
         forced = infra.mode == "force"
-        with store.claim(todo) as claim:
+        with store.claim(todo, missing_as_of=as_of) as claim:
             mine = todo if forced else claim.mine
             if mine:
                 self._run(items_of(mine), mine)

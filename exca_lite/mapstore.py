@@ -807,9 +807,20 @@ class MapStore:
         """Free the slot an idle writer of this folder keeps in this process (if any)."""
         mapwriter.release_parked(self)
 
-    def claim(self, item_uids: tp.Sequence[str]) -> Claim:
-        """Claim the missing items this caller should compute (use it as a context manager)."""
-        return Claim(self, item_uids)
+    def claim(self, item_uids: tp.Sequence[str], missing_as_of: object = None) -> Claim:
+        """Claim the missing items this caller should compute (use it as a context manager).
+
+        ``missing_as_of``: a ``view_state()`` at which every one of ``item_uids`` was missing
+        (as ``missing()`` found them): if the view has not changed since, the claim does not check
+        them again.
+        """
+        return Claim(self, item_uids, missing_as_of)
+
+    def view_state(self) -> object:
+        """A value equal to a later one only if no entry was added to this reader's view in
+        between (entries are only ever added; a rebuilt view is a new object)."""
+        ix = self._ix
+        return (ix, ix.count)
 
     def _next_stamp(self) -> int:
         """The stamp of a record about to be published: greater than any this process gave and
