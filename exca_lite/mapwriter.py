@@ -41,6 +41,8 @@ SLOW_PRODUCER_S = 0.1
 so batching saves nothing while a process waiting for the item would wait one more item."""
 _FEW = 16
 LARGE_ITEM_BYTES = 256 << 10
+SUM_READ_BYTES = 8 << 20
+"""Piece size in which the I/O thread reads a large item back to checksum it."""
 """Items this big skip the write buffer and go to the shard straight from their own memory."""
 _monotonic = time.monotonic
 
@@ -143,6 +145,10 @@ class MapWriter:
         self._span_end = 0
         self._span_sum = 0
         self._spans: list[list[int]] = []  # closed runs: [start, end, word checksum]
+        # large items of the pending batch whose checksum the I/O thread computes: (entry, offset,
+        # nbytes), and its read buffer
+        self._pending_sums: list[tuple[int, int, int]] = []
+        self._scratch = bytearray()
         # guards the buffer against the I/O thread publishing stale items (see _publish_if_stale)
         self._buffer_lock = threading.Lock()
         self._jobs: queue.Queue[tp.Any] = queue.Queue(maxsize=4)  # backpressure: 4 buffers
@@ -197,6 +203,11 @@ class MapWriter:
             self._failed = None  # reported to the user of the previous writer already
             self._span_start, self._span_sum, self._spans = -1, 0, []
             self._buf = bytearray()
+            # items a failed writer had not published are lost (its user was told so)
+            self._uids, self._offsets, self._nbytes, self._crcs, self._mix = [], [], [], [], []
+            self._parts, self._pending_sums, self._metas, self._meta_of = [], [], [], {}
+            self._hot_dtype = None
+            self._direct_bytes = 0
         paths = self.store.paths
         damaged: list[tuple[int, storelocks.FdLock]] = []
         try:
@@ -274,7 +285,8 @@ class MapWriter:
         elif index_id != file_id:
             msg = f"{idx_path} and {bin_path} do not belong together (file ids differ)"
             raise StoreError(msg)
-        self._bin_fd = os.open(bin_path, os.O_WRONLY)
+        # read too: the I/O thread checksums large items from the shard (see _write_direct)
+        self._bin_fd = os.open(bin_path, os.O_RDWR)
         self._idx_fd = os.open(idx_path, os.O_WRONLY | os.O_APPEND)
         if self.store._loaded:
             # also registers the new pair, so this store takes in its own flushes without
@@ -470,9 +482,10 @@ class MapWriter:
             msg = f"writing item {item_uid!r} to {self.store.paths.shard(self._stem)} failed: {exc}"
             raise StoreError(msg) from exc
         if not crc:
-            # a large array gets its own checksum, a word sum at memory speed (crc32 would halve
-            # the write bandwidth)
-            crc = enc.word_checksum(raw)
+            # a large array gets its own checksum, a word sum (crc32 would halve the write
+            # bandwidth), computed by the I/O thread from the shard's bytes before it publishes
+            # the record: in parallel with this thread's next writes, which it cost 15% of
+            self._pending_sums.append((len(self._uids), offset, nbytes))
         self._buf_start = sh.align_up(offset + nbytes)
         self._ref_end = offset + nbytes
         self._direct_bytes += nbytes
@@ -486,7 +499,7 @@ class MapWriter:
         """Send the buffered bytes to the I/O thread (no index record: their items may be joined
         by more before the next flush)."""
         if self._buf:
-            job = (self._buf, self._buf_start, None, True)
+            job = (self._buf, self._buf_start, None, True, ())
             if inline:
                 self._do_io(*job)
             else:
@@ -521,7 +534,8 @@ class MapWriter:
                 for k in range(4)
             ]
         obj = [sh.RECORD_ENTRIES, self._uids, *columns, self._metas]
-        job = (b"", self._buf_start, obj, False)
+        job = (b"", self._buf_start, obj, False, self._pending_sums)
+        self._pending_sums = []
         if inline:
             self._do_io(*job)
         else:
@@ -542,7 +556,7 @@ class MapWriter:
             )
             self._thread.start()
 
-    def _submit(self, job: tuple[tp.Any, int, list[tp.Any] | None, bool]) -> None:
+    def _submit(self, job: tuple[tp.Any, int, list[tp.Any] | None, bool, tp.Any]) -> None:
         self._start_io_thread()
         self._jobs.put(job)
 
@@ -580,7 +594,14 @@ class MapWriter:
         finally:
             self._buffer_lock.release()
 
-    def _do_io(self, data: tp.Any, offset: int, obj: list[tp.Any] | None, buffered: bool) -> None:
+    def _do_io(
+        self,
+        data: tp.Any,
+        offset: int,
+        obj: list[tp.Any] | None,
+        buffered: bool,
+        sums: tp.Sequence[tuple[int, int, int]],
+    ) -> None:
         if len(data):
             sh.pwrite_all(self._bin_fd, data, offset)
             if buffered:
@@ -594,6 +615,11 @@ class MapWriter:
                 self._span_end = offset + len(data)
         if obj is None:
             return
+        if sums:  # large arrays' checksums, from the bytes as written (see _write_direct)
+            crcs = bytearray(obj[4])
+            for entry, at, nbytes in sums:
+                struct.pack_into("<I", crcs, 4 * entry, self._shard_checksum(at, nbytes))
+            obj[4] = bytes(crcs)
         self._close_span()
         obj.append(self._spans)
         self._spans = []
@@ -609,6 +635,26 @@ class MapWriter:
             os.fsync(self._idx_fd)
         self._idx_end = start + len(record)
         self.store._own_flush(self._stem, start, self._idx_end, obj, offset)
+
+    def _shard_checksum(self, offset: int, nbytes: int) -> int:
+        """The word checksum of shard bytes this writer wrote, read back from the page cache into
+        one reused buffer, in pieces of at most SUM_READ_BYTES (multiples of 8: their word sums
+        add up)."""
+        if len(self._scratch) < min(nbytes, SUM_READ_BYTES):
+            self._scratch = bytearray(min(nbytes, SUM_READ_BYTES))
+        total = done = 0
+        while done < nbytes:
+            view = memoryview(self._scratch)[: min(nbytes - done, len(self._scratch))]
+            got = 0
+            while got < len(view):
+                n = os.preadv(self._bin_fd, [view[got:]], offset + done + got)
+                if n <= 0:
+                    msg = f"{self.store.paths.shard(self._stem)} was cut while being written"
+                    raise StoreError(msg)
+                got += n
+            total += enc.word_sum(view)
+            done += len(view)
+        return enc.fold_word_sum(total, nbytes)
 
     def _close_span(self) -> None:
         if self._span_start >= 0:

@@ -946,14 +946,27 @@ def test_a_record_with_an_older_stamp_later_in_a_file_loses_for_every_reader(
     assert float(MapStore(tmp_path).load("a")[0]) == 1.0
 
 
-def test_large_items_start_at_a_page(tmp_path: Path) -> None:
+def test_large_items_start_at_a_page_and_are_checksummed_as_written(tmp_path: Path) -> None:
+    # written in place from the caller's memory; the I/O thread checksums them from the shard,
+    # in pieces of 8 MiB for the biggest (its word sums must add up to the whole one's)
+    big = np.random.default_rng(0).integers(0, 255, 9 << 20, dtype=np.uint8)
     store = MapStore(tmp_path)
     with store.writer() as w:
         w.write("small", np.ones(3))
         for i in range(3):
-            w.write(f"big{i}", np.full(300_000, i, dtype=np.uint8))  # written in place
+            w.write(f"big{i}", np.full(300_000 + i, i, dtype=np.uint8))
+        w.write("huge", big)
+        big[:] = 0  # the caller may reuse its memory once write() returns
     for reader in (store, MapStore(tmp_path)):
         for i in range(3):
             view = reader.load(f"big{i}")
             assert view.ctypes.data % 4096 == 0 and int(view[-1]) == i
     assert MapStore(tmp_path).verify() == []
+    (shard,) = tmp_path.glob("*.bin")
+    with open(shard, "r+b") as f:  # damage the second 8 MiB piece of the huge item
+        at = int(store._ix.table[store._ix.rows["huge"], 1]) + (8 << 20) + 5
+        f.seek(at)
+        flipped = bytes(255 - b for b in f.read(2))
+        f.seek(at)
+        f.write(flipped)
+    assert any("'huge'" in problem for problem in MapStore(tmp_path).verify())
