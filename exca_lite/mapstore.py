@@ -55,6 +55,7 @@ _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+
 _COLS = 6  # index table columns: pair number, offset, nbytes, meta id, crc32, stamp
 _READ_WINDOW = 64 << 10
 """Index bytes read at a time into one reused buffer (records longer than this grow it)."""
+_CHECK_ROWS = 8192  # table rows checked at a time when a view takes in many
 _FEW = 16  # records of at most this many entries are taken in with plain Python, not numpy
 _ROW = struct.Struct(f"={_COLS}q")  # one row of the table (native int64, as numpy stores it)
 
@@ -446,21 +447,28 @@ class MapStore:
             rows[:, 5] = rec.stamps
             at += len(rec.uids)
         block[:, 0] = pair.number
-        offsets, nbytes = block[:, 1], block[:, 2]
         low = min(r.low for r in records)
         top = max(r.top for r in records)
-        pair.max_end = max(pair.max_end, sh.referenced_end(offsets, nbytes, ()))
-        # an array's byte count must be what its dtype and shape say, or a view would show bytes
-        # of its neighbours: never a wrong array, even from a record that passed its checksum
-        expected = np.array(self._meta_nbytes or [0], dtype=np.int64)[block[:, 3]]
-        ok = (
-            (offsets >= sh.SHARD_HEADER_BYTES)
-            & (offsets % sh.ALIGN == 0)
-            & (nbytes >= 0)
-            & (nbytes <= shard_size)
-            & (offsets <= shard_size - nbytes)
-            & ((expected < 0) | (expected == nbytes))
-        )
+        meta_nbytes = np.array(self._meta_nbytes or [0], dtype=np.int64)
+        ok = np.empty(len(block), dtype=bool)
+        # in slices of rows: the temporaries then stay small, warm and reused (a million rows
+        # at once made a dozen fresh 8 MB arrays, whose first touch costs more than the checks)
+        for lo in range(0, len(block), _CHECK_ROWS):
+            part = block[lo : lo + _CHECK_ROWS]
+            offsets, nbytes = part[:, 1], part[:, 2]
+            pair.max_end = max(pair.max_end, sh.referenced_end(offsets, nbytes, ()))
+            # an array's byte count must be what its dtype and shape say, or a view would show
+            # bytes of its neighbours: never a wrong array, even from a record that passed its
+            # checksum
+            expected = meta_nbytes[part[:, 3]]
+            ok[lo : lo + len(part)] = (
+                (offsets >= sh.SHARD_HEADER_BYTES)
+                & (offsets % sh.ALIGN == 0)
+                & (nbytes >= 0)
+                & (nbytes <= shard_size)
+                & (offsets <= shard_size - nbytes)
+                & ((expected < 0) | (expected == nbytes))
+            )
         if not ok.all():
             bad = np.flatnonzero(~ok)
             self._warn(
