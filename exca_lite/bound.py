@@ -10,7 +10,6 @@ config: the infra in effect (default heritage applied), the uid, the cache paths
 from __future__ import annotations
 
 import dataclasses
-import os
 import typing as tp
 from pathlib import Path
 
@@ -163,11 +162,7 @@ class BoundMethod:
         self._checked = True
 
     def _write_configs(self) -> None:
-        paths = tp.cast(TaskPaths, self._paths)
-        if os.path.exists(paths.uid) and os.path.exists(paths.config):
-            return  # written once for a uid (every call with missing items comes here)
-        paths.folder.mkdir(parents=True, exist_ok=True)
-        taskcache.write_configs(paths, self._full_config(), self._uid_bytes())
+        taskcache.write_configs(tp.cast(TaskPaths, self._paths), self._full_config, self._uid_bytes)
 
 
 def _check_excluded_name(cls: type, dotted: str, method: str) -> None:

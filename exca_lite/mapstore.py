@@ -887,7 +887,9 @@ class MapStore:
         if file_id is None:
             return [f"{idx_path}: {sh.header_problem(data, sh.INDEX_MAGIC)}"]
         problems = []
-        shard_id = sh.read_shard_file_id(bin_path)
+        shard_id = sh.parse_header(
+            sh.read_header(bin_path, sh.SHARD_HEADER_BYTES) or b"", sh.SHARD_MAGIC
+        )
         if shard_id != file_id:
             problems.append(f"{bin_path}: missing, or its header does not match {idx_path.name}")
             return problems

@@ -21,6 +21,7 @@ import time
 import types
 import typing as tp
 import zlib
+from pathlib import Path
 
 import numpy as np
 
@@ -99,6 +100,14 @@ def release_parked(store: MapStore) -> None:
     writer = take_parked(store)
     if writer is not None:
         writer._shutdown()
+
+
+def _file_id(path: Path, head: bytes, magic: bytes) -> bytes:
+    """The file id in the header ``head`` of ``path``; a StoreError saying why if it is none."""
+    file_id = sh.parse_header(head, magic)
+    if file_id is None:
+        raise StoreError(f"{path}: {sh.header_problem(head, magic)} (see verify(), clear())")
+    return file_id
 
 
 class _DamagedPair(Exception):
@@ -264,25 +273,19 @@ class MapWriter:
         name = sh.DataName.writer(slot, gen)
         self._stem = name.stem
         idx_path, bin_path = paths.index(name.stem), paths.shard(name.stem)
-        file_id = sh.read_shard_file_id(bin_path)
-        if file_id is None:
-            if bin_path.exists():
-                with open(bin_path, "rb") as f:
-                    why = sh.header_problem(f.read(sh.SHARD_HEADER_BYTES), sh.SHARD_MAGIC)
-                raise StoreError(f"{bin_path}: {why} (see verify(), clear())")
+        shard_head = sh.read_header(bin_path, sh.SHARD_HEADER_BYTES)
+        if shard_head is None:
             if idx_path.exists():
                 raise StoreError(f"{idx_path} exists without its shard {bin_path}: run clear()")
             file_id = sh.new_file_id()
             # the shard exists before its index: a reader never finds entries without their file
             atomic_write(bin_path, sh.shard_header(file_id), fsync=self._fsync)
-        index_id = sh.read_index_file_id(idx_path)
-        if index_id is None:
-            if idx_path.exists():
-                with open(idx_path, "rb") as f:
-                    why = sh.header_problem(f.read(sh.INDEX_HEADER_BYTES), sh.INDEX_MAGIC)
-                raise StoreError(f"{idx_path}: {why} (see verify(), clear())")
+        else:
+            file_id = _file_id(bin_path, shard_head, sh.SHARD_MAGIC)
+        index_head = sh.read_header(idx_path, sh.INDEX_HEADER_BYTES)
+        if index_head is None:
             atomic_write(idx_path, sh.index_header(file_id), fsync=self._fsync)
-        elif index_id != file_id:
+        elif _file_id(idx_path, index_head, sh.INDEX_MAGIC) != file_id:
             msg = f"{idx_path} and {bin_path} do not belong together (file ids differ)"
             raise StoreError(msg)
         # read too: the I/O thread checksums large items from the shard (see _write_direct)

@@ -127,19 +127,18 @@ class StorePaths:
         self._slot_lock: dict[int, Path] = {}
 
     def index(self, stem: str) -> Path:
-        path = self._index.get(stem)
-        if path is None:
-            if len(self._index) > 1000:  # names of retired generations, in a long-lived process
-                self._index.clear()
-            path = self._index[stem] = self.folder / f"{stem}.idx"
-        return path
+        return self._named(self._index, stem, ".idx")
 
     def shard(self, stem: str) -> Path:
-        path = self._shard.get(stem)
+        return self._named(self._shard, stem, ".bin")
+
+    def _named(self, cache: dict[str, Path], stem: str, suffix: str) -> Path:
+        """``folder/{stem}{suffix}``, built once (paths are asked for on every read)."""
+        path = cache.get(stem)
         if path is None:
-            if len(self._shard) > 1000:  # names of retired generations, in a long-lived process
-                self._shard.clear()
-            path = self._shard[stem] = self.folder / f"{stem}.bin"
+            if len(cache) > 1000:  # names of retired generations, in a long-lived process
+                cache.clear()
+            path = cache[stem] = self.folder / f"{stem}{suffix}"
         return path
 
     def slot_lock(self, slot: int) -> Path:
@@ -206,18 +205,12 @@ def header_problem(data: bytes | memoryview, magic: bytes) -> str:
     return "bad header"
 
 
-def read_shard_file_id(path: Path) -> bytes | None:
+def read_header(path: Path, size: int) -> bytes | None:
+    """The first ``size`` bytes of ``path`` (fewer if it is shorter), None if there is no file:
+    give them to ``parse_header``, and to ``header_problem`` to say why they are not a header."""
     try:
         with open(path, "rb") as f:
-            return parse_header(f.read(SHARD_HEADER_BYTES), SHARD_MAGIC)
-    except FileNotFoundError:
-        return None
-
-
-def read_index_file_id(path: Path) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return parse_header(f.read(INDEX_HEADER_BYTES), INDEX_MAGIC)
+            return f.read(size)
     except FileNotFoundError:
         return None
 
@@ -435,8 +428,7 @@ __all__ = [
     "parse_header",
     "pread_all",
     "pwrite_all",
-    "read_index_file_id",
-    "read_shard_file_id",
+    "read_header",
     "scan_records",
     "shard_header",
     "valid_end",

@@ -173,14 +173,25 @@ def _unlink(path: str) -> None:
         pass
 
 
-def write_configs(paths: TaskPaths, full_config: dict[str, tp.Any], uid_config: bytes) -> None:
-    """Write config.json and uid.json once (they never change for a uid)."""
-    if not os.path.exists(paths.uid):
-        atomic_write(Path(paths.uid), uid_config)
-    if not os.path.exists(paths.config):
-        atomic_write(
-            Path(paths.config), msgspec.json.format(msgspec.json.encode(json_safe(full_config)))
-        )
+def write_configs(
+    paths: TaskPaths,
+    full_config: tp.Callable[[], dict[str, tp.Any]],
+    uid_config: tp.Callable[[], bytes],
+) -> None:
+    """Write config.json and uid.json once (they never change for a uid).
+
+    Every call that computes something comes here: once both exist, two ``stat`` calls are all it
+    costs (the configs are built only when a file is missing).
+    """
+    has_uid, has_config = os.path.exists(paths.uid), os.path.exists(paths.config)
+    if has_uid and has_config:
+        return
+    paths.folder.mkdir(parents=True, exist_ok=True)
+    if not has_uid:
+        atomic_write(Path(paths.uid), uid_config())
+    if not has_config:
+        data = msgspec.json.format(msgspec.json.encode(json_safe(full_config())))
+        atomic_write(Path(paths.config), data)
 
 
 def json_safe(value: tp.Any) -> tp.Any:
