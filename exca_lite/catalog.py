@@ -27,12 +27,12 @@ import numpy as np
 
 from . import taskcache
 from .errors import NotACacheError
-from .shards import pairs_from_listing
-from .storelocks import probe_lock
+from .store.format import pairs_from_listing
+from .store.locks import probe_lock
 from .taskcache import TaskPaths
 
 if tp.TYPE_CHECKING:
-    from .mapstore import MapStore
+    from .store.mapstore import MapStore
 
 Kind = tp.Literal["task", "map"]
 
@@ -173,7 +173,7 @@ def summarize(path: Path, kind: Kind | None = None) -> CacheSummary:
 
 def open_store(path: Path) -> MapStore:
     """A map store opened for reading (opening never writes: a colleague's read-only cache is fine)."""
-    from .mapstore import MapStore  # the CLI's task-only commands need not load the store
+    from .store.mapstore import MapStore  # the CLI's task-only commands need not load the store
 
     store = MapStore(path)
     store.refresh()

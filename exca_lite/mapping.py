@@ -22,7 +22,7 @@ import numpy as np
 
 from .bound import BoundMethod, InfraMethod, find_method
 from .errors import CacheMissError, JobError
-from .mapstore import CacheType, Durability, MapStore
+from .store import CacheType, Durability, MapStore
 from .taskcache import TaskPaths
 from .uid import item_uid_name
 
@@ -378,7 +378,7 @@ def _process_context() -> tp.Any:
     import multiprocessing
     import threading
 
-    from .mapwriter import release_all_parked
+    from .store.writer import release_all_parked
 
     # idle writers kept for later calls have I/O threads: closing them costs a reopen later, far
     # less than spawning the workers

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from exca_lite.mapstore import MapStore
+from exca_lite.store import MapStore
 
 _OPEN = """
 import sys, time
-from exca_lite.mapstore import MapStore
+from exca_lite.store import MapStore
 uids = [f"item-{i}" for i in range(int(sys.argv[2]))]
 t0 = time.perf_counter()
 store = MapStore(sys.argv[1])

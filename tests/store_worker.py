@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from exca_lite.mapstore import MapStore
+from exca_lite.store import MapStore
 
 
 def value_of(uid: str) -> object:

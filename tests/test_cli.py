@@ -85,7 +85,7 @@ def script() -> None:
 def _read_loop(cache: Path, stop_file: Path) -> None:
     """Iterate the whole cache again and again until ``stop_file`` exists: every value must be
     right, and an item once seen must never disappear. Prints the number of passes and reads."""
-    from exca_lite.mapstore import MapStore
+    from exca_lite.store import MapStore
 
     store = MapStore(cache)
     seen: set[str] = set()
@@ -257,7 +257,7 @@ def test_info_shows_a_writer_holding_a_lock(filled: Path, env: dict[str, str]) -
     stop = filled / "stop"
     code = (
         "import sys, pathlib, time\n"
-        "from exca_lite.mapstore import MapStore\n"
+        "from exca_lite.store import MapStore\n"
         "with MapStore(sys.argv[1]).writer() as w:\n"
         "    print('open', flush=True)\n"
         "    while not pathlib.Path(sys.argv[2]).exists(): time.sleep(0.05)\n"
@@ -404,7 +404,7 @@ def test_compact_while_reading_and_writing(filled: Path, env: dict[str, str]) ->
     # nothing lost, values identical, read by a fresh process
     check = (
         "import sys, numpy as np, test_cli\n"
-        "from exca_lite.mapstore import MapStore\n"
+        "from exca_lite.store import MapStore\n"
         "store = MapStore(sys.argv[1])\n"
         "uids = store.item_uids()\n"
         "assert sorted(map(int, uids)) == list(range(2000)), len(uids)\n"

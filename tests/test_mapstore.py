@@ -22,7 +22,7 @@ from store_worker import value_of
 
 import exca_lite as xl
 from exca_lite.errors import CorruptCacheWarning, StoreError
-from exca_lite.mapstore import MapStore
+from exca_lite.store import MapStore
 
 WORKER = str(Path(__file__).with_name("store_worker.py"))
 
@@ -707,7 +707,7 @@ def test_compact_drops_damaged_items_instead_of_laundering_them(tmp_path: Path) 
 _WRITE_ONE = """
 import sys
 import numpy as np
-from exca_lite.mapstore import MapStore
+from exca_lite.store import MapStore
 folder, uid, value, how = sys.argv[1:]
 with MapStore(folder, load_index=how == "eager").writer() as w:
     w.write(uid, np.full(8, float(value)))
@@ -715,7 +715,7 @@ with MapStore(folder, load_index=how == "eager").writer() as w:
 """
 _READ_ONE = """
 import sys
-from exca_lite.mapstore import MapStore
+from exca_lite.store import MapStore
 print(float(MapStore(sys.argv[1]).load(sys.argv[2])[0]))
 """
 
@@ -783,7 +783,7 @@ def test_an_idle_writer_goes_on_only_if_nobody_touched_its_pair(tmp_path: Path) 
     assert MapStore(tmp_path).verify() == []
     # another process compacts it away (the idle slot is free): the writer starts a new pair
     python(
-        "import sys; from exca_lite.mapstore import MapStore; MapStore(sys.argv[1]).compact()",
+        "import sys; from exca_lite.store import MapStore; MapStore(sys.argv[1]).compact()",
         tmp_path,
     )
     assert sorted(p.name for p in tmp_path.glob("*.idx")) == ["c-g000001.idx"]
@@ -811,7 +811,7 @@ def test_clear_never_frees_a_busy_writers_slot(tmp_path: Path) -> None:
         lock = store.paths.slot_lock(w.slot)
         inode = lock.stat().st_ino
         code = (
-            "import sys\nfrom exca_lite.mapstore import MapStore\n"
+            "import sys\nfrom exca_lite.store import MapStore\n"
             "s = MapStore(sys.argv[1])\ns.clear()\n"
             "with s.writer() as w:\n    print(w.slot)\n"
         )

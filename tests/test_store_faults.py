@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from store_worker import value_of
 
-from exca_lite.mapstore import MapStore
+from exca_lite.store import MapStore
 
 WORKER = str(Path(__file__).with_name("store_worker.py"))
 

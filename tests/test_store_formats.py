@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from exca_lite.encoding import is_plain
 from exca_lite.errors import StoreError
-from exca_lite.mapstore import MapStore
+from exca_lite.store import MapStore
+from exca_lite.store.encoding import is_plain
 
 _counter = itertools.count()
 _SETTINGS = settings(

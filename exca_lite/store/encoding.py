@@ -21,7 +21,7 @@ import typing as tp
 import msgspec
 import numpy as np
 
-from .errors import StoreError
+from ..errors import StoreError
 
 CacheType = tp.Literal["array", "msgpack", "pickle"] | None
 """A format forced by the caller, or None to pick one per value."""

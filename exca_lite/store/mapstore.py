@@ -34,15 +34,16 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
+from ..errors import CorruptCacheWarning, StoreError
+from ..fsio import atomic_write
 from . import encoding as enc
-from . import mapwriter, storelocks
-from . import shards as sh
+from . import format as sh
+from . import locks
+from . import writer as wr
 from .claims import Claim
 from .encoding import CacheType
-from .errors import CorruptCacheWarning, StoreError
-from .fsio import atomic_write
-from .mapwriter import MapWriter
-from .shards import Durability
+from .format import Durability
+from .writer import MapWriter
 
 COMPACT_RECORD_ITEMS = 1 << 16
 COPY_CHUNK_BYTES = 8 << 20
@@ -801,7 +802,7 @@ class MapStore:
         in this process (the first ``writer()`` pays the set-up, later ones nothing); ``close()``
         frees them (so do ``clear()``, ``compact()`` and the end of the process).
         """
-        writer = mapwriter.take_parked(self)
+        writer = wr.take_parked(self)
         if writer is None:
             return MapWriter(self, cache_type)
         try:
@@ -813,7 +814,7 @@ class MapStore:
 
     def close(self) -> None:
         """Free the slot an idle writer of this folder keeps in this process (if any)."""
-        mapwriter.release_parked(self)
+        wr.release_parked(self)
 
     def claim(self, item_uids: tp.Sequence[str], missing_as_of: object = None) -> Claim:
         """Claim the missing items this caller should compute (use it as a context manager).
@@ -867,12 +868,12 @@ class MapStore:
         cgen = max((p.gen for p in pairs if p.slot is None), default=-1)
         retired: set[str] = set()
         # an idle writer this process keeps is not writing (its pair may be checked whole)
-        busy = storelocks.held_slots_here(self.paths)
+        busy = locks.held_slots_here(self.paths)
         for name in pairs:
             if name.stem in retired or (name.slot is None and name.gen != cgen):
                 continue
             writing = name.slot is not None and (
-                name.slot in busy or storelocks.probe_lock(self.paths.slot_lock(name.slot))
+                name.slot in busy or locks.probe_lock(self.paths.slot_lock(name.slot))
             )
             problems.extend(self._verify_pair(name, retired, bool(writing)))
         return problems
@@ -985,12 +986,12 @@ class MapStore:
         """
         self.paths.locks.mkdir(parents=True, exist_ok=True)
         before = self._disk_bytes()
-        held: list[tuple[int, storelocks.FdLock]] = []
-        with storelocks.new_lock(self.paths.compact_lock):
+        held: list[tuple[int, locks.FdLock]] = []
+        with locks.new_lock(self.paths.compact_lock):
             try:
                 slots = {p.slot for p in self.paths.list_pairs() or [] if p.slot is not None}
                 for slot in sorted(slots):
-                    lock = storelocks.try_slot(self.paths, slot)
+                    lock = locks.try_slot(self.paths, slot)
                     if lock is not None:
                         held.append((slot, lock))
                 idle = {slot for slot, _ in held}
@@ -998,7 +999,7 @@ class MapStore:
                 items, dropped = self._compact_pairs(idle)
             finally:
                 for slot, lock in held:
-                    storelocks.release_slot(self.paths, slot, lock)
+                    locks.release_slot(self.paths, slot, lock)
         self.refresh()
         return {
             "bytes_before": before,
@@ -1154,18 +1155,18 @@ class MapStore:
 
     def clear(self) -> None:
         """Remove every stored item and the store's files (writers busy now lose their items)."""
-        mapwriter.release_parked(self)
+        wr.release_parked(self)
         if not self.folder.is_dir():
             self._ix = _Index(cgen=-1)
             return
         self.paths.locks.mkdir(parents=True, exist_ok=True)
-        held: list[tuple[int, storelocks.FdLock]] = []
-        with storelocks.new_lock(self.paths.compact_lock):
+        held: list[tuple[int, locks.FdLock]] = []
+        with locks.new_lock(self.paths.compact_lock):
             try:
                 for path in sorted(self.paths.locks.glob("slot-*.lock")):
                     with contextlib.suppress(ValueError):
                         slot = int(path.stem.split("-")[1])
-                        lock = storelocks.try_slot(self.paths, slot)
+                        lock = locks.try_slot(self.paths, slot)
                         if lock is not None:
                             held.append((slot, lock))
                 for path in self.folder.iterdir():
@@ -1178,13 +1179,13 @@ class MapStore:
                         self.paths.slot_lock(slot).unlink()
             finally:
                 for slot, lock in held:
-                    storelocks.release_slot(self.paths, slot, lock)
+                    locks.release_slot(self.paths, slot, lock)
         if self.paths.claims.is_dir():
             for owner in [
                 *self.paths.claims.glob("*.owner"),
                 *self.paths.claims.glob("*.owner-new"),
             ]:
-                if not storelocks.probe_lock(owner):  # a dead owner's claims (or birth)
+                if not locks.probe_lock(owner):  # a dead owner's claims (or birth)
                     with contextlib.suppress(FileNotFoundError):
                         owner.unlink()
         for folder in (self.paths.claims, self.paths.locks):
@@ -1217,12 +1218,12 @@ class MapStore:
         live = int(((nbytes + sh.ALIGN - 1) // sh.ALIGN * sh.ALIGN).sum())
         data = sum(max(0, size - sh.SHARD_HEADER_BYTES) for size in shards.values())
         writers = 0
-        busy = storelocks.held_slots_here(self.paths)
+        busy = locks.held_slots_here(self.paths)
         if self.paths.locks.is_dir():
             for path in self.paths.locks.glob("slot-*.lock"):
                 with contextlib.suppress(ValueError):
                     slot = int(path.stem.split("-")[1])
-                    writers += slot in busy or bool(storelocks.probe_lock(path))
+                    writers += slot in busy or bool(locks.probe_lock(path))
         return {
             "items": len(ix.rows),
             "bytes": self._disk_bytes(),

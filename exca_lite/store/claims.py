@@ -25,9 +25,9 @@ import uuid
 
 import msgspec
 
-from . import shards as sh
-from . import storelocks
-from .errors import StoreError
+from ..errors import StoreError
+from . import format as sh
+from . import locks
 
 if tp.TYPE_CHECKING:
     from .mapstore import MapStore
@@ -52,7 +52,7 @@ class Claim:
         self.token = uuid.uuid4().hex
         self.mine: list[str] = []
         self._others: dict[str, str] = {}  # uid -> owner token
-        self._owner: storelocks.FdLock | None = None
+        self._owner: locks.FdLock | None = None
         self._lock_path = store.paths.owner_lock(self.token)
 
     def __repr__(self) -> str:
@@ -77,17 +77,17 @@ class Claim:
 
     @contextlib.contextmanager
     def _globally(self) -> tp.Iterator[None]:
-        with _process_claims_lock, storelocks.FdLock(self.store.paths.claims_lock):
+        with _process_claims_lock, locks.FdLock(self.store.paths.claims_lock):
             yield
 
     def acquire(self) -> None:
         paths = self.store.paths
         # live before its file exists: a thread of this process must never probe it (on NFS,
         # closing the probe's descriptor would drop this process's lock)
-        storelocks.live_tokens.add(self.token)
+        locks.live_tokens.add(self.token)
         # the owner file is born locked: created and locked under a name no reader looks at, then
         # renamed (a reader that found it unlocked would take it for a dead owner's and remove it)
-        owner = storelocks.FdLock(paths.owner_lock_new(self.token))
+        owner = locks.FdLock(paths.owner_lock_new(self.token))
         try:
             try:
                 owner.acquire(blocking=False)  # a fresh token: nobody else knows this file
@@ -100,7 +100,7 @@ class Claim:
             owner.path = self._lock_path
         except OSError as exc:
             owner.release()
-            storelocks.live_tokens.discard(self.token)
+            locks.live_tokens.discard(self.token)
             msg = f"cannot claim items in {paths.claims}: {exc}"
             raise StoreError(msg) from exc
         self._owner = owner
@@ -150,16 +150,16 @@ class Claim:
         return claimed
 
     def _is_live(self, token: str) -> bool:
-        if token in storelocks.live_tokens:
+        if token in locks.live_tokens:
             return True
-        return bool(storelocks.probe_lock(self.store.paths.owner_lock(token)))
+        return bool(locks.probe_lock(self.store.paths.owner_lock(token)))
 
     def _append(self, uids: list[str]) -> None:
         if not uids:
             return
         # one JSON line per append, written whole while the global lock is held: readers of the
         # file also hold it, so they never see half a line
-        owner = tp.cast(storelocks.FdLock, self._owner)
+        owner = tp.cast(locks.FdLock, self._owner)
         sh.write_all(owner.fd, msgspec.json.encode(uids) + b"\n")
 
     def wait_others(self, poll_max_s: float = 0.5) -> list[str]:
@@ -210,7 +210,7 @@ class Claim:
             os.unlink(self._lock_path)
         self._owner.release()
         self._owner = None
-        storelocks.live_tokens.discard(self.token)
+        locks.live_tokens.discard(self.token)
 
 
 __all__ = ["Claim"]

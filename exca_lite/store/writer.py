@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import StoreError
+from ..fsio import atomic_write
 from . import encoding as enc
-from . import shards as sh
-from . import storelocks
-from .errors import StoreError
-from .fsio import atomic_write
+from . import format as sh
+from . import locks
 
 if tp.TYPE_CHECKING:
     from .mapstore import MapStore
@@ -130,7 +130,7 @@ class MapWriter:
         self._ref_end = 0  # the highest shard byte an item written by this writer ends at
         self._fsync = store.durability == "fsync"
         self._slot = -1
-        self._lock: storelocks.FdLock | None = None
+        self._lock: locks.FdLock | None = None
         self._bin_fd = -1
         self._idx_fd = -1
         self._stem = ""
@@ -200,14 +200,14 @@ class MapWriter:
             return
         if self._idle:
             self._idle = False
-            lock = storelocks.try_slot(self.store.paths, self._slot)
+            lock = locks.try_slot(self.store.paths, self._slot)
             if lock is not None and self._still_good():
                 self._lock = lock
                 self._last_t = self._first_t = time.monotonic()
                 return
             # taken, compacted, cleared, damaged or failed meanwhile: start afresh
             if lock is not None:
-                storelocks.release_slot(self.store.paths, self._slot, lock)
+                locks.release_slot(self.store.paths, self._slot, lock)
             self._shutdown()
             self._failed = None  # reported to the user of the previous writer already
             self._span_start, self._span_sum, self._spans = -1, 0, []
@@ -218,12 +218,12 @@ class MapWriter:
             self._hot_dtype = None
             self._direct_bytes = 0
         paths = self.store.paths
-        damaged: list[tuple[int, storelocks.FdLock]] = []
+        damaged: list[tuple[int, locks.FdLock]] = []
         try:
             while self._lock is None:
                 try:
                     paths.folder.mkdir(parents=True, exist_ok=True)
-                    slot, lock = storelocks.acquire_slot(paths)
+                    slot, lock = locks.acquire_slot(paths)
                 except OSError as exc:
                     msg = f"cannot write into the cache folder {paths.folder}: {exc}"
                     raise StoreError(msg) from exc
@@ -236,12 +236,12 @@ class MapWriter:
                     continue
                 except BaseException:
                     self._close_files()
-                    storelocks.release_slot(paths, slot, lock)
+                    locks.release_slot(paths, slot, lock)
                     raise
                 self._slot, self._lock = slot, lock
         finally:
             for slot, lock in damaged:
-                storelocks.release_slot(paths, slot, lock)
+                locks.release_slot(paths, slot, lock)
         self._last_t = self._first_t = time.monotonic()
         self._start_io_thread()
 
@@ -716,7 +716,7 @@ class MapWriter:
                 except OSError:
                     self._parked_size = -1
                 self._idle = True
-                storelocks.release_slot(self.store.paths, self._slot, self._lock)
+                locks.release_slot(self.store.paths, self._slot, self._lock)
                 self._lock = None
                 _parked[key] = self
                 return
@@ -733,7 +733,7 @@ class MapWriter:
         finally:
             self._close_files()
             if self._lock is not None:
-                storelocks.release_slot(self.store.paths, self._slot, self._lock)
+                locks.release_slot(self.store.paths, self._slot, self._lock)
                 self._lock = None
 
     def _close_files(self) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import filelock
 
-from .shards import StorePaths
+from .format import StorePaths
 
 _registry_lock = threading.Lock()
 _fd_locks: weakref.WeakSet[FdLock] = weakref.WeakSet()
