@@ -27,3 +27,16 @@ os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(_paths))
 def subprocess_env() -> dict[str, str]:
     """The environment for ``subprocess`` children: tests/ and the repository importable."""
     return dict(os.environ)
+
+
+# real-filesystem fixtures (FUSE mounts without shared locks, ENOLCK, read-only, tiny tmpfs)
+from fsmounts import nolock_binary, nolock_fs, readonly_mount, small_tmpfs, two_hosts  # noqa: E402
+
+__all__ = [
+    "nolock_binary",
+    "nolock_fs",
+    "readonly_mount",
+    "small_tmpfs",
+    "subprocess_env",
+    "two_hosts",
+]
