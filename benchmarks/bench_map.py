@@ -1,21 +1,27 @@
-"""Map-side scenarios: fill, iterate, stack, open, one new item, bandwidth, parallel speed-up.
+"""Map-side scenarios: fill, iterate, stack, open, one new item, bandwidth, parallel speed-up, and
+the scale scenarios (a 1M-item cache opened, checked, its memory; an opt-in 100M-item cache).
 
 exca_lite's ``Featurizer`` (``map_configs``) and exca's ``ExcaFeaturizer`` (memmap cache_type) yield
-the same arrays (``items.make_item``); joblib.Memory caches ``make_item`` per item, and the plain
-baselines write / read one ``.npy`` file per item. Caches are filled once per run and shared by the
-read scenarios (``_filled``), each library's in its own folder.
+the same arrays (``items.make_item``); joblib.Memory caches ``make_item`` per item, the plain
+baselines write / read one ``.npy`` file per item, and Hugging Face ``datasets`` (``hf_peer``, peer
+``hf``, when the ``bench`` extra is installed) maps a saved dataset of item numbers into an Arrow
+cache file. Caches are filled once per run and shared by the read scenarios (``_filled``), each
+library's in its own folder.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
+import subprocess
 import time
 import typing as tp
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks import hf_peer
 from benchmarks.common import Scenario, Sizes, run_fresh, tempdir, timed
 from benchmarks.items import make_item, plain_loop
 
@@ -44,6 +50,28 @@ def unavailable() -> str | None:
     except Exception as e:
         return f"{type(e).__name__}: {e}"
     return None
+
+
+@functools.cache
+def hf_problem() -> str | None:
+    """Why the HF peer is absent from this run (None: it runs, quietly)."""
+    problem = hf_peer.unavailable()
+    if problem is None:
+        hf_peer.quiet()
+    return problem
+
+
+def _hf_libs(scenario: Scenario, *libs: str) -> list[str]:
+    """``libs`` when HF datasets runs; else none, and the scenario says why."""
+    problem = hf_problem()
+    if problem is None:
+        return list(libs)
+    scenario.notes.append(f"peer hf absent: {problem}")
+    return []
+
+
+def _label(count: int) -> str:
+    return f"{count // 1_000_000}M" if count >= 1_000_000 else f"{count // 1000}k"
 
 
 def _featurizer(folder: Path, dim: int, **infra: tp.Any) -> tp.Any:
@@ -86,6 +114,8 @@ def _fill(lib: str, folder: Path, n: int, dim: int) -> float:
                 np.save(f"{folder}/{item}.npy", make_item(item, dim))
 
         return timed(save_loop)
+    if lib in ("hf", "hf_unbatched"):
+        return hf_peer.fill(folder, n, dim, batched=lib == "hf")
     raise ValueError(lib)
 
 
@@ -125,10 +155,13 @@ def bench_map_fill(sizes: Sizes, tmp: Path) -> Scenario:
     scenario = Scenario(
         "map_fill",
         "µs/item",
-        target="< 3 µs/item",
+        target="< 1.4 µs/item (ahead of batched HF)",
         notes=[
             f"compute+store {n} arrays of {dim} float32, cluster=None, minus the plain loop; "
-            f"joblib and npy files on {n_jl} items"
+            f"joblib and npy files on {n_jl} items; hf = Dataset.map(batched=True, "
+            f"batch_size={hf_peer.BATCH}) of a saved dataset into its Arrow cache file (the batch "
+            "function builds the same arrays and stacks them), hf_unbatched = map() one example "
+            "at a time"
         ],
     )
     items = list(range(n))
@@ -136,6 +169,7 @@ def bench_map_fill(sizes: Sizes, tmp: Path) -> Scenario:
     plain = [timed(lambda: plain_loop(items, dim)) for _ in range(repeat)]
     plain_per_item = statistics.median(plain) / n
     libs = {"exca_lite": n, "exca": n, "joblib": n_jl, "npy_files": n_jl}
+    libs.update(dict.fromkeys(_hf_libs(scenario, "hf", "hf_unbatched"), n))
     samples: dict[str, list[float]] = {lib: [] for lib in libs}
     for r in range(repeat):
         for lib, count in libs.items():
@@ -158,11 +192,18 @@ def bench_map_hit_iter(sizes: Sizes, tmp: Path) -> Scenario:
     scenario = Scenario(
         "map_hit_iter",
         "µs/item",
-        target="< 1.5 µs/item",
-        notes=[f"fresh process: open + iterate {n} cached items; joblib and npy files on {n_jl}"],
+        target="< 1.0 µs/item",
+        notes=[
+            f"fresh process: open + iterate {n} cached items; joblib and npy files on {n_jl}; "
+            f"hf = Dataset.from_file + with_format('numpy').iter(batch_size={hf_peer.BATCH}), "
+            "each batch's rows taken one by one"
+        ],
     )
     libs = {"exca_lite": n, "exca": n, "joblib": n_jl, "npy_files": n_jl}
+    libs.update(dict.fromkeys(_hf_libs(scenario, "hf"), n))
     folders = {lib: _filled(lib, count, dim) for lib, count in libs.items()}
+    if "hf" in folders:
+        folders["hf"] = hf_peer.cache_file(folders["hf"])
     samples: dict[str, list[float]] = {lib: [] for lib in libs}
     for _ in range(sizes.fresh_repeat):
         for lib, count in libs.items():
@@ -178,11 +219,13 @@ def bench_map_hit_stack(sizes: Sizes, tmp: Path) -> Scenario:
     scenario = Scenario(
         "map_hit_stack",
         "µs/item",
-        target="< 0.5 µs/item + memcpy",
+        target="< 0.3 µs/item + memcpy",
         notes=[
             f"stack() of {n} cached items on an opened cache; np_stack = np.stack of the same "
             "arrays held in RAM, memcpy = copy of one array of the same bytes; "
-            "exca = np.stack(list(embed(items)))"
+            "exca = np.stack(list(embed(items))); hf = gather ds[rows]['feat'] on the numpy-"
+            "formatted Arrow file (rows: the items' row numbers, HF has no item key), hf_slice "
+            "= the same rows as one slice"
         ],
     )
     items = list(range(n))
@@ -194,10 +237,20 @@ def bench_map_hit_stack(sizes: Sizes, tmp: Path) -> Scenario:
     if not np.array_equal(feat.embed.stack(items), contiguous):
         raise RuntimeError("exca_lite stack() differs from the arrays it cached")
     efeat.embed(items)  # exca opens its cache
-    samples: dict[str, list[float]] = {k: [] for k in ("exca_lite", "exca", "np_stack", "memcpy")}
+    names = ["exca_lite", "exca", *_hf_libs(scenario, "hf", "hf_slice"), "np_stack", "memcpy"]
+    samples: dict[str, list[float]] = {k: [] for k in names}
+    hf_ds: tp.Any = None
+    rows = np.asarray(items)
+    if "hf" in samples:
+        hf_ds = hf_peer.open_numpy(hf_peer.cache_file(_filled("hf", n, dim)))
+        if not np.array_equal(hf_ds[rows]["feat"], contiguous):
+            raise RuntimeError("HF gather differs from the arrays it cached")
     for _ in range(sizes.repeat):
         samples["exca_lite"].append(timed(lambda: feat.embed.stack(items)) / n)
         samples["exca"].append(timed(lambda: np.stack(list(efeat.embed(items)))) / n)
+        if hf_ds is not None:
+            samples["hf"].append(timed(lambda: hf_ds[rows]["feat"]) / n)
+            samples["hf_slice"].append(timed(lambda: hf_ds[0:n]["feat"]) / n)
         samples["np_stack"].append(timed(lambda: np.stack(arrays)) / n)
         samples["memcpy"].append(timed(contiguous.copy) / n)
     for name, values in samples.items():
@@ -214,18 +267,25 @@ def bench_map_open(sizes: Sizes, tmp: Path) -> Scenario:
     scenario = Scenario(
         "map_open",
         "ms",
-        target="< 10 ms at 20k, < 1 s at 1M",
+        target="< 3 ms at 20k",
         notes=[
             "fresh process: open a cache + find which of N items are cached (all are), via "
-            "embed.compute(items) / exca embed(items) unconsumed; items of 16 float32"
+            "embed.compute(items) / exca embed(items) unconsumed; items of 16 float32; hf = "
+            "Dataset.from_file of the map's Arrow file (no per-item check: HF names a whole "
+            "file by fingerprint), at the first size"
         ],
     )
+    hf = _hf_libs(scenario, "hf")
     for count in sizes.open_items:
-        label = f"{count // 1000}k" if count < 1_000_000 else f"{count // 1_000_000}M"
+        label = _label(count)
         lite_folder = _filled("exca_lite", count, dim)
         libs = ["exca_lite", "exca"] if count <= sizes.exca_open_max else ["exca_lite"]
+        if count == sizes.open_items[0]:
+            libs += hf
         folders = {lib: _filled(lib, count, dim) for lib in libs}
         folders["exca_lite"] = lite_folder
+        if "hf" in folders:
+            folders["hf"] = hf_peer.cache_file(folders["hf"])
         samples: dict[str, list[float]] = {lib: [] for lib in libs}
         uids: list[float] = []
         for _ in range(sizes.fresh_repeat):
@@ -243,20 +303,26 @@ def bench_map_open(sizes: Sizes, tmp: Path) -> Scenario:
             scenario.samples[f"exca_lite_{label}"] = [s * MS for s in samples["exca_lite"]]
         scenario.extra[f"exca_lite_{label}_ms"] = statistics.median(samples["exca_lite"]) * MS
         scenario.extra[f"exca_lite_{label}_cached_uids_ms"] = statistics.median(uids) * MS
-        if "exca" in libs:
-            scenario.extra[f"exca_{label}_ms"] = statistics.median(samples["exca"]) * MS
+        for peer in ("exca", "hf"):
+            if peer in libs:
+                scenario.extra[f"{peer}_{label}_ms"] = statistics.median(samples[peer]) * MS
     return scenario
 
 
 def bench_map_one_new(sizes: Sizes, tmp: Path) -> Scenario:
     n, dim = sizes.one_new_cache, sizes.map_dim
+    big, big_dim = sizes.scale_items, sizes.scale_dim
     scenario = Scenario(
         "map_one_new",
         "ms",
-        target="< 1 ms",
+        target="< 1 ms (20k), < 5 ms (1M)",
         notes=[
             f"list(embed([new_item])) on a cache of {n} items this process wrote; "
-            "all_plus_one = the same with the n cached items + 1 new (compute / unconsumed call)"
+            "all_plus_one = the same with the n cached items + 1 new (compute / unconsumed call); "
+            "hf = the new item mapped into its own part file, concatenate_datasets, its row read "
+            f"back; *_{_label(big)}: the same on the shared {_label(big)}-item caches of "
+            f"{big_dim} float32 (exca_lite: opened by a first call, untimed; it keeps the new "
+            "items)"
         ],
     )
     items = list(range(n))
@@ -264,19 +330,52 @@ def bench_map_one_new(sizes: Sizes, tmp: Path) -> Scenario:
     feat.embed.compute(items)
     efeat = _exca_featurizer(tmp / "exca", dim)
     efeat.embed(items)
-    new = iter(range(n, 10 * n + 1000))
-    samples: dict[str, list[float]] = {"exca_lite": [], "exca": []}
+    hf = _hf_libs(scenario, "hf")
+    hf_cache: tp.Any = None
+    hf_big: tp.Any = None
+    if hf:
+        hf_peer.fill(tmp / "hf", n, dim)
+        hf_cache = hf_peer.open_file(hf_peer.cache_file(tmp / "hf"))
+        hf_big = hf_peer.open_file(hf_peer.cache_file(_filled("hf", big, big_dim)))
+    # the shared big cache was written by this process (its fill); a new object opens it here
+    feat_big = _featurizer(_filled("exca_lite", big, big_dim), big_dim)
+    new = iter(range(2 * big, 3 * big))
+    list(feat_big.embed([next(new)]))  # opens the big cache (untimed)
+    samples: dict[str, list[float]] = {lib: [] for lib in ["exca_lite", "exca", *hf]}
     plus: dict[str, list[float]] = {"exca_lite": [], "exca": []}
+    on_big: dict[str, list[float]] = {lib: [] for lib in ["exca_lite", *hf]}
+    parts = iter(range(10 * sizes.repeat + 10))
+
+    def hf_one(cache: tp.Any, item: int, item_dim: int) -> tuple[tp.Any, float]:
+        start = time.perf_counter()
+        cache, out = hf_peer.add_one(cache, item, item_dim, tmp / f"part-{next(parts)}.arrow")
+        seconds = time.perf_counter() - start
+        if float(out[0]) != item or out.shape != (item_dim,):
+            raise RuntimeError(f"HF read {out!r} for new item {item}")
+        return cache, seconds
+
     for _ in range(sizes.repeat):
         item = next(new)
         samples["exca_lite"].append(timed(lambda: list(feat.embed([item]))))  # noqa: B023
         samples["exca"].append(timed(lambda: list(efeat.embed([item]))))  # noqa: B023
+        if hf:
+            hf_cache, seconds = hf_one(hf_cache, item, dim)
+            samples["hf"].append(seconds)
         item = next(new)
         plus["exca_lite"].append(timed(lambda: feat.embed.compute([*items, item])))  # noqa: B023
         plus["exca"].append(timed(lambda: efeat.embed([*items, item])))  # noqa: B023
+        item = next(new)
+        on_big["exca_lite"].append(timed(lambda: list(feat_big.embed([item]))))  # noqa: B023
+        if hf:
+            hf_big, seconds = hf_one(hf_big, item, big_dim)
+            on_big["hf"].append(seconds)
     for lib in samples:
         scenario.add(lib, samples[lib], MS)
+    for lib in plus:
         scenario.extra[f"{lib}_all_plus_one_ms"] = statistics.median(plus[lib]) * MS
+    for lib in on_big:
+        scenario.samples[f"{lib}_{_label(big)}"] = [s * MS for s in on_big[lib]]
+        scenario.extra[f"{lib}_{_label(big)}_ms"] = statistics.median(on_big[lib]) * MS
     return scenario
 
 
@@ -473,15 +572,232 @@ def bench_map_parallel(sizes: Sizes, tmp: Path) -> Scenario:
     return scenario
 
 
+# # # scale: a 1M-item cache (built once per run), an opt-in 100M-item one # # #
+
+
+def _scale_folders(sizes: Sizes, libs: list[str]) -> dict[str, Path]:
+    """The shared scale caches (exca_lite: its MapInfra folder; hf: the map's Arrow file)."""
+    n, dim = sizes.scale_items, sizes.scale_dim
+    folders = {lib: _filled(lib, n, dim) for lib in libs}
+    if "hf" in folders:
+        folders["hf"] = hf_peer.cache_file(folders["hf"])
+    return folders
+
+
+_SCALE_OPEN: dict[Sizes, tuple[dict[str, list[dict[str, tp.Any]]], list[str]]] = {}
+
+
+def _scale_open(sizes: Sizes) -> tuple[dict[str, list[dict[str, tp.Any]]], list[str]]:
+    """Fresh processes opening the scale cache and reading one item: their reports, per library.
+
+    One measurement gives both map_open_one_1M (time) and map_rss_1M (memory of the same open).
+    """
+    if sizes not in _SCALE_OPEN:
+        n, dim = sizes.scale_items, sizes.scale_dim
+        notes: list[str] = []
+        problem = hf_problem()
+        libs = ["exca_lite"] if problem else ["exca_lite", "hf"]
+        if problem:
+            notes.append(f"peer hf absent: {problem}")
+        folders = _scale_folders(sizes, libs)
+        picks = np.random.default_rng(0).integers(0, n, size=sizes.fresh_repeat)
+        reports: dict[str, list[dict[str, tp.Any]]] = {lib: [] for lib in libs}
+        for item in picks:  # the same item for both libraries in a round
+            for lib in libs:
+                report = run_fresh(
+                    "map_open_one", lib=lib, folder=str(folders[lib]), n=n, dim=dim, item=int(item)
+                )
+                reports[lib].append(report)
+        _SCALE_OPEN[sizes] = reports, notes
+    return _SCALE_OPEN[sizes]
+
+
+def _scale_note(sizes: Sizes) -> str:
+    n, dim = sizes.scale_items, sizes.scale_dim
+    quick = f" (--quick: {_label(n)} items, not 1M)" if n != 1_000_000 else ""
+    return f"a cache of {n} items of {dim} float32{quick}, filled once per run"
+
+
+def bench_map_open_one_1m(sizes: Sizes, tmp: Path) -> Scenario:
+    reports, notes = _scale_open(sizes)
+    scenario = Scenario(
+        "map_open_one_1M",
+        "ms",
+        target="< 10 ms",
+        notes=[
+            f"fresh process: open {_scale_note(sizes)} and read one item (a random one per round, "
+            "the same for each library): next(embed([item])) / hf Dataset.from_file + "
+            "with_format('numpy')[row]; exca not run (minutes at 1M)",
+            *notes,
+        ],
+    )
+    for lib, runs in reports.items():
+        scenario.add(lib, [r["seconds"] for r in runs], MS)
+    return scenario
+
+
+def bench_map_rss_1m(sizes: Sizes, tmp: Path) -> Scenario:
+    reports, notes = _scale_open(sizes)
+    scenario = Scenario(
+        "map_rss_1M",
+        "MiB",
+        target="< 20 MiB",
+        notes=[
+            "private memory (Private_Clean + Private_Dirty of /proc/self/smaps_rollup, not RSS) "
+            f"added by the open and read of map_open_one_1M: {_scale_note(sizes)}",
+            *notes,
+        ],
+    )
+    if any("private_mib" not in r for runs in reports.values() for r in runs):
+        scenario.status = "skipped"
+        scenario.notes.append("/proc/self/smaps_rollup unreadable on this system")
+        return scenario
+    for lib, runs in reports.items():
+        scenario.add(lib, [r["private_mib"] for r in runs])
+        for key in ("anonymous_mib", "rss_mib"):
+            scenario.extra[f"{lib}_{key}"] = statistics.median(r[key] for r in runs)
+    return scenario
+
+
+def bench_map_check_1m(sizes: Sizes, tmp: Path) -> Scenario:
+    n, dim = sizes.scale_items, sizes.scale_dim
+    scenario = Scenario(
+        "map_check_1M",
+        "ms",
+        target="< 300 ms",
+        notes=[
+            f"fresh process: which of {n} items are cached (all are), {_scale_note(sizes)}: "
+            "embed.compute(items) (names the items, opens, checks: 0 computed); "
+            "exca_lite_store_missing: MapStore(folder).missing(uids), uids named untimed; "
+            "hf = a re-run of Dataset.map on the saved source, found by fingerprint (one file, "
+            "not per item)"
+        ],
+    )
+    libs = ["exca_lite", *_hf_libs(scenario, "hf")]
+    folders = {lib: _filled(lib, n, dim) for lib in libs}
+    samples: dict[str, list[float]] = {lib: [] for lib in libs}
+    store: list[float] | None = []
+    for _ in range(sizes.fresh_repeat):
+        for lib in libs:
+            report = run_fresh("map_check", lib=lib, folder=str(folders[lib]), n=n, dim=dim)
+            samples[lib].append(report["seconds"])
+        if store is None:
+            continue
+        try:  # the store's own API: a detail figure, which must not sink the scenario
+            report = run_fresh(
+                "map_check",
+                lib="exca_lite",
+                folder=str(folders["exca_lite"]),
+                n=n,
+                dim=dim,
+                how="store",
+            )
+            store.append(report["seconds"])
+        except RuntimeError as e:
+            scenario.notes.append(f"exca_lite_store_missing failed: {str(e).splitlines()[-1]}")
+            store = None
+    for lib in libs:
+        scenario.add(lib, samples[lib], MS)
+    if store:
+        scenario.samples["exca_lite_store_missing"] = [s * MS for s in store]
+        scenario.extra["exca_lite_store_missing_ms"] = statistics.median(store) * MS
+    return scenario
+
+
+def _disk_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (or of the file ``path``)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def bench_map_scale_100m(sizes: Sizes, tmp: Path) -> Scenario:
+    """Opt-in (``--scale``): fill a 100M-item cache of 4 float32 per library, open it, read one."""
+    n, dim = sizes.huge_items, sizes.huge_dim
+    limit_gib = sizes.huge_data_limit / (1 << 30)
+    scenario = Scenario(
+        "map_scale_100M",
+        "ms",
+        target="works: open + one item in ms, little private memory",
+        notes=[
+            f"{n} items of {dim} float32, each library filled once in its own process "
+            "(exca_lite: MapInfra writes the first item and the cache's configs, the store's "
+            "writer the rest; hf: map(batched=True) of a saved source); then fresh processes "
+            "open the cache and read one random item (figure: ms; extras: private MiB added, "
+            "disk bytes per item beyond the payload); each process is stopped past "
+            f"{sizes.huge_timeout_s:.0f} s or {limit_gib:.0f} GiB of private data (RLIMIT_DATA)"
+        ],
+    )
+    libs = ["exca_lite", *_hf_libs(scenario, "hf")]
+    paths: dict[str, Path] = {}
+    payload = dim * 4
+
+    def fresh(task: str, lib: str, **kwargs: tp.Any) -> dict[str, tp.Any] | None:
+        try:
+            return run_fresh(
+                task,
+                timeout=sizes.huge_timeout_s,
+                data_limit=sizes.huge_data_limit,
+                lib=lib,
+                n=n,
+                dim=dim,
+                **kwargs,
+            )
+        except subprocess.TimeoutExpired:
+            scenario.notes.append(f"{lib} {task}: stopped after {sizes.huge_timeout_s:.0f} s")
+        except RuntimeError as e:
+            last = str(e).strip().splitlines()[-1][:300]
+            scenario.notes.append(f"{lib} {task} failed: {last}")
+        return None
+
+    for lib in list(libs):
+        folder = tmp / lib
+        report = fresh("scale_fill", lib, folder=str(folder))
+        if report is None:
+            libs.remove(lib)
+            continue
+        paths[lib] = hf_peer.cache_file(folder) if lib == "hf" else folder
+        scenario.extra[f"{lib}_fill_s"] = report["seconds"]
+        scenario.extra[f"{lib}_fill_us_per_item"] = report["seconds"] / n * US
+        scenario.extra[f"{lib}_disk_bytes_per_item_over_payload"] = (
+            _disk_bytes(paths[lib]) / n - payload
+        )
+    picks = np.random.default_rng(1).integers(0, n, size=min(sizes.fresh_repeat, 3))
+    samples: dict[str, list[dict[str, tp.Any]]] = {lib: [] for lib in libs}
+    for item in picks:
+        for lib in list(libs):
+            report = fresh("map_open_one", lib, folder=str(paths[lib]), item=int(item))
+            if report is None:  # a failed open is not retried (it would fail again)
+                libs.remove(lib)
+                continue
+            samples[lib].append(report)
+    for lib in libs:
+        scenario.add(lib, [r["seconds"] for r in samples[lib]], MS)
+        if all("private_mib" in r for r in samples[lib]):
+            scenario.extra[f"{lib}_private_mib"] = statistics.median(
+                r["private_mib"] for r in samples[lib]
+            )
+    if not libs:
+        scenario.status = "failed"
+    return scenario
+
+
 SCENARIOS: dict[str, tp.Callable[[Sizes, Path], Scenario]] = {
     "map_fill": bench_map_fill,
     "map_hit_iter": bench_map_hit_iter,
     "map_hit_stack": bench_map_hit_stack,
     "map_open": bench_map_open,
     "map_one_new": bench_map_one_new,
+    "map_open_one_1M": bench_map_open_one_1m,
+    "map_rss_1M": bench_map_rss_1m,
+    "map_check_1M": bench_map_check_1m,
+    "map_scale_100M": bench_map_scale_100m,
     "map_bandwidth_write": bench_map_bandwidth_write,
     "map_bandwidth_read": bench_map_bandwidth_read,
     "map_parallel": bench_map_parallel,
 }
 
-__all__ = ["SCENARIOS", "cleanup", "unavailable"]
+# run only when asked for: ``run.py --scale`` (or ``--only map_scale_100M``)
+OPT_IN = ("map_scale_100M",)
+
+__all__ = ["OPT_IN", "SCENARIOS", "cleanup", "hf_problem", "unavailable"]

@@ -45,6 +45,12 @@ class Sizes:
     parallel_items: int
     parallel_work: int  # loop iterations of the CPU-bound item function
     submitit_repeat: int
+    scale_items: int  # the "1M" cache of the scale scenarios (map_open_one_1M, map_check_1M, ...)
+    scale_dim: int
+    huge_items: int  # the "100M" cache of the opt-in map_scale_100M (--scale)
+    huge_dim: int
+    huge_timeout_s: float  # one fill or fresh open of the huge cache is stopped after this
+    huge_data_limit: int  # RLIMIT_DATA of a fresh process opening the huge cache (bytes)
 
     @classmethod
     def make(cls, quick: bool) -> Sizes:
@@ -65,6 +71,12 @@ class Sizes:
                 parallel_items=40,
                 parallel_work=100_000,
                 submitit_repeat=1,
+                scale_items=20_000,
+                scale_dim=16,
+                huge_items=200_000,
+                huge_dim=4,
+                huge_timeout_s=120.0,
+                huge_data_limit=6 << 30,
             )
         return cls(
             quick=False,
@@ -82,6 +94,12 @@ class Sizes:
             parallel_items=200,
             parallel_work=200_000,
             submitit_repeat=5,
+            scale_items=1_000_000,
+            scale_dim=16,
+            huge_items=100_000_000,
+            huge_dim=4,
+            huge_timeout_s=900.0,
+            huge_data_limit=6 << 30,
         )
 
 
@@ -214,11 +232,32 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def run_fresh(task: str, **kwargs: tp.Any) -> dict[str, tp.Any]:
-    """Run ``benchmarks.fresh`` ``task`` in a new interpreter; its JSON report."""
+def run_fresh(
+    task: str, *, timeout: float | None = None, data_limit: int | None = None, **kwargs: tp.Any
+) -> dict[str, tp.Any]:
+    """Run ``benchmarks.fresh`` ``task`` in a new interpreter; its JSON report.
+
+    ``timeout`` (seconds) kills the child past it (``subprocess.TimeoutExpired``); ``data_limit``
+    caps its private data (``RLIMIT_DATA``: heap and private writable maps, not file maps read
+    shared), so a scenario that would take the shared machine's memory fails alone instead.
+    """
     cmd = [sys.executable, "-m", "benchmarks.fresh", task, json.dumps(kwargs)]
+    preexec = None
+    if data_limit is not None:
+        import resource
+
+        def preexec() -> None:
+            resource.setrlimit(resource.RLIMIT_DATA, (data_limit, data_limit))
+
     proc = subprocess.run(
-        cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, check=False
+        cmd,
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        preexec_fn=preexec,
     )
     if proc.returncode != 0:
         raise RuntimeError(
@@ -250,11 +289,24 @@ def tempdir(prefix: str) -> tp.Iterator[Path]:
 # # # results file # # #
 
 
+# versions recorded in the results file (a missing one is "missing": e.g. datasets without ``bench``)
+PEER_PACKAGES = (
+    "exca",
+    "joblib",
+    "datasets",
+    "pyarrow",
+    "submitit",
+    "numpy",
+    "msgspec",
+    "pydantic",
+)
+
+
 def versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for name in ("exca", "joblib", "submitit", "numpy", "msgspec", "pydantic"):
+    for name in PEER_PACKAGES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -40,6 +40,11 @@ def _peer_cell(entry: dict[str, tp.Any], name: str) -> str:
     return _fmt(value, entry["unit"]) + suffix
 
 
+def _is_hf(peer: str) -> bool:
+    """Hugging Face datasets figures: ``hf`` and its variants (``hf_unbatched``, ...)."""
+    return peer == "hf" or peer.startswith("hf_")
+
+
 def _details(entry: dict[str, tp.Any]) -> str:
     """The scenario's extra figures (sub-measurements, differences), one per line."""
     parts = [
@@ -55,23 +60,29 @@ def table(data: dict[str, tp.Any]) -> str:
     versions = meta.get("versions", {})
     machine = meta.get("machine", {})
     lines = [
-        "| scenario | exca_lite | exca (ratio) | joblib (ratio) | other baselines (ratio) | target "
-        "| details |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | exca_lite | exca (ratio) | HF datasets (ratio) | joblib (ratio) "
+        "| other baselines (ratio) | target | details |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in data.get("scenarios", {}).items():
         if entry.get("status") != "ok":
+            notes = "; ".join(entry.get("notes", [])[1:])  # the first note says how it is measured
             lines.append(
-                f"| `{name}` | {entry.get('status')} | | | | {entry.get('target', '')} | |"
+                f"| `{name}` | {entry.get('status')} | | | | | {entry.get('target', '')} "
+                f"| {notes} |"
             )
             continue
+        hf = [f"{peer}: {_peer_cell(entry, peer)}" for peer in entry["peers"] if _is_hf(peer)]
+        if len(hf) == 1 and "hf" in entry["peers"]:
+            hf = [_peer_cell(entry, "hf")]
         others = [
             f"{peer}: {_peer_cell(entry, peer)}"
             for peer in entry["peers"]
-            if peer not in ("exca", "joblib")
+            if peer not in ("exca", "joblib") and not _is_hf(peer)
         ]
+        lite = _fmt(entry["exca_lite"], entry["unit"])
         lines.append(
-            f"| `{name}` | {_fmt(entry['exca_lite'], entry['unit'])} | {_peer_cell(entry, 'exca')} "
+            f"| `{name}` | {lite} | {_peer_cell(entry, 'exca')} | {'<br>'.join(hf) or '—'} "
             f"| {_peer_cell(entry, 'joblib')} | {'<br>'.join(others) or '—'} "
             f"| {entry.get('target', '')} | {_details(entry)} |"
         )
@@ -79,7 +90,8 @@ def table(data: dict[str, tp.Any]) -> str:
     lines.append(
         f"Measured {meta.get('date', '?')} on {machine.get('cpu_count', '?')} cores "
         f"({machine.get('platform', '?')}), {'quick' if meta.get('quick') else 'full'} sizes; "
-        f"exca {versions.get('exca', '?')}, joblib {versions.get('joblib', '?')}, "
+        f"exca {versions.get('exca', '?')}, HF datasets {versions.get('datasets', '?')}, "
+        f"joblib {versions.get('joblib', '?')}, "
         f"numpy {versions.get('numpy', '?')}, Python {versions.get('python', '?')}. "
         "Ratios are peer / exca_lite (above 1: exca_lite is faster; for MiB/s, below 1 is better). "
         "Medians over repeated runs; regenerate with `python benchmarks/run.py && "
