@@ -154,7 +154,13 @@ def _memory_kib() -> dict[str, int]:
 
 
 def _memory_added(before: dict[str, int]) -> dict[str, float]:
-    """MiB added since ``before``: private (clean + dirty), of it anonymous, and RSS."""
+    """MiB added since ``before``: private dirty, private clean + dirty, anonymous, RSS.
+
+    Private_Dirty is what the process alone holds and the kernel cannot drop (heap, written pages):
+    the cost of each process, a DataLoader worker's included. Private_Clean adds the file pages
+    that only this process maps so far: page cache, shared as soon as another process maps the
+    same file, dropped under memory pressure (a memory-mapped file read through shows up there).
+    """
     after = _memory_kib()
     if not before or not after:
         return {}
@@ -163,8 +169,8 @@ def _memory_added(before: dict[str, int]) -> dict[str, float]:
         return sum(after.get(k, 0) - before.get(k, 0) for k in keys) / 1024
 
     return {
-        "private_mib": delta("Private_Clean", "Private_Dirty"),
         "private_dirty_mib": delta("Private_Dirty"),
+        "private_mib": delta("Private_Clean", "Private_Dirty"),
         "anonymous_mib": delta("Anonymous"),
         "rss_mib": delta("Rss"),
     }
