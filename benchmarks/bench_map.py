@@ -730,7 +730,7 @@ def bench_map_scale_100m(sizes: Sizes, tmp: Path) -> Scenario:
             "open the cache and read one random item (figure: ms; extras: private MiB added as in "
             "map_rss_1M, "
             "disk bytes per item beyond the payload); each process is stopped past "
-            f"{sizes.huge_timeout_s:.0f} s or {limit_gib:.0f} GiB of private data (RLIMIT_DATA)"
+            f"{sizes.huge_timeout_s:.0f} s or {limit_gib:g} GiB of private data (RLIMIT_DATA)"
         ],
     )
     libs = ["exca_lite", *_hf_libs(scenario, "hf")]
@@ -738,6 +738,8 @@ def bench_map_scale_100m(sizes: Sizes, tmp: Path) -> Scenario:
     payload = dim * 4
 
     def fresh(task: str, lib: str, **kwargs: tp.Any) -> dict[str, tp.Any] | None:
+        """The child's report, or None after noting why it failed (also in the table's details)."""
+        start = time.perf_counter()
         try:
             return run_fresh(
                 task,
@@ -749,10 +751,12 @@ def bench_map_scale_100m(sizes: Sizes, tmp: Path) -> Scenario:
                 **kwargs,
             )
         except subprocess.TimeoutExpired:
-            scenario.notes.append(f"{lib} {task}: stopped after {sizes.huge_timeout_s:.0f} s")
+            why = f"stopped after {sizes.huge_timeout_s:.0f} s"
         except RuntimeError as e:
-            last = str(e).strip().splitlines()[-1][:300]
-            scenario.notes.append(f"{lib} {task} failed: {last}")
+            last = str(e).strip().splitlines()[-1][:200]
+            why = f"failed after {time.perf_counter() - start:.0f} s: {last}"
+        scenario.notes.append(f"{lib} {task}: {why}")
+        scenario.extra[f"{lib}_{task}"] = why
         return None
 
     for lib in list(libs):
