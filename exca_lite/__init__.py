@@ -5,6 +5,7 @@ Re-exports only; see the README for the tour and SPEC for the contract.
 
 from .config import from_dict, load_config, to_dict
 from .errors import (
+    CacheFormatWarning,
     CacheMissError,
     ConfigError,
     CorruptCacheWarning,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CacheMissError",
     "ConfigError",
+    "CacheFormatWarning",
     "CorruptCacheWarning",
     "ExcaLiteError",
     "JobError",

@@ -20,12 +20,14 @@ from pathlib import Path
 
 from . import catalog
 from .catalog import NotACacheError, human_bytes, iso_time
-from .errors import ExcaLiteError
+from .errors import ExcaLiteError, StoreError
 
 EXIT_OK = 0
 EXIT_DAMAGE = 1
 EXIT_USAGE = 2
 EXIT_PERMISSION = 3
+EXIT_FILESYSTEM = 4
+"""The filesystem failed the command (no locks, no space, a folder removed): not damage."""
 
 EPILOG = """\
 exit codes:
@@ -33,6 +35,7 @@ exit codes:
   1  damage found (verify; compact refuses a damaged cache); clear not confirmed
   2  bad usage, or a path that is missing, not a folder, or not a cache folder
   3  permission denied (reading a folder, or writing for compact/clear)
+  4  the filesystem failed the command (no space, no locks, a folder removed): not damage
 
 A cache folder is FOLDER/{module.Class.method,version}/{readable-hash}, the folder given to
 TaskInfra/MapInfra(folder=FOLDER) being the root that `ls` takes.
@@ -355,6 +358,13 @@ def main(argv: tp.Sequence[str] | None = None) -> int:
     except PermissionError as e:
         print(f"{prefix} {_permission_message(e)}", file=sys.stderr)
         return EXIT_PERMISSION
+    except StoreError as e:
+        cause = e.__cause__
+        if isinstance(cause, PermissionError):
+            print(f"{prefix} permission denied: {e}", file=sys.stderr)
+            return EXIT_PERMISSION
+        print(f"{prefix} {e}", file=sys.stderr)
+        return EXIT_FILESYSTEM if isinstance(cause, OSError) else EXIT_DAMAGE
     except (FileNotFoundError, NotADirectoryError, NotACacheError) as e:
         print(f"{prefix} {e}", file=sys.stderr)
         return EXIT_USAGE

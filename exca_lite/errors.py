@@ -43,9 +43,14 @@ class CorruptCacheWarning(UserWarning):
     """Damaged cache data was found and skipped; the rest of the cache is still served."""
 
 
+class CacheFormatWarning(UserWarning):
+    """Cache files of another format version were found and skipped (never modified)."""
+
+
 __all__ = [
     "CacheMissError",
     "ConfigError",
+    "CacheFormatWarning",
     "CorruptCacheWarning",
     "ExcaLiteError",
     "JobError",

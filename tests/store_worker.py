@@ -51,7 +51,7 @@ def write(
     """
     store = MapStore(folder, load_index=not lazy)
     with store.writer() as w:
-        out(f"slot {w.slot}")
+        out(f"pair {w.stem}")
         for i in range(start, stop):
             w.write(f"item-{i}", value_of(f"item-{i}"))
             if (i - start + 1) % flush_every == 0:

@@ -439,6 +439,7 @@ def test_compact_refuses_a_damaged_cache(filled: Path, env: dict[str, str]) -> N
     shard = max(shard_files(cache), key=lambda p: p.stat().st_size)
     os.truncate(shard, shard.stat().st_size - 64)
     files = {p.name: p.stat().st_size for p in cache.iterdir() if p.is_file()}
+    env = {**env, "EXCA_LITE_LAG_WARN_S": "0"}  # damage, not a late-visibility lag
     proc = cli(env, "compact", cache)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "not compacted" in proc.stderr and "damaged:" in proc.stdout

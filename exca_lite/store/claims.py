@@ -16,22 +16,26 @@ backoff and taking over the items of owners that die meanwhile.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
 import types
 import typing as tp
 import uuid
+from pathlib import Path
 
 import msgspec
 
 from ..errors import StoreError
 from . import format as sh
 from . import locks
+from .fs import NO_LOCK_ERRNOS, store_error
 
 if tp.TYPE_CHECKING:
     from .mapstore import MapStore
 
+logger = logging.getLogger("exca_lite")
 _process_claims_lock = threading.Lock()
 """Threads of this process queue here before the file lock: correct even where flock is per
 process (NFS), and cheaper than contending on the file."""
@@ -81,6 +85,19 @@ class Claim:
             yield
 
     def acquire(self) -> None:
+        try:
+            self._acquire()
+        except StoreError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, OSError) and cause.errno in NO_LOCK_ERRNOS):
+                raise
+            # a filesystem without locks: nobody can hold items for others, so this caller
+            # computes everything missing. Two processes may then compute an item twice, never
+            # harmfully: each writes its own files, and every reader serves the same copy
+            _warn_no_locks(self.store.paths.claims, cause)
+            self.mine, self._others = self.store.missing(self.item_uids), {}
+
+    def _acquire(self) -> None:
         paths = self.store.paths
         # live before its file exists: a thread of this process must never probe it (on NFS,
         # closing the probe's descriptor would drop this process's lock)
@@ -101,8 +118,7 @@ class Claim:
         except OSError as exc:
             owner.release()
             locks.live_tokens.discard(self.token)
-            msg = f"cannot claim items in {paths.claims}: {exc}"
-            raise StoreError(msg) from exc
+            raise store_error("claiming items in", paths.claims, exc) from exc
         self._owner = owner
         try:
             with self._globally():
@@ -119,8 +135,11 @@ class Claim:
                 else:
                     self.mine, self._others = wanted, {}
                 self._append(self.mine)
-        except BaseException:
+        except OSError as exc:
             self.release()  # a claim that failed to form holds nothing
+            raise store_error("claiming items in", paths.claims, exc) from exc
+        except BaseException:
+            self.release()
             raise
 
     def _read_claims(self) -> dict[str, str]:
@@ -211,6 +230,21 @@ class Claim:
         self._owner.release()
         self._owner = None
         locks.live_tokens.discard(self.token)
+
+
+_warned_no_locks: set[str] = set()
+
+
+def _warn_no_locks(where: Path, exc: OSError) -> None:
+    """Say once per folder that claims are off there (logged: not an error, and not damage)."""
+    if str(where) not in _warned_no_locks:
+        _warned_no_locks.add(str(where))
+        logger.info(
+            "%s: no file locks on this filesystem (%s): items are computed without claims, so "
+            "processes working on the same items at once may compute some twice",
+            where,
+            exc.strerror,
+        )
 
 
 __all__ = ["Claim"]

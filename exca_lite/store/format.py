@@ -7,7 +7,7 @@ the store puts in its folder, so that ``mapstore`` can think in items only.
 Why framed records rather than one line per item: an index record carries a whole flush (often a
 thousand items), so opening a store of a million items decodes about a thousand records; and
 each record checks itself (magic, length, crc32 of the payload), so a reader can tell a torn tail
-(a writer died mid-append: wait, the next holder of the slot truncates it) from damage in the
+(a writer is appending, or died mid-append: stop before it) from damage in the
 middle (skip it, warn once, resynchronise on the next magic).
 
 File formats (little endian)::
@@ -19,7 +19,12 @@ File formats (little endian)::
     header = b"XLSHD\\0" version(u16) file_id(16) zeros(40)
 
 The shard and the index of one pair share a random ``file_id``: a reader that maps a shard checks it,
-so a pair deleted and re-created under the same name (``clear()``) is never mixed with the old one.
+so a pair deleted and re-created under the same name is never mixed with the old one.
+
+No file is ever written by two processes: a writer's pair is named ``w-{token}`` with a fresh random
+token and created with ``os.link`` (which never replaces an existing file), a compaction's pair
+``c-{generation}-{token}`` likewise. Safety therefore never rests on file locks, which cluster
+filesystems often do not carry across hosts.
 """
 
 from __future__ import annotations
@@ -34,15 +39,15 @@ import zlib
 from pathlib import Path
 
 import msgspec
-import numpy as np
 
 ALIGN = 64
 PAGE = 4096
 """Large items (written straight from their memory) start at multiples of this."""
 """Item offsets in a shard are multiples of this: arrays are aligned for any dtype and SIMD."""
 
-FORMAT_VERSION = 2
-"""Bytes 6-7 of both headers. 2: span checksums are word sums (1: crc32)."""
+FORMAT_VERSION = 3
+"""Bytes 6-7 of both headers. 3: one pair per writer, never shared (2: writer slots shared through
+locks; 1: crc32 span checksums)."""
 INDEX_MAGIC = b"XLIDX\x00" + FORMAT_VERSION.to_bytes(2, "little")
 SHARD_MAGIC = b"XLSHD\x00" + FORMAT_VERSION.to_bytes(2, "little")
 RECORD_MAGIC = b"XLR1"
@@ -59,7 +64,11 @@ Durability = tp.Literal["flush", "fsync"]
 RECORD_ENTRIES = 0
 """Payload ``[0, uids, offsets, nbytes, crc32s, meta indexes, metas, spans]``: published items."""
 RECORD_RETIRE = 1
-"""Payload ``[1, pair names]``: first record of a compacted index, the pairs it replaces."""
+"""Payload ``[1, [[pair name, index bytes folded], ...]]``: first record of a compacted index, the
+pairs it holds the entries of, each up to where it read that pair's index (a reader reads a
+retired writer pair only past that point, should it still exist and have grown)."""
+RECORD_SEAL = 2
+"""Payload ``[2]``: the writer closed its pair; nothing is ever appended after it."""
 ZEROS = bytes(ALIGN)
 """Padding up to the next aligned offset."""
 
@@ -76,7 +85,9 @@ def decode_payload(payload: memoryview | bytes) -> tp.Any:
     return _payload_decoder.decode(payload)
 
 
-_DATA_NAME = re.compile(r"^(?:w(\d{3,})|c)-g(\d{6,})$")
+_DATA_NAME = re.compile(r"^(?:w-([0-9a-f]{16,})|c-(\d{6,})-([0-9a-f]{16,}))$")
+_LEGACY_NAME = re.compile(r"^(?:w\d{3,}|c)-g\d{6,}$")
+"""Pair names of format 2 (writer slots): listed so that readers say why they skip them."""
 
 
 def align_up(size: int) -> int:
@@ -86,28 +97,45 @@ def align_up(size: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class DataName:
-    """A shard/index pair name: ``w{slot}-g{gen}`` (a writer slot's) or ``c-g{gen}`` (compacted)."""
+    """A shard/index pair name: ``w-{token}`` (one writer's), ``c-{gen}-{token}`` (a compaction's),
+    or a name of an older format (``legacy``: read only to say it is skipped)."""
 
     stem: str
-    slot: int | None
+    kind: tp.Literal["w", "c", "legacy"]
     gen: int
+
+    @property
+    def is_writer(self) -> bool:
+        return self.kind == "w"
+
+    @property
+    def is_compacted(self) -> bool:
+        return self.kind == "c"
 
     @classmethod
     def parse(cls, stem: str) -> DataName | None:
         """The pair name of a file stem, or None if the stem is not one of the store's pairs."""
         match = _DATA_NAME.match(stem)
-        if match is None:
-            return None
-        slot = None if match.group(1) is None else int(match.group(1))
-        return cls(stem=stem, slot=slot, gen=int(match.group(2)))
+        if match is not None:
+            if match.group(1) is not None:
+                return cls(stem=stem, kind="w", gen=0)
+            return cls(stem=stem, kind="c", gen=int(match.group(2)))
+        if _LEGACY_NAME.match(stem):
+            return cls(stem=stem, kind="legacy", gen=0)
+        return None
 
     @classmethod
-    def writer(cls, slot: int, gen: int) -> DataName:
-        return cls(stem=f"w{slot:03d}-g{gen:06d}", slot=slot, gen=gen)
+    def writer(cls) -> DataName:
+        return cls(stem=f"w-{new_token()}", kind="w", gen=0)
 
     @classmethod
     def compacted(cls, gen: int) -> DataName:
-        return cls(stem=f"c-g{gen:06d}", slot=None, gen=gen)
+        return cls(stem=f"c-{gen:06d}-{new_token()}", kind="c", gen=gen)
+
+
+def new_token() -> str:
+    """A name part no other process will ever pick (128 random bits)."""
+    return uuid.uuid4().hex
 
 
 class StorePaths:
@@ -124,7 +152,6 @@ class StorePaths:
         # once per name
         self._index: dict[str, Path] = {}
         self._shard: dict[str, Path] = {}
-        self._slot_lock: dict[int, Path] = {}
 
     def index(self, stem: str) -> Path:
         return self._named(self._index, stem, ".idx")
@@ -139,12 +166,6 @@ class StorePaths:
             if len(cache) > 1000:  # names of retired generations, in a long-lived process
                 cache.clear()
             path = cache[stem] = self.folder / f"{stem}{suffix}"
-        return path
-
-    def slot_lock(self, slot: int) -> Path:
-        path = self._slot_lock.get(slot)
-        if path is None:
-            path = self._slot_lock[slot] = self.locks / f"slot-{slot:03d}.lock"
         return path
 
     def owner_lock(self, token: str) -> Path:
@@ -171,7 +192,7 @@ def pairs_from_listing(names: list[str]) -> list[DataName]:
             pair = DataName.parse(name[:-4])
             if pair is not None:
                 pairs.append(pair)
-    pairs.sort(key=lambda p: (p.slot is not None, p.stem))
+    pairs.sort(key=lambda p: (p.kind != "c", p.stem))
     return pairs
 
 
@@ -194,15 +215,32 @@ def parse_header(data: bytes | memoryview, magic: bytes) -> bytes | None:
     return bytes(data[len(magic) : len(magic) + 16])
 
 
+def header_version(data: bytes | memoryview, magic: bytes) -> int | None:
+    """The format version of a header of this kind (any version), None if it is not one."""
+    if len(data) >= len(magic) and data[:6] == magic[:6]:
+        return int.from_bytes(data[6:8], "little")
+    return None
+
+
 def header_problem(data: bytes | memoryview, magic: bytes) -> str:
     """Why ``data`` does not start with a header of this format: another version, or damage."""
-    if len(data) >= len(magic) and data[:6] == magic[:6] and data[6:8] != magic[6:8]:
-        found = int.from_bytes(data[6:8], "little")
+    found = header_version(data, magic)
+    if found is not None and found > FORMAT_VERSION:
         return (
-            f"written in cache format {found}, this exca_lite reads format {FORMAT_VERSION}: "
-            "clear the cache (exca-lite clear FOLDER) and recompute"
+            f"written in cache format {found} by a newer exca_lite (this one reads format "
+            f"{FORMAT_VERSION}): skipped, never modified or removed"
+        )
+    if found is not None and found != FORMAT_VERSION:
+        return (
+            f"written in cache format {found} by an older exca_lite (this one reads format "
+            f"{FORMAT_VERSION}): its items are recomputed; `exca-lite clear` removes these files"
         )
     return "bad header"
+
+
+def is_newer_format(data: bytes | memoryview, magic: bytes) -> bool:
+    found = header_version(data, magic)
+    return found is not None and found > FORMAT_VERSION
 
 
 def read_header(path: Path, size: int) -> bytes | None:
@@ -259,7 +297,7 @@ class Scan:
 
     ``records`` are (file offset, payload) of valid records; ``end`` is the file offset just past
     the last byte that is settled (valid records and skipped damage), where the next read starts
-    and where a new slot holder truncates; ``damage`` lists (file offset, reason) of skipped bytes.
+    ``damage`` lists (file offset, reason) of skipped bytes.
     """
 
     records: list[tuple[int, memoryview]]
@@ -303,7 +341,7 @@ def scan_records(data: bytes | memoryview, base: int) -> Scan:
     Bad bytes followed by a valid record are damage: skipped up to that record (a tail still being
     written never has a valid record after it, so this cannot skip a record in progress). Bad bytes
     with nothing valid after them stop the scan: they are a tail being written, or torn by a crash,
-    and must not be skipped (the next read retries them; the next slot holder truncates them).
+    and must not be skipped (the next read retries them).
     """
     view = memoryview(data).cast("B")
     records: list[tuple[int, memoryview]] = []
@@ -322,11 +360,6 @@ def scan_records(data: bytes | memoryview, base: int) -> Scan:
         damage.append((base + at, why))
         at = resync
     return Scan(records=records, end=base + at, damage=damage)
-
-
-def valid_end(path: Path, file_id: bytes) -> int:
-    """Where the valid records of index ``path`` end: what a new slot holder keeps of it."""
-    return index_extent(path, file_id)[0]
 
 
 FAR_END = 1 << 62
@@ -361,33 +394,6 @@ def referenced_end(offsets: tp.Any, nbytes: tp.Any, spans: tp.Any) -> int:
             return FAR_END
         end = max(end, min(stop, FAR_END))
     return end
-
-
-def index_extent(path: Path, file_id: bytes) -> tuple[int, int]:
-    """(where the valid records of index ``path`` end, the highest shard byte they point to).
-
-    What a new slot holder needs: it keeps the index up to the first, and it never appends below
-    the second (an entry must never come to point at bytes written after it).
-    """
-    with open(path, "rb") as f:
-        data = f.read()
-    if parse_header(data, INDEX_MAGIC) != file_id:
-        return len(data), FAR_END  # not ours to cut: the caller checked the header, this is a race
-    scan = scan_records(data[INDEX_HEADER_BYTES:], INDEX_HEADER_BYTES)
-    end = 0
-    for _, payload in scan.records:
-        try:
-            obj = decode_payload(payload)
-            if type(obj) is not list or not obj or obj[0] != RECORD_ENTRIES:
-                continue
-            offsets = np.frombuffer(obj[2], dtype="<i8")
-            nbytes = np.frombuffer(obj[3], dtype="<i8")
-            if len(offsets) != len(nbytes):
-                raise ValueError("columns of different lengths")
-            end = max(end, referenced_end(offsets, nbytes, obj[7] if len(obj) > 7 else None))
-        except (msgspec.DecodeError, ValueError, TypeError, IndexError):
-            end = FAR_END  # a record this reader cannot read may point anywhere
-    return scan.end, end
 
 
 def _next_valid(view: memoryview, start: int) -> int:
@@ -431,8 +437,10 @@ __all__ = [
     "read_header",
     "scan_records",
     "shard_header",
-    "valid_end",
-    "index_extent",
+    "RECORD_SEAL",
+    "header_version",
+    "is_newer_format",
+    "new_token",
     "referenced_end",
     "FAR_END",
     "write_all",

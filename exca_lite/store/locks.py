@@ -1,4 +1,8 @@
-"""File locks of the map store: writer slots, and probing whether someone else holds a lock.
+"""File locks of the map store: claim owners, writers' liveness, and probing whether someone holds one.
+
+Locks here only ever save work (who computes which item, whether a writer's files may be folded
+now); no data is kept apart by them, since cluster filesystems often do not carry locks across
+hosts, or refuse them.
 
 A lock here is an exclusive ``flock`` (``FdLock``) held for as long as its holder lives: the OS
 drops it when the process dies, so a crashed writer or claim owner never blocks anyone, and "is this owner alive?"
@@ -21,11 +25,10 @@ from pathlib import Path
 
 import filelock
 
-from .format import StorePaths
+from .fs import NO_LOCK_ERRNOS
 
 _registry_lock = threading.Lock()
 _fd_locks: weakref.WeakSet[FdLock] = weakref.WeakSet()
-_held_slots: set[tuple[str, int]] = set()
 live_tokens: set[str] = set()
 """Claim owner tokens alive in this process (their lock is held by this process)."""
 
@@ -35,7 +38,6 @@ def _forget_after_fork() -> None:
     # descriptors in the child): it must probe them like any other process does
     global _registry_lock
     _registry_lock = threading.Lock()
-    _held_slots.clear()
     live_tokens.clear()
     for lock in list(_fd_locks):
         # close the child's copy only: an unlock (LOCK_UN) would free the parent's lock too, and
@@ -106,92 +108,41 @@ class FdLock:
 
 
 def probe_lock(path: Path) -> bool | None:
-    """Whether some descriptor holds ``path``'s lock now: True, False, or None if there is no file.
+    """Whether some descriptor holds ``path``'s lock now: True, False, or None if there is no file
+    or this filesystem has no locks (unknown).
 
-    Never creates the file (a probe must not leave lock files behind for finished owners), and
-    releases at once the lock it may win.
+    Never creates the file (a probe must not leave lock files behind for finished owners), opens it
+    read-only (a probe works on a read-only mount), and releases at once the lock it may win.
     """
     try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    except PermissionError:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):  # contention on some filesystems
-                return True
-            raise
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
+        taken = try_lock_fd(fd)
+        if taken is None:
+            return None
+        if taken:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        return not taken
     finally:
         os.close(fd)
 
 
-def _folder_key(paths: StorePaths) -> str:
-    key = paths.real
-    if key is None:  # realpath costs tens of microseconds: once per StorePaths
-        key = paths.real = os.path.realpath(paths.folder)
-    return key
-
-
-def acquire_slot(paths: StorePaths) -> tuple[int, FdLock]:
-    """Take the first free writer slot: its number and the held lock (release it when done)."""
-    key = _folder_key(paths)
-    paths.locks.mkdir(parents=True, exist_ok=True)
-    slot = -1
-    with _registry_lock:
-        while True:
-            slot += 1
-            if (key, slot) in _held_slots:
-                continue
-            lock = FdLock(paths.slot_lock(slot))
-            if not lock.acquire(blocking=False):
-                continue
-            _held_slots.add((key, slot))
-            return slot, lock
-
-
-def try_slot(paths: StorePaths, slot: int) -> FdLock | None:
-    """Take slot ``slot`` if it is free (compaction and clear take idle slots only)."""
-    key = _folder_key(paths)
-    with _registry_lock:
-        if (key, slot) in _held_slots:
+def try_lock_fd(fd: int) -> bool | None:
+    """Take an exclusive ``flock`` on ``fd`` without blocking: True if taken, False if someone
+    holds it, None if this filesystem has no locks."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        if exc.errno in NO_LOCK_ERRNOS:
             return None
-        lock = FdLock(paths.slot_lock(slot))
-        if not lock.acquire(blocking=False):
-            return None
-        _held_slots.add((key, slot))
-        return lock
+        raise
+    return True
 
 
-def release_slot(paths: StorePaths, slot: int, lock: FdLock) -> None:
-    key = _folder_key(paths)
-    with _registry_lock:
-        lock.release()
-        _held_slots.discard((key, slot))
-
-
-def held_slots_here(paths: StorePaths) -> set[int]:
-    key = _folder_key(paths)
-    with _registry_lock:
-        return {slot for folder, slot in _held_slots if folder == key}
-
-
-__all__ = [
-    "FdLock",
-    "acquire_slot",
-    "held_slots_here",
-    "live_tokens",
-    "new_lock",
-    "probe_lock",
-    "release_slot",
-    "try_slot",
-]
+__all__ = ["FdLock", "live_tokens", "new_lock", "probe_lock", "try_lock_fd"]

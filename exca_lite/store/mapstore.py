@@ -1,19 +1,20 @@
-"""The map store: per-item results in append-only, memory-mapped shards guarded by file locks.
+"""The map store: per-item results in append-only, memory-mapped shards that no two processes share.
 
 Why this shape (see docs/design.md for the full protocol and its crash analysis):
 
-- A file per item would make a million-item cache a million files; instead each *writer slot* (a
-  lock file that one writer holds at a time) owns one shard/index pair, so the file count follows the
-  number of concurrent writers, not items or history. The OS drops the lock of a dead process, so
-  a crashed writer never blocks a slot.
+- Each writer appends to its own shard/index pair, created under a fresh random name and never
+  written by anyone else; it seals the pair when done. Correctness never rests on file locks
+  (cluster filesystems often do not carry them across hosts): locks only save work.
 - Data before index: a writer appends item bytes to its shard, then one self-checking record per
   flush to its index. A reader trusts only records it has checked, so a kill at any instant loses
   at most what was not yet published.
+- Late visibility is not damage: a record naming bytes a reader cannot see yet (another host's,
+  on a network filesystem) is left for the next look, not skipped and not warned about.
 - Readers remember how far they read each index file and read only new bytes; items are served as
   read-only numpy views on a memory map of the shard (no copy, memory proportional to item count).
-- Compaction writes a new generation pair and publishes it with ``os.replace``; names are never
-  reused (and each pair carries a random file id), so a reader holding old offsets never reads a
-  wrong array.
+- Compaction folds sealed (or long abandoned) pairs into a new pair and removes them after
+  publishing it: it never touches a pair a writer may still append to. Names are never reused (and
+  each pair carries a random file id), so a reader holding old offsets never reads a wrong array.
 """
 
 from __future__ import annotations
@@ -34,8 +35,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from ..errors import CorruptCacheWarning, StoreError
-from ..fsio import atomic_write
+from ..errors import CacheFormatWarning, CorruptCacheWarning, StoreError
 from . import encoding as enc
 from . import format as sh
 from . import locks
@@ -43,6 +43,7 @@ from . import writer as wr
 from .claims import Claim
 from .encoding import CacheType
 from .format import Durability
+from .fs import NO_LOCK_ERRNOS, create_new, is_network_fs, store_error
 from .writer import MapWriter
 
 COMPACT_RECORD_ITEMS = 1 << 16
@@ -59,6 +60,16 @@ _READ_WINDOW = 64 << 10
 _CHECK_ROWS = 8192  # table rows checked at a time when a view takes in many
 _FEW = 16  # records of at most this many entries are taken in with plain Python, not numpy
 _ROW = struct.Struct(f"={_COLS}q")  # one row of the table (native int64, as numpy stores it)
+LAG_WARN_S = float(os.environ.get("EXCA_LITE_LAG_WARN_S", "60"))
+"""A record naming bytes a reader cannot see (late visibility on a network filesystem) is waited
+for this long before it counts as damage (one warning, its items skipped and recomputed)."""
+CHECK_YOUNG_NS = 600 * 10**9
+"""Records of other processes published less than this long ago (by their stamp) have their bytes
+checked against their checksums before a reader takes them in: late visibility can show a reader
+zeros or stale pages at first. Older ones are settled: verify() checks those."""
+AUTO_FOLD_PAIRS = 16
+"""A new writer pair in a folder holding more pairs than this folds the sealed ones (and small
+compacted ones) into one: the number of files stays bounded whatever the history."""
 
 
 _open_stores: weakref.WeakSet[MapStore] = weakref.WeakSet()
@@ -92,10 +103,13 @@ class _Pair:
         "file_id",
         "index_path",
         "ino",
+        "lag_pos",
+        "lag_since",
         "max_end",
         "name",
         "number",
         "pos",
+        "sealed",
         "spans",
         "warned",
     )
@@ -109,8 +123,11 @@ class _Pair:
         self.file_id: bytes | None = None
         self.warned = False
         self.bad = False
-        # the highest shard byte any entry or span of this index points to, valid or not: a
-        # writer never appends below it, and never to a shard shorter than it (damage)
+        self.sealed = False  # its writer closed it: nothing more will ever be appended
+        # a record naming bytes not visible yet: where it is, and since when (monotonic)
+        self.lag_pos = -1
+        self.lag_since = 0.0
+        # the highest shard byte any entry or span of this index points to, valid or not
         self.max_end = 0
         self.spans: list[tuple[int, int, int]] = []  # [start, end), checksum of its records' runs
 
@@ -126,18 +143,20 @@ class _Columns(tp.NamedTuple):
     stamps: int | np.ndarray  # one for a writer's record, one per entry for a compacted one
     low: int
     top: int
+    spans: list[tuple[int, int, int]]
+    end: int  # the shard byte its last entry or span ends at (entries are in file order)
 
 
 class _Index:
     """One consistent view of the store; replaced as a whole (never patched) on a full reload, so a
     concurrent ``load`` never mixes rows of one view with pair numbers of another."""
 
-    def __init__(self, cgen: int) -> None:
-        self.cgen = cgen
+    def __init__(self, compacted: frozenset[str]) -> None:
+        self.compacted = compacted  # the compacted pairs listed when this view began
         self.listing: list[str] | None = None
         self.pairs: list[_Pair] = []
         self.by_stem: dict[str, _Pair] = {}
-        self.retired: set[str] = set()
+        self.retired: dict[str, int] = {}  # pair name -> index bytes a compacted pair holds
         self.maps: list[mmap.mmap | None] = []
         self.rows: dict[str, int] = {}
         self.table = np.zeros((1024, _COLS), dtype=np.int64)
@@ -228,9 +247,10 @@ class MapStore:
         self._metas: list[tuple[int, np.dtype[tp.Any] | None, tuple[int, ...]]] = []
         self._meta_nbytes: list[int] = []  # per meta: an array's byte count, -1 for others
         self._meta_ids: dict[tuple[int, str | None, tuple[int, ...]], int] = {}
-        self._ix = _Index(cgen=-1)
+        self._ix = _Index(frozenset())
         self._max_stamp = 0  # the greatest stamp this store has read or given
         self._park_key: tuple[str, str] | None = None  # (real folder path, durability)
+        self._network: bool | None = None
         _open_stores.add(self)
         self._loaded = False
         if load_index:
@@ -238,6 +258,14 @@ class MapStore:
 
     def __repr__(self) -> str:
         return f"MapStore({str(self.folder)!r}, items={len(self._ix.rows)})"
+
+    @property
+    def network(self) -> bool:
+        """Whether the folder is on a network (or FUSE) filesystem: writers then make bytes
+        durable before publishing them (see ``fs.is_network_fs``)."""
+        if self._network is None:
+            self._network = is_network_fs(self.folder)
+        return self._network
 
     # ----------------------------------------------------------------- reading the index
 
@@ -254,7 +282,7 @@ class MapStore:
                     return
                 except _StaleError:
                     # files went away while reading (a compaction or clear): start over
-                    ix = _Index(cgen=-1)
+                    ix = _Index(frozenset())
                     time.sleep(0.001 * attempt)
         msg = f"{self.folder}: the store's files keep being replaced; could not read a stable view"
         raise StoreError(msg)
@@ -268,18 +296,26 @@ class MapStore:
             names = []
         if names != ix.listing:
             pairs = sh.pairs_from_listing(names)
-            cgen = max((p.gen for p in pairs if p.slot is None), default=-1)
+            compacted = frozenset(p.stem for p in pairs if p.is_compacted)
             stems = {p.stem for p in pairs}
-            if cgen != ix.cgen or any(stem not in stems for stem in ix.by_stem):
+            if compacted != ix.compacted or any(stem not in stems for stem in ix.by_stem):
                 # a compaction or a clear happened: rows may point at retired pairs
-                ix = _Index(cgen=cgen)
-            for name in pairs:
-                if name.stem in ix.by_stem or name.stem in ix.retired:
+                ix = _Index(compacted)
+            # compacted pairs first, newest first: their first record names the pairs they hold
+            ordered = [p for p in reversed(pairs) if p.is_compacted]
+            ordered += [p for p in pairs if not p.is_compacted]
+            for name in ordered:
+                if name.stem in ix.by_stem:
                     continue
-                if name.slot is None and name.gen != cgen:
-                    continue  # an older compacted pair, retired by the newest one
-                # read it at once: the compacted pair's first record names the pairs it retired
-                self._read_new(ix, ix.add_pair(name, str(self.paths.index(name.stem))))
+                folded = ix.retired.get(name.stem)
+                if folded is not None and not name.is_writer:
+                    continue  # a compacted pair another one holds whole
+                pair = ix.add_pair(name, str(self.paths.index(name.stem)))
+                if folded is not None:
+                    # a writer pair folded up to there but not removed (yet): only what its
+                    # writer appended after the fold is new
+                    pair.pos = folded
+                self._read_new(ix, pair)
             ix.listing = names
         for pair in ix.pairs:
             self._read_new(ix, pair)
@@ -297,23 +333,32 @@ class MapStore:
             return
         if stat.st_size < pair.pos:
             raise _StaleError
+        if stat.st_size < sh.INDEX_HEADER_BYTES:
+            return  # its header is not visible yet
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             raise _StaleError from None
         try:
             header = os.pread(fd, sh.INDEX_HEADER_BYTES, 0)
-            if pair.pos == 0:
+            if pair.file_id is None:
                 file_id = sh.parse_header(header, sh.INDEX_MAGIC)
                 if file_id is None:
+                    if not any(header):
+                        return  # zeros: the header is not visible yet (late visibility)
                     pair.bad = True
                     why = sh.header_problem(header, sh.INDEX_MAGIC)
+                    if sh.header_version(header, sh.INDEX_MAGIC) is not None:
+                        if not pair.warned:
+                            pair.warned = True
+                            warnings.warn(f"{path}: {why}", CacheFormatWarning, stacklevel=5)
+                        return
                     self._warn(pair, f"{path}: not an index file ({why}); its items are ignored")
                     return
                 pair.file_id = file_id
                 pair.ino = stat.st_ino
             elif pair.file_id != sh.parse_header(header, sh.INDEX_MAGIC):
-                # removed and re-created under the same name (clear) on a reused inode
+                # removed and re-created under the same name on a reused inode
                 raise _StaleError
             start = max(pair.pos, sh.INDEX_HEADER_BYTES)
             end, damage, decoded = self._read_records(fd, start, stat.st_size, path, pair)
@@ -325,21 +370,112 @@ class MapStore:
         # one table allocation for all of them (opening a big store reads ~1000 records at once)
         ix.reserve(sum(_entry_count(obj) for _, obj in decoded))
         records: list[_Columns] = []
+        starts: list[int] = []  # the index offset of each record's frame
         for at, obj in decoded:
             try:
                 if type(obj) is not list or not obj:
                     raise TypeError(f"a record holds {type(obj).__name__}, not a list")
                 if obj[0] == sh.RECORD_RETIRE:
-                    ix.retired.update(str(stem) for stem in obj[1])
+                    for stem, folded in obj[1]:
+                        ix.retired[str(stem)] = max(int(folded), ix.retired.get(str(stem), 0))
+                    continue
+                if obj[0] == sh.RECORD_SEAL:
+                    pair.sealed = True
                     continue
                 records.append(self._columns(pair, obj))
+                starts.append(at)
             except (ValueError, TypeError, IndexError, KeyError) as exc:
-                pair.max_end = sh.FAR_END  # it may point anywhere: never append to this shard
+                pair.max_end = sh.FAR_END
                 self._warn(pair, f"{path}: index record at offset {at} unreadable ({exc!r})")
         if records:
             shard_size = _file_size(self.paths.shard(pair.name.stem))
+            visible, bad = self._visible(ix, pair, records, shard_size)
+            if visible < len(records):
+                # late visibility: wait for those bytes (this reader reads that record again
+                # next time), unless it lasted too long to be a lag
+                at = starts[visible]
+                if pair.lag_pos != at:
+                    pair.lag_pos, pair.lag_since = at, time.monotonic()
+                if time.monotonic() - pair.lag_since < LAG_WARN_S:
+                    if visible:
+                        self._ingest(ix, pair, records[:visible], shard_size)
+                    pair.sealed = False  # a seal after a record not taken in is not reached
+                    pair.pos = at
+                    return
+                # damage, then: entries past the shard's end are dropped by _ingest (with a
+                # warning), arrays whose bytes fail their checksum here
+                pair.lag_pos = -1
+                if bad:
+                    shard = self.paths.shard(pair.name.stem)
+                    some = ", ".join(repr(records[visible].uids[j]) for j in bad[:3])
+                    self._warn(
+                        pair,
+                        f"{shard}: {len(bad)} arrays do not match their checksum (e.g. {some}); "
+                        "they are ignored (recomputed)",
+                    )
+                    records[visible] = _without(records[visible], bad)
+                self._ingest(ix, pair, records[: visible + 1], shard_size)
+                pair.pos = starts[visible + 1] if visible + 1 < len(starts) else end
+                self._read_new(ix, pair)  # the records after it
+                return
             self._ingest(ix, pair, records, shard_size)
         pair.pos = end
+
+    def _visible(
+        self, ix: _Index, pair: _Pair, records: list[_Columns], shard_size: int
+    ) -> tuple[int, list[int]]:
+        """How many of ``records`` (in file order) name bytes this reader can see and trust: the
+        shard is long enough, and for young records of a writer, their checksums hold (late
+        visibility on a network filesystem can show zeros or stale pages at first). With the
+        first record that fails, the entries of its arrays whose bytes fail their checksum."""
+        young = time.time_ns() - CHECK_YOUNG_NS
+        for k, rec in enumerate(records):
+            if rec.end > shard_size:
+                return k, []
+            if pair.name.is_writer and rec.top > young:
+                bad = self._failing(ix, pair, rec)
+                if bad is not None:
+                    return k, bad
+        return len(records), []
+
+    def _failing(self, ix: _Index, pair: _Pair, rec: _Columns) -> list[int] | None:
+        """None if the shard bytes of ``rec`` match its checksums (its spans, for small items, and
+        its large arrays' own word sums); else the entries of arrays in failing bytes. Other
+        items are also checked at every load (their crc32)."""
+        if not rec.spans and not rec.crcs.any():
+            return None
+        try:
+            mm = ix.maps[pair.number]
+            if mm is None or rec.end > len(mm):
+                mm = self._map(ix, pair.number, rec.end)
+        except _StaleError:
+            return list(range(len(rec.uids)))  # missing, shorter, or its header not visible yet
+        is_array = self._meta_nbytes_array()[rec.meta_ids] >= 0
+        offsets, nbytes = rec.offsets, rec.nbytes
+        failed = np.zeros(len(rec.uids), dtype=bool)
+        whole = True
+        with memoryview(mm) as view:
+            for start, stop, checksum in rec.spans:
+                if enc.word_checksum(view[start:stop]) != checksum:
+                    whole = False
+                    failed |= is_array & (offsets >= start) & (offsets + nbytes <= stop)
+            for j in np.flatnonzero(rec.crcs.astype(bool) & is_array).tolist():
+                offset, size = int(offsets[j]), int(nbytes[j])
+                data = view[offset : offset + size]
+                ok = enc.word_checksum(data) == int(rec.crcs[j])
+                data.release()
+                if not ok:
+                    whole = False
+                    failed[j] = True
+        if whole:
+            return None
+        # a map can keep showing the stale pages it saw (FUSE, NFS) until the file is opened
+        # again: the next look maps it afresh (arrays served from this map stay valid)
+        ix.maps[pair.number] = None
+        return np.flatnonzero(failed).tolist()
+
+    def _meta_nbytes_array(self) -> np.ndarray:
+        return np.array(self._meta_nbytes or [0], dtype=np.int64)
 
     def _read_records(
         self, fd: int, pos: int, size: int, path: str, pair: _Pair
@@ -414,9 +550,12 @@ class MapStore:
         meta_ids = (
             mix if ids == list(range(len(ids))) else np.array(ids or [0], dtype=np.int64)[mix]
         )
+        end = span_end
+        if n:  # entries of a record are in file order: the last one ends furthest
+            end = max(end, int(offsets[-1]) + int(nbytes[-1]))
         pair.max_end = max(pair.max_end, span_end)
         pair.spans.extend(checked)
-        return _Columns(uids, offsets, nbytes, crcs, meta_ids, stamps, low, top)
+        return _Columns(uids, offsets, nbytes, crcs, meta_ids, stamps, low, top, checked, end)
 
     def _ingest(self, ix: _Index, pair: _Pair, records: list[_Columns], shard_size: int) -> None:
         """Add the entries of ``records`` (of one pair, in file order) to the view, as one block:
@@ -796,11 +935,11 @@ class MapStore:
     # ----------------------------------------------------------------- writing
 
     def writer(self, cache_type: CacheType = None) -> MapWriter:
-        """A writer holding a free slot (use it as a context manager).
+        """A writer appending to a pair of files of its own (use it as a context manager).
 
-        Leaving it keeps its slot, files and I/O thread open for the next writer of this folder
+        Leaving it keeps its pair, files and I/O thread open for the next writer of this folder
         in this process (the first ``writer()`` pays the set-up, later ones nothing); ``close()``
-        frees them (so do ``clear()``, ``compact()`` and the end of the process).
+        seals and frees them (so do ``clear()`` and the end of the process).
         """
         writer = wr.take_parked(self)
         if writer is None:
@@ -813,7 +952,7 @@ class MapStore:
         return writer
 
     def close(self) -> None:
-        """Free the slot an idle writer of this folder keeps in this process (if any)."""
+        """Seal and close the idle writers this process keeps for this folder (if any)."""
         wr.release_parked(self)
 
     def claim(self, item_uids: tp.Sequence[str], missing_as_of: object = None) -> Claim:
@@ -861,24 +1000,30 @@ class MapStore:
     def verify(self) -> list[str]:
         """Check every index record and the bytes each entry points to (checksums).
 
-        Returns human-readable problems; an empty list means the store is healthy.
+        Returns human-readable problems; an empty list means the store is healthy. Pairs of
+        another format version are not damage (readers skip them): they are not reported.
+        Never writes anything (works on a read-only mount).
         """
         problems: list[str] = []
-        pairs = self.paths.list_pairs() or []
-        cgen = max((p.gen for p in pairs if p.slot is None), default=-1)
-        retired: set[str] = set()
-        # an idle writer this process keeps is not writing (its pair may be checked whole)
-        busy = locks.held_slots_here(self.paths)
-        for name in pairs:
-            if name.stem in retired or (name.slot is None and name.gen != cgen):
+        try:
+            pairs = self.paths.list_pairs() or []
+        except OSError as exc:
+            raise store_error("listing", self.folder, exc) from exc
+        retired: dict[str, int] = {}
+        for name in [p for p in reversed(pairs) if p.is_compacted] + [
+            p for p in pairs if p.is_writer
+        ]:
+            if name.is_compacted and name.stem in retired:
                 continue
-            writing = name.slot is not None and (
-                name.slot in busy or locks.probe_lock(self.paths.slot_lock(name.slot))
-            )
-            problems.extend(self._verify_pair(name, retired, bool(writing)))
+            try:
+                problems.extend(self._verify_pair(name, retired))
+            except OSError as exc:
+                if isinstance(exc, FileNotFoundError):
+                    continue  # removed by a concurrent compaction
+                raise store_error("verifying", self.paths.index(name.stem), exc) from exc
         return problems
 
-    def _verify_pair(self, name: sh.DataName, retired: set[str], writing: bool) -> list[str]:
+    def _verify_pair(self, name: sh.DataName, retired: dict[str, int]) -> list[str]:
         idx_path, bin_path = self.paths.index(name.stem), self.paths.shard(name.stem)
         try:
             data = idx_path.read_bytes()
@@ -886,6 +1031,8 @@ class MapStore:
             return []  # removed by a concurrent compaction
         file_id = sh.parse_header(data, sh.INDEX_MAGIC)
         if file_id is None:
+            if sh.header_version(data, sh.INDEX_MAGIC) is not None or not any(data[:32]):
+                return []  # another format (skipped by readers), or a header not visible yet
             return [f"{idx_path}: {sh.header_problem(data, sh.INDEX_MAGIC)}"]
         problems = []
         shard_id = sh.parse_header(
@@ -894,14 +1041,12 @@ class MapStore:
         if shard_id != file_id:
             problems.append(f"{bin_path}: missing, or its header does not match {idx_path.name}")
             return problems
-        scan = sh.scan_records(data[sh.INDEX_HEADER_BYTES :], sh.INDEX_HEADER_BYTES)
+        start = max(sh.INDEX_HEADER_BYTES, retired.get(name.stem, 0) if name.is_writer else 0)
+        scan = sh.scan_records(data[start:], start)
         for at, why in scan.damage:
             problems.append(f"{idx_path}: damaged index record at offset {at} ({why})")
-        if scan.end < len(data) and not writing:
-            problems.append(
-                f"{idx_path}: {len(data) - scan.end} bytes of incomplete record at offset "
-                f"{scan.end} (a writer died while publishing; the next writer truncates them)"
-            )
+        # an incomplete record at the end is a writer appending, or one killed while publishing:
+        # readers stop before it, compaction drops it; not damage
         with open(bin_path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -912,7 +1057,10 @@ class MapStore:
                 try:
                     obj = sh.decode_payload(payload)
                     if obj[0] == sh.RECORD_RETIRE:
-                        retired.update(str(stem) for stem in obj[1])
+                        for stem, folded in obj[1]:
+                            retired[str(stem)] = max(int(folded), retired.get(str(stem), 0))
+                        continue
+                    if obj[0] == sh.RECORD_SEAL:
                         continue
                     problems.extend(self._verify_record(obj, view, size, idx_path, bin_path))
                 except (msgspec.DecodeError, ValueError, TypeError, IndexError) as exc:
@@ -979,28 +1127,16 @@ class MapStore:
         return problems
 
     def compact(self) -> dict[str, int]:
-        """Merge idle shards into one contiguous file, dropping duplicates and dead bytes.
+        """Fold every pair no writer appends to any more into one contiguous pair, dropping
+        duplicates, dead bytes and torn tails.
 
         Readers keep reading (old files stay valid for their maps until they reload) and writers
-        keep writing: only slots free right now are compacted, busy ones are left for next time.
+        keep writing: a pair whose writer may still append (unsealed, and its lock held or its
+        files written recently) is left for next time.
         """
-        self.paths.locks.mkdir(parents=True, exist_ok=True)
+        wr.release_parked(self)  # this process's idle writers are done: sealed, they fold too
         before = self._disk_bytes()
-        held: list[tuple[int, locks.FdLock]] = []
-        with locks.new_lock(self.paths.compact_lock):
-            try:
-                slots = {p.slot for p in self.paths.list_pairs() or [] if p.slot is not None}
-                for slot in sorted(slots):
-                    lock = locks.try_slot(self.paths, slot)
-                    if lock is not None:
-                        held.append((slot, lock))
-                idle = {slot for slot, _ in held}
-                self.refresh()
-                items, dropped = self._compact_pairs(idle)
-            finally:
-                for slot, lock in held:
-                    locks.release_slot(self.paths, slot, lock)
-        self.refresh()
+        items, dropped = self._fold(auto=False)
         return {
             "bytes_before": before,
             "bytes_after": self._disk_bytes(),
@@ -1008,73 +1144,199 @@ class MapStore:
             "dropped": dropped,
         }
 
-    def _compact_pairs(self, idle: set[int]) -> tuple[int, int]:
-        """Compact the pairs of idle slots and the compacted one: (items kept, damaged dropped)."""
+    def fold_if_many(self) -> bool:
+        """Fold sealed pairs (and small compacted ones) when the folder holds more than
+        AUTO_FOLD_PAIRS pairs; skipped if another process is folding. Whether it folded."""
+        listing = self._ix.listing
+        if listing is None:
+            try:
+                listing = os.listdir(self.folder)
+            except OSError:
+                return False
+        if sum(name.endswith(".idx") for name in listing) <= AUTO_FOLD_PAIRS:
+            return False
+        return self._fold(auto=True) != (0, 0)
+
+    def _pair_added(self) -> None:
+        """A writer of this process created a pair: keep the number of files bounded."""
+        try:
+            self.fold_if_many()
+        except StoreError:
+            pass  # folding only saves files; computing goes on (verify() reports damage)
+
+    def _fold(self, auto: bool) -> tuple[int, int]:
+        """Fold what can be folded: (items copied, damaged items dropped)."""
+        try:
+            self.paths.locks.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise store_error("creating", self.paths.locks, exc) from exc
+        lock = locks.FdLock(self.paths.compact_lock)
+        try:
+            # two compactions at once would only duplicate work (each writes its own files):
+            # the lock saves that where locks work; elsewhere both go on, safely
+            if not lock.acquire(blocking=not auto):
+                return 0, 0
+        except OSError as exc:
+            if exc.errno not in NO_LOCK_ERRNOS:
+                raise store_error("locking", self.paths.compact_lock, exc) from exc
+        try:
+            self.refresh()
+            return self._fold_pairs(auto)
+        except OSError as exc:
+            raise store_error("compacting", self.folder, exc) from exc
+        finally:
+            lock.release()
+            self.refresh()
+
+    def _foldable(self, pair: _Pair, fs_now: float) -> str:
+        """How much of ``pair`` compaction may take: "whole" (copied, then removed) when nobody
+        will ever append to it again: compacted pairs; writer pairs that are sealed, or whose
+        writer looks gone (its lock free or unknown) and left them untouched for STALE_WRITER_S
+        (a live writer idle that long starts a new pair instead). "part" for a writer pair that
+        looks idle but may be written again (its lock free or unknown: an idle writer kept by a
+        live process, or a writer on a host whose locks do not reach here): its records read so
+        far are copied and it stays, readers taking in only what follows. "" for the others."""
+        if pair.bad or pair.file_id is None or pair.name.kind == "legacy":
+            return ""
+        if pair.name.is_compacted:
+            return "whole"
+        if pair.lag_pos >= 0:
+            return ""  # waiting for bytes this reader cannot see yet
+        if pair.sealed:
+            return "whole"
+        if locks.probe_lock(Path(pair.index_path)):
+            return ""  # a writer is busy with it
+        mtime = 0.0
+        for path in (Path(pair.index_path), self.paths.shard(pair.name.stem)):
+            with contextlib.suppress(FileNotFoundError):
+                mtime = max(mtime, os.stat(path).st_mtime)
+        if fs_now - mtime > wr.STALE_WRITER_S:
+            return "whole"
+        return "part"
+
+    def _fold_pairs(self, auto: bool) -> tuple[int, int]:
         ix = self._ix
-        sources = {p.number for p in ix.pairs if p.name.slot is None or p.name.slot in idle}
-        if not sources:
-            return 0, 0
-        uids = list(ix.rows)
-        rows = np.fromiter(ix.rows.values(), dtype=np.int64, count=len(uids))
-        table = ix.table[rows]
-        chosen = np.flatnonzero(np.isin(table[:, 0], np.array(sorted(sources))))
-        # sequential reads of the old shards, in file order
-        chosen = chosen[np.lexsort((table[chosen, 1], table[chosen, 0]))]
-        # copying gives items fresh checksums: an item whose bytes do not match its checksum now
-        # would come out looking healthy. It is dropped instead (missing: recomputed next time)
-        damaged = self._damaged(ix, table[chosen])
-        if damaged.any():
-            bad = [uids[i] for i in chosen[damaged][:3].tolist()]
-            warnings.warn(
-                f"{self.folder}: compact() dropped {int(damaged.sum())} damaged item(s) (their "
-                f"bytes do not match their checksum), e.g. {', '.join(map(repr, bad))}; they are "
-                "missing now and will be recomputed",
-                CorruptCacheWarning,
-                stacklevel=3,
-            )
-            chosen = chosen[~damaged]
-        gen = max(ix.cgen, max((p.name.gen for p in ix.pairs), default=0)) + 1
-        name = sh.DataName.compacted(gen)
-        file_id = sh.new_file_id()
-        new_offsets = self._copy_items(ix, table[chosen], name, file_id)
-        # pairs an earlier compaction retired but could not remove (it died after publishing)
-        # are retired again, or readers of the new generation would not know to skip them
-        retired = sorted({p.name.stem for p in ix.pairs if p.number in sources} | ix.retired)
-        payloads = [sh.encode_payload([sh.RECORD_RETIRE, retired])]
-        metas = [self._meta_repr(i) for i in range(len(self._metas))]
-        with open(self.paths.shard(name.stem), "rb") as f:
-            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if len(chosen) else None
-        for start in range(0, len(chosen), COMPACT_RECORD_ITEMS):
-            part = chosen[start : start + COMPACT_RECORD_ITEMS]
-            sub = table[part]
-            first = int(new_offsets[start])
-            last = int(new_offsets[start + len(part) - 1] + sub[-1, 2])
-            spans = [[first, last, enc.word_checksum(data[first:last]) if data is not None else 0]]
-            payloads.append(
-                sh.encode_payload(
-                    [
-                        sh.RECORD_ENTRIES,
-                        [uids[i] for i in part.tolist()],
-                        new_offsets[start : start + len(part)].astype("<i8").tobytes(),
-                        sub[:, 2].astype("<i8").tobytes(),
-                        sub[:, 4].astype("<u4").tobytes(),
-                        sub[:, 3].astype("<u4").tobytes(),
-                        metas,
-                        spans,
-                        sub[:, 5].astype("<i8").tobytes(),  # the stamps they were written with
+        name = sh.DataName.compacted(max((p.name.gen for p in ix.pairs), default=0) + 1)
+        shard_path = self.paths.shard(name.stem)
+        tmp = shard_path.with_name(f".{shard_path.name}.{os.getpid()}.new")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            fs_now = os.fstat(fd).st_mtime  # the filesystem's clock, which stamps the mtimes
+            how = {p.number: self._foldable(p, fs_now) for p in ix.pairs}
+            foldable = [
+                p
+                for p in ix.pairs
+                if how[p.number] == "whole"
+                # an idle pair only if it grew since it was last folded, and never automatically
+                or (how[p.number] == "part" and not auto and p.pos > ix.retired.get(p.name.stem, 0))
+            ]
+            writers = [p for p in foldable if p.name.is_writer]
+            if auto:
+                # size-tiered: a few sealed writer pairs fold into a new pair, together with the
+                # compacted pairs not much bigger than them (big ones are left until many)
+                small = 4 * sum(max(0, _file_size(self.paths.shard(p.name.stem))) for p in writers)
+                compacted = [p for p in foldable if p.name.is_compacted]
+                if len(compacted) <= 4:
+                    compacted = [
+                        p for p in compacted if _file_size(self.paths.shard(p.name.stem)) <= small
                     ]
+                if len(writers) < 2:
+                    return 0, 0
+                foldable = writers + compacted
+            if not foldable:
+                return 0, 0
+            sources = {p.number for p in foldable}
+            uids = list(ix.rows)
+            rows = np.fromiter(ix.rows.values(), dtype=np.int64, count=len(uids))
+            table = ix.table[rows]
+            chosen = np.flatnonzero(np.isin(table[:, 0], np.array(sorted(sources))))
+            # sequential reads of the old shards, in file order
+            chosen = chosen[np.lexsort((table[chosen, 1], table[chosen, 0]))]
+            # copying gives items fresh checksums: an item whose bytes do not match its checksum
+            # now would come out looking healthy. It is dropped instead (recomputed next time)
+            damaged = self._damaged(ix, table[chosen])
+            if damaged.any():
+                bad = [uids[i] for i in chosen[damaged][:3].tolist()]
+                warnings.warn(
+                    f"{self.folder}: compaction dropped {int(damaged.sum())} damaged item(s) "
+                    f"(their bytes do not match their checksum), e.g. {', '.join(map(repr, bad))}; "
+                    "they are missing now and will be recomputed",
+                    CorruptCacheWarning,
+                    stacklevel=4,
                 )
-            )
-        content = sh.index_header(file_id) + b"".join(sh.frame(p) for p in payloads)
-        # the index appears complete (temp + os.replace), after its shard is on disk: publishing
-        # is this one rename, and the old pairs are removed only after it
-        atomic_write(self.paths.index(name.stem), content, fsync=True)
-        for stem in retired:
-            # index before shard: a reader listing the folder never finds an index without data
-            for path in (self.paths.index(stem), self.paths.shard(stem)):
+                chosen = chosen[~damaged]
+            # each source with how far this fold read its index: should a writer pair still grow
+            # (its writer was alive after all), readers take in what follows that point
+            retired = {p.name.stem: p.pos for p in foldable}
+            for stem, folded in ix.retired.items():
+                # pairs folded in part, or not removed by a fold that died: still there
+                if stem in ix.by_stem or os.path.exists(self.paths.index(stem)):
+                    retired.setdefault(stem, folded)
+            if len(chosen):
+                file_id = sh.new_file_id()
+                new_offsets = self._copy_items(ix, table[chosen], fd, file_id)
+                os.link(tmp, shard_path)  # never replaces: the name is fresh
+                self._write_folded_index(
+                    ix, name, file_id, uids, table, chosen, new_offsets, retired
+                )
+        finally:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        # published: the sources' items are in the new pair (or superseded elsewhere); index
+        # before shard, so a reader listing the folder never finds an index without its data
+        for pair in foldable:
+            if how[pair.number] != "whole":
+                continue
+            for path in (Path(pair.index_path), self.paths.shard(pair.name.stem)):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
         return len(chosen), int(damaged.sum())
+
+    def _write_folded_index(
+        self,
+        ix: _Index,
+        name: sh.DataName,
+        file_id: bytes,
+        uids: list[str],
+        table: np.ndarray,
+        chosen: np.ndarray,
+        new_offsets: np.ndarray,
+        retired: dict[str, int],
+    ) -> None:
+        payloads = [
+            sh.encode_payload([sh.RECORD_RETIRE, sorted([s, p] for s, p in retired.items())])
+        ]
+        metas = [self._meta_repr(i) for i in range(len(self._metas))]
+        with open(self.paths.shard(name.stem), "rb") as f:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        with contextlib.closing(data):
+            for start in range(0, len(chosen), COMPACT_RECORD_ITEMS):
+                part = chosen[start : start + COMPACT_RECORD_ITEMS]
+                sub = table[part]
+                first = int(new_offsets[start])
+                last = int(new_offsets[start + len(part) - 1] + sub[-1, 2])
+                spans = [[first, last, enc.word_checksum(data[first:last])]]
+                payloads.append(
+                    sh.encode_payload(
+                        [
+                            sh.RECORD_ENTRIES,
+                            [uids[i] for i in part.tolist()],
+                            new_offsets[start : start + len(part)].astype("<i8").tobytes(),
+                            sub[:, 2].astype("<i8").tobytes(),
+                            sub[:, 4].astype("<u4").tobytes(),
+                            sub[:, 3].astype("<u4").tobytes(),
+                            metas,
+                            spans,
+                            sub[:, 5].astype("<i8").tobytes(),  # the stamps they were written with
+                        ]
+                    )
+                )
+        payloads.append(sh.encode_payload([sh.RECORD_SEAL]))
+        content = sh.index_header(file_id) + b"".join(sh.frame(p) for p in payloads)
+        # the index appears complete, after its shard is on disk, under a name never used before:
+        # publishing is this one link; the sources are removed only after it
+        create_new(self.paths.index(name.stem), content, fsync=True)
 
     def _damaged(self, ix: _Index, rows: np.ndarray) -> np.ndarray:
         """Which of these table rows' bytes do not match their checksum (a bool per row).
@@ -1125,74 +1387,61 @@ class MapStore:
         descr = None if dtype is None else enc.dtype_descr(dtype)
         return [fmt, descr, list(shape)]
 
-    def _copy_items(
-        self, ix: _Index, rows: np.ndarray, name: sh.DataName, file_id: bytes
-    ) -> np.ndarray:
-        path = self.paths.shard(name.stem)
-        tmp = path.with_name(path.name + ".tmp")
+    def _copy_items(self, ix: _Index, rows: np.ndarray, fd: int, file_id: bytes) -> np.ndarray:
+        """Copy the items of ``rows`` into the new shard open as ``fd``, contiguous, and fsync it:
+        their new offsets."""
         new_offsets = np.empty(len(rows), dtype=np.int64)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            buf = bytearray(sh.shard_header(file_id))
-            written = 0
-            for k, (number, offset, nbytes) in enumerate(rows[:, :3].tolist()):
-                mm = ix.maps[number]
-                if mm is None or offset + nbytes > len(mm):
-                    mm = self._map(ix, number, offset + nbytes)
-                new_offsets[k] = written + len(buf)
-                buf += mm[offset : offset + nbytes]
-                buf += sh.ZEROS[: -nbytes % sh.ALIGN]
-                if len(buf) >= COPY_CHUNK_BYTES:
-                    sh.write_all(fd, buf)
-                    written += len(buf)
-                    buf.clear()
-            sh.write_all(fd, buf)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        buf = bytearray(sh.shard_header(file_id))
+        written = 0
+        for k, (number, offset, nbytes) in enumerate(rows[:, :3].tolist()):
+            mm = ix.maps[number]
+            if mm is None or offset + nbytes > len(mm):
+                mm = self._map(ix, number, offset + nbytes)
+            new_offsets[k] = written + len(buf)
+            buf += mm[offset : offset + nbytes]
+            buf += sh.ZEROS[: -nbytes % sh.ALIGN]
+            if len(buf) >= COPY_CHUNK_BYTES:
+                sh.write_all(fd, buf)
+                written += len(buf)
+                buf.clear()
+        sh.write_all(fd, buf)
+        os.fsync(fd)
         return new_offsets
 
     def clear(self) -> None:
-        """Remove every stored item and the store's files (writers busy now lose their items)."""
+        """Remove every stored item and the store's files (writers busy now lose their items).
+
+        Files of a newer format version are left alone (this exca_lite cannot know what they
+        hold); files of older versions go.
+        """
         wr.release_parked(self)
         if not self.folder.is_dir():
-            self._ix = _Index(cgen=-1)
+            self._ix = _Index(frozenset())
             return
-        self.paths.locks.mkdir(parents=True, exist_ok=True)
-        held: list[tuple[int, locks.FdLock]] = []
-        with locks.new_lock(self.paths.compact_lock):
-            try:
-                for path in sorted(self.paths.locks.glob("slot-*.lock")):
-                    with contextlib.suppress(ValueError):
-                        slot = int(path.stem.split("-")[1])
-                        lock = locks.try_slot(self.paths, slot)
-                        if lock is not None:
-                            held.append((slot, lock))
-                for path in self.folder.iterdir():
-                    if _is_data_file(path.name):
+        try:
+            for path in self.folder.iterdir():
+                if _is_data_file(path.name) and not _is_newer_format(path):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+            if self.paths.locks.is_dir():
+                for path in self.paths.locks.glob("slot-*.lock"):  # writer slots of format 2
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+            if self.paths.claims.is_dir():
+                for owner in [
+                    *self.paths.claims.glob("*.owner"),
+                    *self.paths.claims.glob("*.owner-new"),
+                ]:
+                    if not locks.probe_lock(owner):  # a dead owner's claims (or birth)
                         with contextlib.suppress(FileNotFoundError):
-                            path.unlink()
-                for slot, _ in held:
-                    # while held: a contender that opened the old file sees it unlinked and retries
-                    with contextlib.suppress(FileNotFoundError):
-                        self.paths.slot_lock(slot).unlink()
-            finally:
-                for slot, lock in held:
-                    locks.release_slot(self.paths, slot, lock)
-        if self.paths.claims.is_dir():
-            for owner in [
-                *self.paths.claims.glob("*.owner"),
-                *self.paths.claims.glob("*.owner-new"),
-            ]:
-                if not locks.probe_lock(owner):  # a dead owner's claims (or birth)
-                    with contextlib.suppress(FileNotFoundError):
-                        owner.unlink()
+                            owner.unlink()
+        except OSError as exc:
+            raise store_error("clearing", self.folder, exc) from exc
         for folder in (self.paths.claims, self.paths.locks):
             with contextlib.suppress(OSError):
-                folder.rmdir()  # only if empty: a busy writer's or owner's lock file stays
+                folder.rmdir()  # only if empty: a busy owner's lock file stays
         with self._lock:
-            self._ix = _Index(cgen=-1)
+            self._ix = _Index(frozenset())
 
     def _disk_bytes(self) -> int:
         total = 0
@@ -1208,22 +1457,19 @@ class MapStore:
         ix = self._ix
         shards: dict[str, int] = {}
         last_write: float | None = None
+        writers = 0
+        idle_here = wr.parked_stems(self)  # this process's idle writers are not writing
         for pair in ix.pairs:
             shards[pair.name.stem + ".bin"] = max(0, _file_size(self.paths.shard(pair.name.stem)))
             with contextlib.suppress(FileNotFoundError):
                 mtime = os.stat(self.paths.index(pair.name.stem)).st_mtime
                 last_write = mtime if last_write is None else max(last_write, mtime)
+            if pair.name.is_writer and not pair.sealed and pair.name.stem not in idle_here:
+                writers += bool(locks.probe_lock(Path(pair.index_path)))
         rows = np.fromiter(ix.rows.values(), dtype=np.int64, count=len(ix.rows))
         nbytes = ix.table[rows, 2]
         live = int(((nbytes + sh.ALIGN - 1) // sh.ALIGN * sh.ALIGN).sum())
         data = sum(max(0, size - sh.SHARD_HEADER_BYTES) for size in shards.values())
-        writers = 0
-        busy = locks.held_slots_here(self.paths)
-        if self.paths.locks.is_dir():
-            for path in self.paths.locks.glob("slot-*.lock"):
-                with contextlib.suppress(ValueError):
-                    slot = int(path.stem.split("-")[1])
-                    writers += slot in busy or bool(locks.probe_lock(path))
         return {
             "items": len(ix.rows),
             "bytes": self._disk_bytes(),
@@ -1239,6 +1485,26 @@ def _is_data_file(name: str) -> bool:
     each other). Not the dot-named temp files of ``atomic_write``: a writer creating its pair's
     headers, or another process its ``config.json``, may be between write and rename."""
     return name.endswith((".idx", ".bin", ".bin.tmp")) and not name.startswith(".")
+
+
+def _without(rec: _Columns, drop: list[int]) -> _Columns:
+    """``rec`` without the entries ``drop``."""
+    keep = np.setdiff1d(np.arange(len(rec.uids)), np.array(drop, dtype=np.int64))
+    stamps = rec.stamps[keep] if isinstance(rec.stamps, np.ndarray) else rec.stamps
+    return rec._replace(
+        uids=[rec.uids[i] for i in keep.tolist()],
+        offsets=rec.offsets[keep],
+        nbytes=rec.nbytes[keep],
+        crcs=rec.crcs[keep],
+        meta_ids=rec.meta_ids[keep],
+        stamps=stamps,
+    )
+
+
+def _is_newer_format(path: Path) -> bool:
+    magic = sh.INDEX_MAGIC if path.name.endswith(".idx") else sh.SHARD_MAGIC
+    head = sh.read_header(path, len(magic))
+    return head is not None and sh.is_newer_format(head, magic)
 
 
 def _entry_count(obj: tp.Any) -> int:

@@ -1,7 +1,12 @@
-"""The writer of the map store: appends items to one writer slot's shard and index.
+"""The writer of the map store: appends items to its own shard and index, which no one else writes.
 
 Why it looks like this (docs/design.md has the protocol and the crash analysis):
 
+- Each writer creates a pair of files under a fresh random name (never replacing a file) and is
+  the only process that ever appends to them; it seals them when it is done. Two writers can thus
+  never mix their bytes, whatever the filesystem's locks do (cluster filesystems often do not
+  carry them across hosts). A closed writer is kept (parked) for the next writer of the same
+  folder in this process, so a call with one new item creates no file.
 - ``write`` must cost microseconds: small items are copied into a buffer, no system call; a
   background I/O thread writes full buffers, then the index record naming their items, so the
   shard bytes of an item always reach the OS before its entry is published.
@@ -13,6 +18,8 @@ Why it looks like this (docs/design.md has the protocol and the crash analysis):
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import os
 import queue
 import struct
@@ -21,15 +28,14 @@ import time
 import types
 import typing as tp
 import zlib
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import StoreError
-from ..fsio import atomic_write
 from . import encoding as enc
 from . import format as sh
 from . import locks
+from .fs import create_new, store_error
 
 if tp.TYPE_CHECKING:
     from .mapstore import MapStore
@@ -46,19 +52,27 @@ SUM_READ_BYTES = 8 << 20
 """Piece size in which the I/O thread reads a large item back to checksum it."""
 """Items this big skip the write buffer and go to the shard straight from their own memory."""
 _monotonic = time.monotonic
+ROTATE_IDLE_S = 600.0
+"""A writer idle this long starts a new pair at its next write instead of appending to its old
+one: compaction folds and removes a pair whose writer looks dead (lock free or unknown, idle for
+``STALE_WRITER_S``), which must never be one its writer still appends to."""
+STALE_WRITER_S = float(os.environ.get("EXCA_LITE_STALE_WRITER_S", "3600"))
+"""An unsealed pair not written for this long (by the filesystem's clock) counts as abandoned by
+compaction, well past ``ROTATE_IDLE_S``."""
+PARK_MAX = 4
+"""Idle writers kept per folder in this process (one per thread of a thread pool, typically)."""
 
 
 _parked_lock = threading.Lock()
-_parked: dict[tuple[str, str], MapWriter] = {}
-"""Idle writers kept between uses, one per (folder, durability) in this process: a closed writer
-frees its slot lock (so compaction, clear and other writers see the slot free) but keeps its open
-files and its I/O thread. The next ``store.writer()`` of that folder tries the same slot again
-(one ``flock``) and, if nobody touched the pair meanwhile, goes on appending: no folder listing,
-no index read, no thread start. ``MapStore.close()`` and ``clear()`` close it."""
+_parked: dict[tuple[str, str], list[MapWriter]] = {}
+"""Idle writers kept between uses, up to PARK_MAX per (folder, durability) in this process: they
+keep their open pair (unsealed), their liveness lock and their I/O thread. The next
+``store.writer()`` of that folder goes on appending to the same pair: no file created, no index
+read, no thread start. ``MapStore.close()``, ``clear()`` and the end of the process seal them."""
 
 
 def _forget_parked_after_fork() -> None:
-    # a forked child holds none of these (no I/O thread, locks owned by the parent)
+    # a forked child holds none of these (no I/O thread; the pair belongs to the parent)
     global _parked_lock
     _parked_lock = threading.Lock()
     _parked.clear()
@@ -76,46 +90,52 @@ def _park_key(store: MapStore) -> tuple[str, str]:
 
 
 def take_parked(store: MapStore) -> MapWriter | None:
-    """The idle writer of ``store``'s folder, if any, now owned by the caller (and ``store``)."""
+    """An idle writer of ``store``'s folder, if any, now owned by the caller (and ``store``)."""
     if not _parked:
         return None
     with _parked_lock:
-        writer = _parked.pop(_park_key(store), None)
+        idle = _parked.get(_park_key(store))
+        writer = idle.pop() if idle else None
     if writer is not None:
         writer.store = store
     return writer
 
 
 def release_all_parked() -> None:
-    """Close every idle writer of this process (and their I/O threads), e.g. before forking."""
+    """Seal and close every idle writer of this process (and their I/O threads), e.g. before
+    forking, and at exit."""
     with _parked_lock:
-        writers = list(_parked.values())
+        writers = [w for idle in _parked.values() for w in idle]
         _parked.clear()
     for writer in writers:
         writer._shutdown()
 
 
 def release_parked(store: MapStore) -> None:
-    """Close the idle writer of ``store``'s folder, if any (its slot becomes free)."""
-    writer = take_parked(store)
-    if writer is not None:
+    """Seal and close the idle writers of ``store``'s folder (any durability), if any."""
+    if not _parked:
+        return
+    folder = _park_key(store)[0]
+    with _parked_lock:
+        writers = [w for key in list(_parked) if key[0] == folder for w in _parked.pop(key)]
+    for writer in writers:
         writer._shutdown()
 
 
-def _file_id(path: Path, head: bytes, magic: bytes) -> bytes:
-    """The file id in the header ``head`` of ``path``; a StoreError saying why if it is none."""
-    file_id = sh.parse_header(head, magic)
-    if file_id is None:
-        raise StoreError(f"{path}: {sh.header_problem(head, magic)} (see verify(), clear())")
-    return file_id
+def parked_stems(store: MapStore) -> set[str]:
+    """The pairs of this process's idle writers of ``store``'s folder (not writing now)."""
+    if not _parked:
+        return set()
+    folder = _park_key(store)[0]
+    with _parked_lock:
+        return {w.stem for key, idle in _parked.items() if key[0] == folder for w in idle}
 
 
-class _DamagedPair(Exception):
-    """The slot's shard is shorter than its index says: the writer must take another slot."""
+atexit.register(release_all_parked)
 
 
 class MapWriter:
-    """Appends items to one slot's shard and publishes them in batches to its index.
+    """Appends items to its own shard and publishes them in batches to its own index.
 
     ``write`` only buffers (no system call for small items); full buffers go to a background I/O
     thread, which writes the data bytes, then one index record holding all their entries. ``flush``
@@ -129,8 +149,11 @@ class MapWriter:
         self._parked_size = -1  # the shard's size when parked: anyone appending changes it
         self._ref_end = 0  # the highest shard byte an item written by this writer ends at
         self._fsync = store.durability == "fsync"
-        self._slot = -1
-        self._lock: locks.FdLock | None = None
+        # on a network filesystem, the shard's bytes are made durable before the record naming
+        # them: another host must never see a record before its data
+        self._sync_data = not self._fsync and store.network
+        self._active = False  # between open() and close()
+        self._rotate = False  # idle too long: the next write starts a new pair (ROTATE_IDLE_S)
         self._bin_fd = -1
         self._idx_fd = -1
         self._stem = ""
@@ -180,8 +203,9 @@ class MapWriter:
         self._run_offset = 0  # shard offset of the run's first item
 
     @property
-    def slot(self) -> int:
-        return self._slot
+    def stem(self) -> str:
+        """The name of this writer's pair (``w-{token}``), "" before it is opened."""
+        return self._stem
 
     def __enter__(self) -> MapWriter:
         self.open()
@@ -196,67 +220,48 @@ class MapWriter:
         self.close()
 
     def open(self) -> None:
-        if self._lock is not None:
+        if self._active:
             return
         if self._idle:
             self._idle = False
-            lock = locks.try_slot(self.store.paths, self._slot)
-            if lock is not None and self._still_good():
-                self._lock = lock
+            if self._still_good():
+                self._active = True
                 self._last_t = self._first_t = time.monotonic()
+                self._lock_pair()
                 return
-            # taken, compacted, cleared, damaged or failed meanwhile: start afresh
-            if lock is not None:
-                locks.release_slot(self.store.paths, self._slot, lock)
+            # removed (clear), cut, failed or idle too long meanwhile: seal it, start afresh
             self._shutdown()
-            self._failed = None  # reported to the user of the previous writer already
-            self._span_start, self._span_sum, self._spans = -1, 0, []
-            self._buf = bytearray()
-            # items a failed writer had not published are lost (its user was told so)
-            self._uids, self._offsets, self._nbytes, self._crcs, self._mix = [], [], [], [], []
-            self._parts, self._pending_sums, self._metas, self._meta_of = [], [], [], {}
-            self._hot_dtype = None
-            self._direct_bytes = 0
-        paths = self.store.paths
-        damaged: list[tuple[int, locks.FdLock]] = []
-        try:
-            while self._lock is None:
-                try:
-                    paths.folder.mkdir(parents=True, exist_ok=True)
-                    slot, lock = locks.acquire_slot(paths)
-                except OSError as exc:
-                    msg = f"cannot write into the cache folder {paths.folder}: {exc}"
-                    raise StoreError(msg) from exc
-                try:
-                    self._open_pair(slot)
-                except _DamagedPair:
-                    # keep holding it until a slot is found, so acquire_slot moves past it
-                    self._close_files()
-                    damaged.append((slot, lock))
-                    continue
-                except BaseException:
-                    self._close_files()
-                    locks.release_slot(paths, slot, lock)
-                    raise
-                self._slot, self._lock = slot, lock
-        finally:
-            for slot, lock in damaged:
-                locks.release_slot(paths, slot, lock)
+            self._reset()
+        self._open_pair()
+        self._active = True
         self._last_t = self._first_t = time.monotonic()
         self._start_io_thread()
+        self.store._pair_added()
+
+    def _reset(self) -> None:
+        """Forget the previous pair's state (items a failed writer had not published are lost:
+        its user was told so)."""
+        self._failed = None
+        self._rotate = False
+        self._span_start, self._span_sum, self._spans = -1, 0, []
+        self._buf = bytearray()
+        self._uids, self._offsets, self._nbytes, self._crcs, self._mix = [], [], [], [], []
+        self._parts, self._pending_sums, self._metas, self._meta_of = [], [], [], {}
+        self._hot_dtype = None
+        self._direct_bytes = 0
+        self._ref_end = 0
 
     def _still_good(self) -> bool:
-        """Whether a parked writer, its slot taken again, can go on with its pair: nobody removed it
-        (compaction, clear), wrote to it (another holder of the slot) or cut it (external damage:
-        it must then never be appended to again), and its I/O thread is fine."""
+        """Whether a parked writer can go on with its pair: nobody removed it (clear) or cut it
+        (external damage), it was not idle too long, and its I/O thread is fine."""
         if self._failed is not None or self._thread is None or not self._thread.is_alive():
+            return False
+        if self._rotate:
             return False
         try:
             idx, shard = os.fstat(self._idx_fd), os.fstat(self._bin_fd)
         except OSError:
             return False
-        # someone else touching the index (a torn tail appended) or cutting the shard: start
-        # afresh (a new holder checks the tail, and refuses a cut shard)
         return (
             idx.st_nlink > 0
             and shard.st_nlink > 0
@@ -265,56 +270,40 @@ class MapWriter:
             and shard.st_size >= self._ref_end
         )
 
-    def _open_pair(self, slot: int) -> None:
+    def _open_pair(self) -> None:
+        """Create this writer's own pair (shard first: an index never names a missing file)."""
         paths = self.store.paths
-        pairs = paths.list_pairs() or []
-        # the current generation: pairs of older ones are frozen (a compaction may retire them)
-        gen = max((p.gen for p in pairs if p.slot is None), default=0)
-        name = sh.DataName.writer(slot, gen)
-        self._stem = name.stem
-        idx_path, bin_path = paths.index(name.stem), paths.shard(name.stem)
-        shard_head = sh.read_header(bin_path, sh.SHARD_HEADER_BYTES)
-        if shard_head is None:
-            if idx_path.exists():
-                raise StoreError(f"{idx_path} exists without its shard {bin_path}: run clear()")
+        sync = self._fsync or self._sync_data
+        while True:
+            name = sh.DataName.writer()
+            idx_path, bin_path = paths.index(name.stem), paths.shard(name.stem)
             file_id = sh.new_file_id()
-            # the shard exists before its index: a reader never finds entries without their file
-            atomic_write(bin_path, sh.shard_header(file_id), fsync=self._fsync)
-        else:
-            file_id = _file_id(bin_path, shard_head, sh.SHARD_MAGIC)
-        index_head = sh.read_header(idx_path, sh.INDEX_HEADER_BYTES)
-        if index_head is None:
-            atomic_write(idx_path, sh.index_header(file_id), fsync=self._fsync)
-        elif _file_id(idx_path, index_head, sh.INDEX_MAGIC) != file_id:
-            msg = f"{idx_path} and {bin_path} do not belong together (file ids differ)"
-            raise StoreError(msg)
-        # read too: the I/O thread checksums large items from the shard (see _write_direct)
-        self._bin_fd = os.open(bin_path, os.O_RDWR)
-        self._idx_fd = os.open(idx_path, os.O_WRONLY | os.O_APPEND)
+            path = paths.folder
+            try:
+                paths.folder.mkdir(parents=True, exist_ok=True)
+                path = bin_path
+                create_new(bin_path, sh.shard_header(file_id), fsync=sync)
+                path = idx_path
+                create_new(idx_path, sh.index_header(file_id), fsync=sync)
+                # read too: the I/O thread checksums large items from the shard (_write_direct)
+                path = bin_path
+                self._bin_fd = os.open(bin_path, os.O_RDWR)
+                path = idx_path
+                self._idx_fd = os.open(idx_path, os.O_WRONLY | os.O_APPEND)
+            except FileExistsError:  # 128 random bits collided: impossible in practice
+                self._close_files()
+                continue
+            except OSError as exc:
+                self._close_files()
+                raise store_error("creating", path, exc) from exc
+            break
+        self._lock_pair()
+        self._stem = name.stem
+        self._idx_end = sh.INDEX_HEADER_BYTES
+        self._buf_start = sh.align_up(sh.SHARD_HEADER_BYTES)
         if self.store._loaded:
-            # also registers the new pair, so this store takes in its own flushes without
-            # re-reading them
+            # registers the new pair, so this store takes in its own flushes without re-reading
             self.store.refresh()
-        state = self.store._pair_state(name.stem)
-        if state is not None and not state.bad:
-            valid_end, referenced = state.pos, state.max_end
-        else:
-            valid_end, referenced = sh.index_extent(idx_path, file_id)
-        size = os.fstat(self._bin_fd).st_size
-        if referenced > size:
-            # published entries point past the shard's end: it lost bytes (truncated, or a power
-            # loss kept a record but not its data). Appending would give those entries bytes
-            # again -- the wrong ones -- so this shard is never written again: the writer takes
-            # another slot, readers keep rejecting those entries, compact() folds the pair in
-            raise _DamagedPair(str(bin_path))
-        if os.fstat(self._idx_fd).st_size > valid_end:
-            # a torn record from a holder that died mid-append; readers never read past valid_end
-            # (they stop at a record they cannot check), so cutting it is invisible to them
-            os.ftruncate(self._idx_fd, valid_end)
-        self._idx_end = valid_end
-        # garbage a dead holder left after its last published item is dead bytes: skip it; and
-        # never below a byte an entry points to (an old entry must never see new bytes)
-        self._buf_start = sh.align_up(max(size, referenced))
 
     def write(self, item_uid: str, value: tp.Any) -> None:
         """Buffer one item (published by the next ``flush``, automatic every ~1000 items/8 MiB/1 s)."""
@@ -354,10 +343,12 @@ class MapWriter:
 
     def _write_any(self, item_uid: str, value: tp.Any) -> None:
         """Every item the hot path does not take: picks the format and meta, may start a run."""
-        if self._lock is None:
+        if not self._active:
             self.open()
         if self._failed is not None:
             self._raise_failed()
+        if self._rotate:
+            self._rotate_pair()
         fmt = (
             enc.ARRAY
             if self._forced is None and type(value) is np.ndarray and not value.dtype.hasobject
@@ -412,6 +403,28 @@ class MapWriter:
                 or now - self._first_t > FLUSH_MAX_AGE_S
             ):
                 self._hand_over()
+
+    def _lock_pair(self) -> None:
+        """Hold the pair's lock while writing: tools count busy writers by it, and compaction
+        leaves such a pair alone. Safety needs none of it (a pair's age decides where locks do not
+        reach across hosts, see STALE_WRITER_S), so a filesystem without locks is fine."""
+        try:
+            locks.try_lock_fd(self._idx_fd)
+        except OSError:
+            pass
+
+    def _unlock_pair(self) -> None:
+        try:
+            fcntl.flock(self._idx_fd, fcntl.LOCK_UN)
+        except OSError:
+            pass
+
+    def _rotate_pair(self) -> None:
+        """Seal the pair this writer left idle too long and go on in a new one."""
+        self.flush()
+        self._shutdown()
+        self._reset()
+        self.open()
 
     def _end_run(self) -> None:
         """Write out the offsets, sizes and meta of the items the hot path took since its run began
@@ -555,7 +568,7 @@ class MapWriter:
         # keeps encoding items; it also publishes items left buffered by a stalled producer
         if self._thread is None:
             self._thread = threading.Thread(
-                target=self._io_loop, name=f"exca-lite-writer-{self._slot}", daemon=True
+                target=self._io_loop, name=f"exca-lite-writer-{self._stem}", daemon=True
             )
             self._thread.start()
 
@@ -586,8 +599,14 @@ class MapWriter:
     def _publish_if_stale(self) -> None:
         """Publish items buffered for over FLUSH_MAX_AGE_S while the producer is busy elsewhere
         (a model computing its next batch): waiting processes and a crash then lose less."""
-        if not self._uids or not self._buffer_lock.acquire(blocking=False):
-            return  # nothing buffered, or the producer is writing: it checks the age itself
+        if not self._uids:
+            if _monotonic() - self._last_t > ROTATE_IDLE_S and not self._rotate:
+                with self._buffer_lock:
+                    self._end_run()  # the next write takes the general path, which rotates
+                    self._rotate = True
+            return
+        if not self._buffer_lock.acquire(blocking=False):
+            return  # the producer is writing: it checks the age itself
         try:
             # the queue is empty (this thread is its only reader and found nothing) and stays
             # so while the lock is held, so these two puts cannot block this thread on itself
@@ -630,6 +649,9 @@ class MapWriter:
         if self._fsync:
             # power loss must not leave an index record pointing at bytes the disk never got
             os.fsync(self._bin_fd)
+        elif self._sync_data:
+            # a network filesystem: the bytes reach the server before the record naming them
+            os.fdatasync(self._bin_fd)
         record = sh.frame(sh.encode_payload(obj))
         start = self._idx_end
         # one write per record (O_APPEND): a kill inside it leaves a torn tail, never a gap
@@ -674,11 +696,19 @@ class MapWriter:
             self._raise_failed()
 
     def _raise_failed(self) -> tp.NoReturn:
-        msg = (
-            f"writing to {self.store.paths.shard(self._stem)} failed: {self._failed!r}; "
-            "items written since the last successful flush are lost"
-        )
-        raise StoreError(msg) from self._failed
+        failed = self._failed
+        if isinstance(failed, StoreError):
+            raise failed
+        where = self.store.paths.shard(self._stem)
+        if isinstance(failed, OSError):
+            error = store_error("writing to", where, failed)
+            msg = f"{error}; items written since the last successful flush are not stored"
+        else:
+            msg = (
+                f"writing to {where} failed: {failed!r}; items written since the last "
+                "successful flush are not stored"
+            )
+        raise StoreError(msg) from failed
 
     def flush(self) -> None:
         """Publish every buffered item: their bytes reach the shard before the index record."""
@@ -698,43 +728,56 @@ class MapWriter:
         self._wait_io()
 
     def close(self) -> None:
-        """Flush; then keep the slot, files and thread for the next writer of this folder in this
-        process (parked), or if one is kept already, stop the thread, close the files and free
-        the slot."""
-        if self._lock is None or self._idle:
+        """Flush; then keep the pair, its lock and thread for the next writer of this folder in
+        this process (parked), or if enough are kept already, seal the pair and stop."""
+        if not self._active:
             return
         try:
             self.flush()
         except BaseException:
+            self._active = False
             self._shutdown()
             raise
+        self._active = False
         key = _park_key(self.store)
         with _parked_lock:
-            if key not in _parked:
+            idle = _parked.setdefault(key, [])
+            if len(idle) < PARK_MAX:
                 try:
                     self._parked_size = os.fstat(self._bin_fd).st_size
                 except OSError:
                     self._parked_size = -1
                 self._idle = True
-                locks.release_slot(self.store.paths, self._slot, self._lock)
-                self._lock = None
-                _parked[key] = self
+                self._unlock_pair()  # idle: not a busy writer for `exca-lite info` and clear
+                idle.append(self)
                 return
         self._shutdown()
 
     def _shutdown(self) -> None:
-        """Stop the I/O thread, close the files and free the slot if held (after a flush)."""
+        """Stop the I/O thread, seal the pair (after a flush) and close the files."""
         self._idle = False
+        self._active = False
         try:
             if self._thread is not None:
                 self._jobs.put(None)
                 self._thread.join()
                 self._thread = None
         finally:
+            if self._idx_fd >= 0 and self._failed is None and not self._uids and self._untouched():
+                try:
+                    # sealed: compaction may fold and remove this pair as soon as it likes
+                    sh.write_all(self._idx_fd, sh.frame(sh.encode_payload([sh.RECORD_SEAL])))
+                except OSError:
+                    pass  # unsealed pairs are folded once they look abandoned: nothing is lost
             self._close_files()
-            if self._lock is not None:
-                locks.release_slot(self.store.paths, self._slot, self._lock)
-                self._lock = None
+
+    def _untouched(self) -> bool:
+        """Whether the index is as this writer left it (nobody else ever writes to it; if
+        someone did, a seal after their bytes would read as damage)."""
+        try:
+            return os.fstat(self._idx_fd).st_size == self._idx_end
+        except OSError:
+            return False
 
     def _close_files(self) -> None:
         for fd in (self._bin_fd, self._idx_fd):
