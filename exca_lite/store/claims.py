@@ -225,8 +225,11 @@ class Claim:
             return
         # the file goes while its lock is still held (a prober finding no file knows the owner is
         # gone), and under the global lock (a reader never finds it half gone)
-        with self._globally(), contextlib.suppress(FileNotFoundError):
-            os.unlink(self._lock_path)
+        try:
+            with self._globally(), contextlib.suppress(FileNotFoundError):
+                os.unlink(self._lock_path)
+        except OSError:
+            pass  # the folder went away (removed underneath): nothing left to release
         self._owner.release()
         self._owner = None
         locks.live_tokens.discard(self.token)

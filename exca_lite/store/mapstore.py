@@ -73,6 +73,8 @@ compacted ones) into one: the number of files stays bounded whatever the history
 
 
 _open_stores: weakref.WeakSet[MapStore] = weakref.WeakSet()
+_format_warned: set[str] = set()
+"""Index files of another format this process warned about (one warning each, not per reader)."""
 _stamp_lock = threading.Lock()
 _last_stamp = 0
 """The last record stamp this process gave: stamps of one process strictly increase."""
@@ -349,8 +351,8 @@ class MapStore:
                     pair.bad = True
                     why = sh.header_problem(header, sh.INDEX_MAGIC)
                     if sh.header_version(header, sh.INDEX_MAGIC) is not None:
-                        if not pair.warned:
-                            pair.warned = True
+                        if path not in _format_warned:  # once per process and file
+                            _format_warned.add(path)
                             warnings.warn(f"{path}: {why}", CacheFormatWarning, stacklevel=5)
                         return
                     self._warn(pair, f"{path}: not an index file ({why}); its items are ignored")

@@ -19,6 +19,7 @@ Why it looks like this (docs/design.md has the protocol and the crash analysis):
 from __future__ import annotations
 
 import atexit
+import errno
 import fcntl
 import os
 import queue
@@ -653,6 +654,11 @@ class MapWriter:
             # a network filesystem: the bytes reach the server before the record naming them
             os.fdatasync(self._bin_fd)
         record = sh.frame(sh.encode_payload(obj))
+        if os.fstat(self._idx_fd).st_nlink == 0:
+            # removed underneath (rm -rf, clear): publishing into an unlinked file would report
+            # success for items nobody can read
+            path = self.store.paths.index(self._stem)
+            raise FileNotFoundError(errno.ENOENT, "removed while being written", str(path))
         start = self._idx_end
         # one write per record (O_APPEND): a kill inside it leaves a torn tail, never a gap
         sh.write_all(self._idx_fd, record)
