@@ -898,7 +898,7 @@ def test_a_cache_of_another_format_version_is_named_as_such(tmp_path: Path) -> N
     data = bytearray(index.read_bytes())
     data[6:8] = (1).to_bytes(2, "little")  # what format 1 wrote
     index.write_bytes(bytes(data))
-    assert MapStore(tmp_path).verify() == []  # another format is not damage
+    assert MapStore(tmp_path, load_index=False).verify() == []  # another format: not damage
     with pytest.warns(xl.CacheFormatWarning, match="cache format 1") as caught:
         reader = MapStore(tmp_path)
         assert "a" not in reader
