@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import gc
 import hashlib
 import os
 import shutil
@@ -124,18 +125,19 @@ def wait_mounted(path: Path, what: str, proc: subprocess.Popen[str] | None = Non
 
 
 def unmount(path: Path, fuse: bool) -> None:
-    """Unmount ``path``; if it is busy (a leftover process), detach it lazily. Never raises."""
-    if not is_mounted(path):
-        return
-    attempts = (
-        [["fusermount3", "-u", str(path)], ["fusermount3", "-uz", str(path)]] if fuse else []
-    ) + [["umount", str(path)], ["umount", "-l", str(path)]]
-    for cmd in attempts:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(cmd, capture_output=True, timeout=MOUNT_TIMEOUT_S)
+    """Unmount ``path``. Busy (objects of the finished test still hold files or maps there, in
+    reference cycles): collect garbage and retry, then detach it lazily. Never raises."""
+    commands = [["fusermount3", "-u", str(path)]] if fuse else [["umount", str(path)]]
+    lazy = [["fusermount3", "-uz", str(path)]] if fuse else []
+    for attempt, cmd in enumerate([*commands, *commands, *lazy, ["umount", "-l", str(path)]]):
         if not is_mounted(path):
             return
-    sys.stderr.write(f"fsmounts: could not unmount {path}\n")
+        if attempt == 1:
+            gc.collect()
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(cmd, capture_output=True, timeout=MOUNT_TIMEOUT_S)
+    if is_mounted(path):
+        sys.stderr.write(f"fsmounts: could not unmount {path}\n")
 
 
 # # # lock probes (also used by the tests) # # #
@@ -313,10 +315,15 @@ def nolock_fs(tmp_path: Path, nolock_binary: Path) -> tp.Iterator[Mount]:
     finally:
         unmount(mount.path, fuse=True)
         try:
-            proc.wait(timeout=MOUNT_TIMEOUT_S)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            # detached lazily and still in use: stop serving (leftover descriptors get ENOTCONN)
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
 
