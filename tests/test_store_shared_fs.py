@@ -851,11 +851,6 @@ class Remover:
             yield expected_feature(item)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9: a cache folder removed underneath surfaces as a raw FileNotFoundError "
-    "(the claims lock), not a StoreError",
-)
 def test_folder_removed_mid_write_is_a_store_error_and_the_next_run_recomputes(
     tmp_path: Path,
 ) -> None:
@@ -883,11 +878,6 @@ def test_folder_removed_mid_write_is_a_store_error_and_the_next_run_recomputes(
 # # # data of a newer format # # #
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9: one MapStore warns twice about a newer-format pair when compact() re-reads "
-    "the folder (CacheFormatWarning at open, again in compact)",
-)
 def test_newer_format_is_skipped_worked_around_and_never_deleted(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     feat = Featurizer(infra=xl.MapInfra(folder=root))
