@@ -9,7 +9,7 @@ copied whole between clusters):
 - a *task* cache holds ``uid.json``/``config.json`` and at most a result, a failure, a job record.
 
 Everything here reads only, except ``compact`` and ``clear``, which go through the stores' own
-operations (their locks keep concurrent readers and writers safe).
+operations (concurrent readers and writers stay safe: no file is written by two processes).
 """
 
 from __future__ import annotations

@@ -465,11 +465,11 @@ def test_clear_and_stats(tmp_path: Path) -> None:
     with store.writer():
         assert store.stats()["writers"] == 1
     other = MapStore(tmp_path / "c")
-    # temp files: a killed compaction's shard, and the atomic_write temps of another process's
-    # config.json or new pair being written right now, which clear() must not pull from under it
-    compaction_temp = tmp_path / "c" / "c-g000004.bin.tmp"  # left by a killed compaction
+    # temp files: a killed compaction's shard (removed), and the atomic_write temp of another
+    # process's config.json being written right now, which clear() must not pull from under it
+    compaction_temp = tmp_path / "c" / ".c-000004-0123abcd.bin.4242.new"  # a killed compaction's
     compaction_temp.write_bytes(b"x")
-    in_flight = [tmp_path / "c" / n for n in (".config.json.0123abcd.tmp", ".w001-g0.bin.ab.tmp")]
+    in_flight = [tmp_path / "c" / n for n in (".config.json.0123abcd.tmp",)]
     for path in in_flight:
         path.write_bytes(b"{}")
     store.clear()

@@ -48,11 +48,18 @@ class Claim:
     """
 
     def __init__(
-        self, store: MapStore, item_uids: tp.Sequence[str], missing_as_of: object = None
+        self,
+        store: MapStore,
+        item_uids: tp.Sequence[str],
+        missing_as_of: object = None,
+        adopt: str | None = None,
     ) -> None:
         self.store = store
         self.item_uids = list(item_uids)
         self._missing_as_of = missing_as_of
+        # a worker computing for a driver: items the driver claimed are the worker's to take (the
+        # worker then holds them too, so they stay held if the driver dies)
+        self._adopt = adopt
         self.token = uuid.uuid4().hex
         self.mine: list[str] = []
         self._others: dict[str, str] = {}  # uid -> owner token
@@ -117,6 +124,9 @@ class Claim:
             owner.path = self._lock_path
         except OSError as exc:
             owner.release()
+            for path in (paths.owner_lock_new(self.token), self._lock_path):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # born but never locked (no locks here): not a claim
             locks.live_tokens.discard(self.token)
             raise store_error("claiming items in", paths.claims, exc) from exc
         self._owner = owner
@@ -129,11 +139,14 @@ class Claim:
                 else:
                     wanted = store.missing(self.item_uids)
                 claimed = self._read_claims()
+                if self._adopt is not None:
+                    claimed = {u: t for u, t in claimed.items() if t != self._adopt}
                 if claimed:
                     self.mine = [uid for uid in wanted if uid not in claimed]
                     self._others = {uid: claimed[uid] for uid in wanted if uid in claimed}
                 else:
                     self.mine, self._others = wanted, {}
+                _refuse_nested(self._others)
                 self._append(self.mine)
         except OSError as exc:
             self.release()  # a claim that failed to form holds nothing
@@ -141,6 +154,18 @@ class Claim:
         except BaseException:
             self.release()
             raise
+
+    @contextlib.contextmanager
+    def computing(self) -> tp.Iterator[None]:
+        """Mark this thread as computing this claim's items: a call nested in that computation
+        (the map method asking its own cache for items) that needs some of them is an error,
+        where waiting for them would wait for itself forever."""
+        stack = _computing_stack()
+        stack.append(self.token)
+        try:
+            yield
+        finally:
+            stack.remove(self.token)
 
     def _read_claims(self) -> dict[str, str]:
         """uid -> token of every live owner's claims; deletes the claim files of dead owners."""
@@ -233,6 +258,33 @@ class Claim:
         self._owner.release()
         self._owner = None
         locks.live_tokens.discard(self.token)
+
+
+_computing = threading.local()
+
+
+def _computing_stack() -> list[str]:
+    stack: list[str] | None = getattr(_computing, "tokens", None)
+    if stack is None:
+        stack = _computing.tokens = []
+    return stack
+
+
+def _refuse_nested(others: dict[str, str]) -> None:
+    """Raise if items held by another owner are held by a computation this very thread is in."""
+    stack = getattr(_computing, "tokens", None)
+    if not stack or not others:
+        return
+    mine = set(stack)
+    nested = [uid for uid, token in others.items() if token in mine]
+    if nested:
+        shown = ", ".join(map(repr, nested[:5])) + (" ..." if len(nested) > 5 else "")
+        raise RuntimeError(
+            f"a map call nested in the computation of its own items needs {len(nested)} "
+            f"item(s) that this computation holds and has not stored yet ({shown}): waiting "
+            "for them would wait forever. Compute them first, in an earlier call (or order "
+            "the items so that each one's inputs come earlier in a previous call)"
+        )
 
 
 _warned_no_locks: set[str] = set()

@@ -41,9 +41,9 @@ from pathlib import Path
 import msgspec
 
 ALIGN = 64
+"""Item offsets in a shard are multiples of this: arrays are aligned for any dtype and SIMD."""
 PAGE = 4096
 """Large items (written straight from their memory) start at multiples of this."""
-"""Item offsets in a shard are multiples of this: arrays are aligned for any dtype and SIMD."""
 
 FORMAT_VERSION = 3
 """Bytes 6-7 of both headers. 3: one pair per writer, never shared (2: writer slots shared through
@@ -62,7 +62,8 @@ Durability = tp.Literal["flush", "fsync"]
 ``"fsync"``: each fsynced before the next step (survives power loss)."""
 
 RECORD_ENTRIES = 0
-"""Payload ``[0, uids, offsets, nbytes, crc32s, meta indexes, metas, spans]``: published items."""
+"""Payload ``[0, uids, offsets, nbytes, crc32s, meta indexes, metas, spans, stamp]``: published
+items (the stamp orders copies of one item: an int, or one per entry in a compacted pair)."""
 RECORD_RETIRE = 1
 """Payload ``[1, [[pair name, index bytes folded], ...]]``: first record of a compacted index, the
 pairs it holds the entries of, each up to where it read that pair's index (a reader reads a

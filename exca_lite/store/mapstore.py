@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import mmap
 import os
+import re
 import struct
 import threading
 import time
@@ -74,7 +75,7 @@ compacted ones) into one: the number of files stays bounded whatever the history
 
 _open_stores: weakref.WeakSet[MapStore] = weakref.WeakSet()
 _format_warned: set[str] = set()
-"""Index files of another format this process warned about (one warning each, not per reader)."""
+"""Caches whose files of another format this process warned about (once each, not per reader)."""
 _stamp_lock = threading.Lock()
 _last_stamp = 0
 """The last record stamp this process gave: stamps of one process strictly increase."""
@@ -228,8 +229,8 @@ class MapStore:
 
     Opening never writes anything and never creates the folder: a missing folder is an empty store,
     a read-only one is fully readable. ``load_index=False`` defers reading the index to the first
-    query: a process that only writes (a worker) then never reads it (its writer checks only the
-    tail of its own slot's index).
+    query: a process that only writes (a worker) then never reads it (its writer creates a pair
+    of its own and reads nothing).
     """
 
     def __init__(
@@ -351,8 +352,9 @@ class MapStore:
                     pair.bad = True
                     why = sh.header_problem(header, sh.INDEX_MAGIC)
                     if sh.header_version(header, sh.INDEX_MAGIC) is not None:
-                        if path not in _format_warned:  # once per process and file
-                            _format_warned.add(path)
+                        folder = str(self.folder)
+                        if folder not in _format_warned:  # once per process and cache
+                            _format_warned.add(folder)
                             warnings.warn(f"{path}: {why}", CacheFormatWarning, stacklevel=5)
                         return
                     self._warn(pair, f"{path}: not an index file ({why}); its items are ignored")
@@ -957,14 +959,17 @@ class MapStore:
         """Seal and close the idle writers this process keeps for this folder (if any)."""
         wr.release_parked(self)
 
-    def claim(self, item_uids: tp.Sequence[str], missing_as_of: object = None) -> Claim:
+    def claim(
+        self, item_uids: tp.Sequence[str], missing_as_of: object = None, adopt: str | None = None
+    ) -> Claim:
         """Claim the missing items this caller should compute (use it as a context manager).
 
         ``missing_as_of``: a ``view_state()`` at which every one of ``item_uids`` was missing
         (as ``missing()`` found them): if the view has not changed since, the claim does not check
-        them again.
+        them again. ``adopt``: the token of a claim whose items this one may take (a worker
+        computing for the driver that claimed them).
         """
-        return Claim(self, item_uids, missing_as_of)
+        return Claim(self, item_uids, missing_as_of, adopt)
 
     def view_state(self) -> object:
         """A value equal to a later one only if no entry was added to this reader's view in
@@ -1141,8 +1146,9 @@ class MapStore:
         duplicates, dead bytes and torn tails.
 
         Readers keep reading (old files stay valid for their maps until they reload) and writers
-        keep writing: a pair whose writer may still append (unsealed, and its lock held or its
-        files written recently) is left for next time.
+        keep writing: a pair whose writer is busy (its lock held) is left for next time; one that
+        looks idle but may be written again (unsealed, recent) is copied and kept, readers taking
+        in only what its writer appends after.
         """
         wr.release_parked(self)  # this process's idle writers are done: sealed, they fold too
         before = self._disk_bytes()
@@ -1192,6 +1198,10 @@ class MapStore:
         try:
             self.refresh()
             return self._fold_pairs(auto)
+        except _StaleError:
+            # another compaction (on a host whose locks do not reach here) removed a source
+            # while this one read it: its new pair holds those items; nothing to do now
+            return 0, 0
         except OSError as exc:
             raise store_error("compacting", self.folder, exc) from exc
         finally:
@@ -1366,7 +1376,9 @@ class MapStore:
                 if mm is None or need > len(mm):
                     mm = self._map(ix, number, need)
             except _StaleError:
-                bad[select] = True  # shorter than its index says, or gone: nothing to trust
+                if not os.path.exists(self.paths.shard(ix.pairs[number].name.stem)):
+                    raise  # removed by another compaction meanwhile: this fold starts over
+                bad[select] = True  # shorter than its index says: nothing to trust
                 continue
             offsets, nbytes = part[:, 1].tolist(), part[:, 2].tolist()
             arrays = is_array[part[:, 3]].tolist()
@@ -1428,6 +1440,26 @@ class MapStore:
         if not self.folder.is_dir():
             self._ix = _Index(frozenset())
             return
+        # a compaction publishing after the clear would bring the cleared items back: exclude it
+        # (where locks work; elsewhere, run clear when no compaction runs)
+        lock = locks.FdLock(self.paths.compact_lock)
+        try:
+            self.paths.locks.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except OSError as exc:
+            if exc.errno not in NO_LOCK_ERRNOS:
+                raise store_error("locking", self.paths.compact_lock, exc) from exc
+        try:
+            self._clear_files()
+        finally:
+            lock.release()
+        for folder in (self.paths.claims, self.paths.locks):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: a busy owner's lock file stays
+        with self._lock:
+            self._ix = _Index(frozenset())
+
+    def _clear_files(self) -> None:
         try:
             for path in self.folder.iterdir():
                 if _is_data_file(path.name) and not _is_newer_format(path):
@@ -1447,11 +1479,6 @@ class MapStore:
                             owner.unlink()
         except OSError as exc:
             raise store_error("clearing", self.folder, exc) from exc
-        for folder in (self.paths.claims, self.paths.locks):
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only if empty: a busy owner's lock file stays
-        with self._lock:
-            self._ix = _Index(frozenset())
 
     def _disk_bytes(self) -> int:
         total = 0
@@ -1490,11 +1517,16 @@ class MapStore:
         }
 
 
+_TEMP_PAIR_FILE = re.compile(r"^\.(?:w|c)-[0-9a-f-]+\.(?:idx|bin)\.\d+\.new$")
+
+
 def _is_data_file(name: str) -> bool:
-    """A shard, an index, or a compaction's shard being written (compaction and clear exclude
-    each other). Not the dot-named temp files of ``atomic_write``: a writer creating its pair's
-    headers, or another process its ``config.json``, may be between write and rename."""
-    return name.endswith((".idx", ".bin", ".bin.tmp")) and not name.startswith(".")
+    """A shard or an index, or the temp file of one being created (``fs.create_new``, a
+    compaction's shard: left behind if that process was killed). Not other dot-named temp files:
+    another process may be writing its ``config.json``."""
+    if name.startswith("."):
+        return _TEMP_PAIR_FILE.match(name) is not None
+    return name.endswith((".idx", ".bin"))
 
 
 def _lagging(stamp: int) -> bool:

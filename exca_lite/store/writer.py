@@ -49,9 +49,9 @@ SLOW_PRODUCER_S = 0.1
 so batching saves nothing while a process waiting for the item would wait one more item."""
 _FEW = 16
 LARGE_ITEM_BYTES = 256 << 10
+"""Items this big skip the write buffer and go to the shard straight from their own memory."""
 SUM_READ_BYTES = 8 << 20
 """Piece size in which the I/O thread reads a large item back to checksum it."""
-"""Items this big skip the write buffer and go to the shard straight from their own memory."""
 _monotonic = time.monotonic
 ROTATE_IDLE_S = 600.0
 """A writer idle this long starts a new pair at its next write instead of appending to its old
@@ -496,8 +496,8 @@ class MapWriter:
         try:
             sh.pwrite_all(self._bin_fd, raw, offset)
         except OSError as exc:
-            msg = f"writing item {item_uid!r} to {self.store.paths.shard(self._stem)} failed: {exc}"
-            raise StoreError(msg) from exc
+            where = self.store.paths.shard(self._stem)
+            raise store_error(f"writing item {item_uid!r} to", where, exc) from exc
         if not crc:
             # a large array gets its own checksum, a word sum (crc32 would halve the write
             # bandwidth), computed by the I/O thread from the shard's bytes before it publishes
