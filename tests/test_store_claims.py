@@ -270,3 +270,80 @@ def test_items_taken_over_in_another_order_get_their_own_outputs(tmp_path: Path)
     assert out[:, 0].tolist() == [ord("a"), ord("b")]
     fresh = MapStore(bound.folder())
     assert int(fresh.load("a")[0]) == ord("a") and int(fresh.load("b")[0]) == ord("b")
+
+
+_HOLD = """
+import sys, time, pathlib
+import numpy as np
+from exca_lite.store import MapStore
+folder, adopt, go = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
+store = MapStore(folder)
+uids = [f"item-{i}" for i in range(20)]
+with store.claim(uids, adopt=None if adopt == "-" else adopt) as claim:
+    print(claim.token, len(claim.mine), flush=True)
+    while not go.exists():
+        time.sleep(0.01)
+    with store.writer() as w:
+        for uid in claim.mine:
+            w.write(uid, np.full(4, float(uid.split("-")[1])))
+print("done", flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_items_held_by_a_worker_outlive_the_driver_that_claimed_them(tmp_path: Path) -> None:
+    # the driver claims; a worker adopts the driver's claim (its items become the worker's too);
+    # the driver is killed: the items stay held by the live worker, so a rerun waits for them
+    # instead of computing them a second time
+    never, go = tmp_path / "never", tmp_path / "go"
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(tmp_path), "-", str(never)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    token, mine = wait_line(driver, "").split()
+    assert int(mine) == 20
+    worker = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(tmp_path), token, str(go)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert wait_line(worker, "").split()[1] == "20"  # the driver's items, adopted
+    driver.kill()
+    driver.communicate()
+    rerun = MapStore(tmp_path)
+    with rerun.claim([f"item-{i}" for i in range(20)]) as claim:
+        assert claim.mine == [] and len(claim.others) == 20  # held by the live worker
+        go.touch()
+        assert claim.wait_others(poll_max_s=0.05) == []  # stored by the worker, none taken over
+    assert finish(worker)[-1] == "done"
+    assert rerun.missing([f"item-{i}" for i in range(20)]) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_nested_call_needing_items_its_own_computation_holds_is_an_error(tmp_path: Path) -> None:
+    store = MapStore(tmp_path)
+    with store.claim(["a", "b", "c"]) as outer, outer.computing():
+        with pytest.raises(RuntimeError, match=r"nested .* holds .*'b'"):
+            with store.claim(["b", "x"]):
+                pass  # pragma: no cover
+        # a worker thread computing for the outer claim (adopting it) is the same computation
+        seen: list[BaseException] = []
+
+        def worker() -> None:
+            with store.claim(["a"], adopt=outer.token) as claim, claim.computing():
+                try:
+                    with store.claim(["c"]):
+                        pass  # pragma: no cover
+                except RuntimeError as e:
+                    seen.append(e)
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+        assert len(seen) == 1 and "'c'" in str(seen[0])
+    # outside the computation, the same items are simply claimed
+    with store.claim(["b"]) as again:
+        assert again.mine == ["b"]

@@ -161,11 +161,13 @@ class Claim:
         (the map method asking its own cache for items) that needs some of them is an error,
         where waiting for them would wait for itself forever."""
         stack = _computing_stack()
-        stack.append(self.token)
+        held = [self.token] if self._adopt is None else [self.token, self._adopt]
+        stack.extend(held)
         try:
             yield
         finally:
-            stack.remove(self.token)
+            for token in held:
+                stack.remove(token)
 
     def _read_claims(self) -> dict[str, str]:
         """uid -> token of every live owner's claims; deletes the claim files of dead owners."""
