@@ -10,23 +10,31 @@ copied whole between clusters):
 
 Everything here reads only, except ``compact`` and ``clear``, which go through the stores' own
 operations (concurrent readers and writers stay safe: no file is written by two processes).
+Nothing here runs code stored in a cache (roots are often shared): a task's ``job.pkl`` is read by
+an unpickler that only builds submitit job records, and ``verify`` checks a ``result.pkl`` opcode
+by opcode without loading it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
+import io
 import os
 import pickle
+import pickletools
 import stat
+import time
 import typing as tp
+import warnings
 from pathlib import Path
 
 import msgspec
 import numpy as np
 
 from . import taskcache
-from .errors import NotACacheError
+from .errors import CorruptCacheWarning, NotACacheError
 from .store.format import pairs_from_listing
 from .store.locks import probe_lock
 from .taskcache import TaskPaths
@@ -35,6 +43,7 @@ if tp.TYPE_CHECKING:
     from .store.mapstore import MapStore
 
 Kind = tp.Literal["task", "map"]
+TaskStatus = tp.Literal["not submitted", "running", "completed", "failed"]
 
 _SKIPPED_DIRS = frozenset({"logs", "locks", "claims", "__pycache__"})
 """Folders ``find_caches`` never enters: job logs can hold thousands of folders and no cache."""
@@ -46,11 +55,13 @@ _MAP_INFRA_KEYS = frozenset({"max_jobs", "min_samples_per_job", "forbid_single_i
 
 @dataclasses.dataclass(frozen=True)
 class CacheSummary:
-    """One row of ``ls``: a cache folder, its kind, how many items and bytes, when last written."""
+    """One row of ``ls``: a cache folder, its kind, a task's status, how many items and bytes, when
+    last written."""
 
     path: Path
     uid: str
     kind: Kind
+    status: TaskStatus | None  # None for a map cache
     items: int
     bytes: int
     last_write: float | None
@@ -59,6 +70,7 @@ class CacheSummary:
         return {
             "uid": self.uid,
             "kind": self.kind,
+            "status": self.status,
             "items": self.items,
             "bytes": self.bytes,
             "last_write": self.last_write,
@@ -149,22 +161,43 @@ def find_caches(root: Path, max_depth: int = 8) -> tuple[list[Path], list[str]]:
     return sorted(found, key=lambda p: (cache_uid(p), str(p))), unreadable
 
 
+def caches_under(paths: tp.Sequence[Path]) -> tuple[list[Path], list[str]]:
+    """The caches that ``verify``/``clear`` act on: each path is a cache folder or a root whose
+    caches are all taken; duplicates once. Every path is checked before anything is returned (a
+    typo must not stop a ``clear`` half-way): a missing path, or one holding no cache, raises."""
+    found: dict[str, Path] = {}
+    unreadable: list[str] = []
+    for path in paths:
+        caches, skipped = find_caches(path)
+        if not caches and not skipped:
+            raise NotACacheError(
+                f"no cache under {path} (a cache folder holds uid.json, config.json and a "
+                "result or *.idx store files)"
+            )
+        for cache in caches:
+            found.setdefault(os.path.realpath(cache), cache)
+        unreadable.extend(skipped)
+    return list(found.values()), unreadable
+
+
 def summarize(path: Path, kind: Kind | None = None) -> CacheSummary:
     """The ``ls`` row of one cache folder."""
     kind = kind or require_cache(path)
     files = _data_files(path)
     nbytes = sum(size for _, size, _ in files)
+    status: TaskStatus | None = None
     if kind == "map":
         store = open_store(path)
         items = len(store)
     else:
-        paths = TaskPaths(path)
-        items = int(os.path.exists(paths.result_pkl) or os.path.exists(paths.result_npy))
+        status = task_status(TaskPaths(path))
+        items = int(status == "completed")
     mtimes = [mtime for name, _, mtime in files if _counts_as_write(name)]
     return CacheSummary(
         path=path,
         uid=cache_uid(path),
         kind=kind,
+        status=status,
         items=items,
         bytes=nbytes,
         last_write=max(mtimes) if mtimes else None,
@@ -194,7 +227,6 @@ def describe(path: Path) -> dict[str, tp.Any]:
         out["writers"] = stats.get("writers")
     else:
         paths = TaskPaths(path)
-        out["status"] = _task_status(paths)
         out["files"] = {
             name: size
             for name, size, _ in _data_files(path)
@@ -233,19 +265,32 @@ def _verify_configs(path: Path) -> list[str]:
 
 
 def _verify_task(paths: TaskPaths) -> list[str]:
-    """Read back every file of a task cache: the result must load, the failure and job must decode."""
+    """Read back every file of a task cache: the result must parse, the failure must decode.
+
+    An ``OSError`` (permission, I/O) propagates: the file could not be checked, which is not
+    damage. The pickle is walked opcode by opcode, not loaded: loading would run code from a
+    possibly shared folder and fail on classes this environment cannot import, which says
+    nothing about the file.
+    """
     problems = []
     try:
         with open(paths.result_pkl, "rb") as f:
-            pickle.load(f)
+            for _ in pickletools.genops(io.BytesIO(f.read())):
+                pass
     except FileNotFoundError:
         pass
-    except Exception as e:  # unpickling runs arbitrary code: any error means an unusable result
+    except OSError:
+        raise
+    except Exception as e:  # a truncated stream, an unknown opcode, a bad argument
         problems.append(f"{paths.result_pkl}: unreadable result ({type(e).__name__}: {e})")
     try:
         np.load(paths.result_npy, mmap_mode="r")  # a header or a length that disagrees fails here
     except FileNotFoundError:
         pass
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EIO, errno.ESTALE, errno.ENOLCK):
+            raise
+        problems.append(f"{paths.result_npy}: unreadable result ({type(e).__name__}: {e})")
     except Exception as e:
         problems.append(f"{paths.result_npy}: unreadable result ({type(e).__name__}: {e})")
     try:
@@ -278,14 +323,84 @@ def clear(path: Path) -> int:
     return max(0, before - after)
 
 
-def _task_status(paths: TaskPaths) -> str:
-    if os.path.exists(paths.result_pkl) or os.path.exists(paths.result_npy):
+def task_status(paths: TaskPaths) -> TaskStatus:
+    """As ``task.process.status()`` says it, from the folder alone: "running" needs a live job
+    (its record in ``job.pkl``) or a process computing inline (holding ``task.lock``); a recorded
+    job that ended without an outcome died, which is a failure."""
+    if _has_result(paths):
         return "completed"
     if os.path.exists(paths.error):
         return "failed"
-    if os.path.exists(paths.job):
-        return "submitted"
-    return "not submitted"
+    if probe_lock(Path(paths.lock)):
+        return "running"  # computed inline (cluster=None) or being submitted, by a live process
+    job = load_job(paths)
+    if job is None:
+        return "not submitted"
+    from .execution import is_alive  # imports submitit: only for records of unfinished jobs
+
+    if is_alive(job):
+        return "running"
+    return "completed" if _has_result(paths) else "failed"  # it may have finished meanwhile
+
+
+def busy_reason(path: Path, kind: Kind) -> str | None:
+    """Why clearing the cache at ``path`` now would pull it from under a live writer (None: idle).
+
+    A map cache is busy while another process holds one of its writers: one filling it now, or
+    one kept open for its next call (a notebook that computed items keeps it until it exits).
+    The store's lock files are the only trustworthy signal; an mtime is not (a writer may pause).
+    """
+    if kind == "map":
+        writers = int(open_store(path).stats()["writers"])
+        return f"{writers} writer(s) active now" if writers else None
+    status = task_status(TaskPaths(path))
+    return "its job is running now" if status == "running" else None
+
+
+def last_write_age_s(summary: CacheSummary) -> float:
+    """Seconds since the cache was last written (infinite when nothing was ever written)."""
+    if summary.last_write is None:
+        return float("inf")
+    return max(0.0, time.time() - summary.last_write)
+
+
+class _JobRecordUnpickler(pickle.Unpickler):
+    """Builds only what a submitit job record holds (job classes, their paths), so that reading
+    a ``job.pkl`` from a shared folder cannot run arbitrary code."""
+
+    def find_class(self, module: str, name: str, /) -> tp.Any:
+        if module.split(".")[0] in ("submitit", "pathlib"):
+            import submitit
+            from submitit.core.utils import JobPaths
+
+            found = super().find_class(module, name)
+            if isinstance(found, type) and issubclass(
+                found, (submitit.core.core.Job, JobPaths, os.PathLike)
+            ):
+                return found
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a submitit job record")
+
+
+def load_job(paths: TaskPaths) -> tp.Any:
+    """The submitit job recorded in ``job.pkl``, or None (none, or unreadable: warned)."""
+    try:
+        with open(paths.job, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    try:
+        return _JobRecordUnpickler(io.BytesIO(data)).load()
+    except Exception as e:  # garbage, a truncated file, a foreign class: no job to follow
+        warnings.warn(
+            f"unreadable job record {paths.job} ({type(e).__name__}: {e}); ignored",
+            CorruptCacheWarning,
+            stacklevel=2,
+        )
+        return None
+
+
+def _has_result(paths: TaskPaths) -> bool:
+    return os.path.exists(paths.result_pkl) or os.path.exists(paths.result_npy)
 
 
 def _job_id(paths: TaskPaths) -> str | None:
@@ -365,8 +480,11 @@ __all__ = [
     "CacheSummary",
     "Kind",
     "NotACacheError",
+    "TaskStatus",
+    "busy_reason",
     "cache_kind",
     "cache_uid",
+    "caches_under",
     "check_folder",
     "clear",
     "compact",
@@ -374,8 +492,11 @@ __all__ = [
     "find_caches",
     "human_bytes",
     "iso_time",
+    "last_write_age_s",
+    "load_job",
     "open_store",
     "require_cache",
     "summarize",
+    "task_status",
     "verify",
 ]

@@ -28,18 +28,28 @@ EXIT_USAGE = 2
 EXIT_PERMISSION = 3
 EXIT_FILESYSTEM = 4
 """The filesystem failed the command (no locks, no space, a folder removed): not damage."""
+EXIT_BUSY = 5
+"""``clear`` refused a cache that a live process is writing (``--force`` clears it anyway)."""
 
 EPILOG = """\
 exit codes:
-  0  success (verify: the cache is healthy)
+  0  success (verify: every cache checked is healthy)
   1  damage found (verify; compact refuses a damaged cache); clear not confirmed
-  2  bad usage, or a path that is missing, not a folder, or not a cache folder
-  3  permission denied (reading a folder, or writing for compact/clear)
-  4  the filesystem failed the command (no space, no locks, a folder removed): not damage
+  2  bad usage, or a path that is missing, not a folder, or not a cache folder (verify/clear:
+     holding no cache)
+  3  permission denied (reading a folder, or writing for compact/clear); for verify: a cache
+     could not be checked for lack of permission (never reported as damage)
+  4  the filesystem failed the command (no space, no locks, a folder removed): not damage; for
+     verify: a cache could not be checked
+  5  clear refused a cache with an active writer or a running job (--force clears it anyway)
+When verify or clear acts on several caches the first code that applies in the order 1, 3, 4, 5
+is returned; each cache's outcome is printed.
 
 A cache folder is FOLDER/{module.Class.method,version}/{readable-hash}, the folder given to
-TaskInfra/MapInfra(folder=FOLDER) being the root that `ls` takes.
+TaskInfra/MapInfra(folder=FOLDER) being the root that `ls` takes; `ls` prints each cache's
+path, usable as CACHE_DIR.
 """
+_SECONDS_PER_DAY = 86400.0
 
 _HEARTBEAT_S = 5.0
 
@@ -71,10 +81,18 @@ def _ls(args: argparse.Namespace) -> int:
         print(f"no cache under {args.folder}")
         return EXIT_OK
     table = [
-        [row.uid, row.kind, f"{row.items:,}", human_bytes(row.bytes), _when(row.last_write)]
+        [
+            str(row.path),
+            row.kind,
+            row.status or "-",
+            f"{row.items:,}" if row.kind == "map" else "-",
+            human_bytes(row.bytes),
+            _when(row.last_write),
+        ]
         for row in rows
     ]
-    print(_table(["UID", "KIND", "ITEMS", "SIZE", "LAST WRITE"], table, right={2, 3}))
+    header = ["PATH", "KIND", "STATUS", "ITEMS", "SIZE", "LAST WRITE"]
+    print(_table(header, table, right={3, 4}))
     total = sum(row.bytes for row in rows)
     print(f"{len(rows)} cache(s), {human_bytes(total)} in {args.folder}")
     return EXIT_OK
@@ -127,18 +145,48 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    path: Path = args.cache_dir
+    caches, unreadable = catalog.caches_under(args.cache_dirs)
+    damaged: list[Path] = []
+    unchecked: list[tuple[str, int]] = [(m, EXIT_PERMISSION) for m in unreadable]
+    for path in caches:
+        try:
+            problems = _verify_one(path)
+        except Exception as e:  # whatever stops the check is "could not check", never damage
+            code = _error_code(e)
+            unchecked.append((_error_text(e, path), code))
+            continue
+        if problems:
+            damaged.append(path)
+    for message, _ in unchecked:
+        print(f"could not check: {message}", file=sys.stderr)
+    if len(caches) + len(unreadable) > 1:
+        healthy = len(caches) - len(damaged) - len(unchecked) + len(unreadable)
+        print(
+            f"{len(caches) + len(unreadable)} cache(s): {healthy} healthy, {len(damaged)} "
+            f"damaged, {len(unchecked)} could not be checked",
+            file=sys.stderr,
+        )
+    for path in damaged:
+        print(f"damaged cache: {path} (`exca-lite clear` it and recompute)", file=sys.stderr)
+    if damaged:
+        return EXIT_DAMAGE
+    codes = {code for _, code in unchecked}
+    return min(codes) if codes else EXIT_OK
+
+
+def _verify_one(path: Path) -> list[str]:
+    """Check one cache, printing its outcome; the problems found (empty: healthy)."""
     summary = catalog.summarize(path)
     _progress(f"verifying {summary.items:,} item(s), {human_bytes(summary.bytes)} in {path}")
     with _heartbeat("verify"):
         problems = catalog.verify(path)
     if not problems:
         print(f"ok: {summary.uid}: {summary.items:,} item(s) checked, no damage")
-        return EXIT_OK
+        return problems
     for problem in problems:
         print(f"damaged: {problem}")
-    print(f"{len(problems)} problem(s) found in {summary.uid}", file=sys.stderr)
-    return EXIT_DAMAGE
+    print(f"{len(problems)} problem(s) found in {path}", file=sys.stderr)
+    return problems
 
 
 def _compact(args: argparse.Namespace) -> int:
@@ -176,21 +224,89 @@ def _compact(args: argparse.Namespace) -> int:
 
 
 def _clear(args: argparse.Namespace) -> int:
-    path: Path = args.cache_dir
-    summary = catalog.summarize(path)
-    if not args.yes:
+    caches, unreadable = catalog.caches_under(args.cache_dirs)
+    codes: list[int] = []
+    for message in unreadable:
+        print(f"exca-lite clear: warning: {message} (skipped)", file=sys.stderr)
+        codes.append(EXIT_PERMISSION)
+    days: float | None = args.older_than
+    chosen: list[catalog.CacheSummary] = []
+    for path in caches:
+        try:
+            summary = catalog.summarize(path)
+            if days is not None and catalog.last_write_age_s(summary) < days * _SECONDS_PER_DAY:
+                continue
+            refused = _refused(summary, args.force)
+        except Exception as e:
+            print(f"exca-lite clear: error: {_error_text(e, path)}", file=sys.stderr)
+            codes.append(_error_code(e))
+            continue
+        if refused:
+            codes.append(EXIT_BUSY)
+        else:
+            chosen.append(summary)
+    if not chosen:
+        older = f" unwritten for {days:g} day(s)" if days is not None else ""
+        print(f"nothing cleared: no cache{older} to clear in {_joined(args.cache_dirs)}")
+        return min(codes, default=EXIT_OK)
+    if not args.yes and not _confirmed(chosen):
+        print("not confirmed: nothing removed (--yes skips this question)", file=sys.stderr)
+        return EXIT_DAMAGE
+    freed_total = 0
+    for summary in chosen:
+        try:
+            # a writer may have started while the question waited: look again right before
+            if not args.yes and _refused(summary, args.force, quiet_if_forced=True):
+                codes.append(EXIT_BUSY)
+                continue
+            freed = catalog.clear(summary.path)
+        except Exception as e:
+            print(f"exca-lite clear: error: {_error_text(e, summary.path)}", file=sys.stderr)
+            codes.append(_error_code(e))
+            continue
+        freed_total += freed
+        print(f"cleared {summary.uid}: {summary.items:,} item(s), {human_bytes(freed)} freed")
+    if len(chosen) > 1:
+        print(f"{len(chosen)} cache(s) cleared, {human_bytes(freed_total)} freed")
+    return min(codes, default=EXIT_OK)
+
+
+def _refused(summary: catalog.CacheSummary, force: bool, quiet_if_forced: bool = False) -> bool:
+    """Whether ``clear`` must leave this cache alone: a live process is writing it. The check is
+    the store's writer locks, not an mtime: a writer may pause for hours between items."""
+    reason = catalog.busy_reason(summary.path, summary.kind)
+    if reason is None:
+        return False
+    if force:
+        if not quiet_if_forced:
+            print(f"{summary.path}: {reason}: cleared anyway (--force)", file=sys.stderr)
+        return False
+    print(
+        f"refused: {summary.path}: {reason}; not cleared (clearing under a live writer loses "
+        "what it writes); retry once it ends, or clear with --force",
+        file=sys.stderr,
+    )
+    return True
+
+
+def _confirmed(chosen: list[catalog.CacheSummary]) -> bool:
+    if len(chosen) == 1:
+        (summary,) = chosen
+        what = f"the {summary.items:,} cached item(s)" if summary.kind == "map" else "the result"
         question = (
-            f"remove the {summary.items:,} cached item(s) ({human_bytes(summary.bytes)}) of "
-            f"{summary.uid} in {path}? [y/N] "
+            f"remove {what} ({human_bytes(summary.bytes)}) of {summary.uid} in {summary.path}? "
         )
-        print(question, end="", flush=True, file=sys.stderr)
-        answer = sys.stdin.readline().strip().lower()
-        if answer not in ("y", "yes"):
-            print("not confirmed: nothing removed (--yes skips this question)", file=sys.stderr)
-            return EXIT_DAMAGE
-    freed = catalog.clear(path)
-    print(f"cleared {summary.uid}: {summary.items:,} item(s), {human_bytes(freed)} freed")
-    return EXIT_OK
+    else:
+        for summary in chosen:
+            print(f"  {summary.path}  {human_bytes(summary.bytes)}", file=sys.stderr)
+        total = human_bytes(sum(summary.bytes for summary in chosen))
+        question = f"remove the cached items of these {len(chosen)} caches ({total})? "
+    print(question + "[y/N] ", end="", flush=True, file=sys.stderr)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+def _joined(paths: tp.Sequence[Path]) -> str:
+    return ", ".join(map(str, paths))
 
 
 # # # formatting # # #
@@ -252,6 +368,36 @@ def _show_warning(
     print(f"exca-lite {command}: warning: {message}", file=sys.stderr)
 
 
+def _error_code(error: BaseException) -> int:
+    """The exit code of a failure that stopped one cache's check or clearing (never damage)."""
+    if isinstance(error, PermissionError) or isinstance(error.__cause__, PermissionError):
+        return EXIT_PERMISSION
+    return EXIT_FILESYSTEM
+
+
+def _error_text(error: BaseException, path: Path) -> str:
+    """One line for a failure on the cache at ``path``, which it names."""
+    if isinstance(error, PermissionError):
+        text = _permission_message(error)
+    elif isinstance(error.__cause__, PermissionError):
+        text = f"permission denied: {error}"
+    elif isinstance(error, ExcaLiteError):
+        text = str(error)
+    else:
+        text = f"{type(error).__name__}: {error}"
+    return text if str(path) in text else f"{text} ({path})"
+
+
+def _non_negative_days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
+    if not days >= 0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"days must be >= 0, not {text}")
+    return days
+
+
 def _permission_message(error: PermissionError) -> str:
     if error.filename is not None and str(error.filename) not in str(error.args[-1]):
         return f"permission denied: {error.filename}"
@@ -282,8 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     ls = add(
         "ls",
         "list every cache under a folder",
-        "List every cache folder under FOLDER, one row each: uid, kind (task/map), items, size "
-        "on disk, last write; sorted by uid. Unreadable sub-folders are skipped with a warning.",
+        "List every cache folder under FOLDER, one row each: its path (usable as CACHE_DIR by "
+        "the other commands), kind (task/map), a task's status (completed, failed, running, not "
+        "submitted), a map's items, size on disk, last write; sorted by uid. Unreadable "
+        "sub-folders are skipped with a warning.",
     )
     ls.add_argument("folder", type=Path, metavar="FOLDER", help="a cache root (an infra's folder)")
     ls.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
@@ -302,12 +450,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = add(
         "verify",
-        "check a cache's integrity (exit 1 on damage)",
-        "Check every index entry of a cache and the bytes it points to (checksums), or that a "
-        "task's result loads. Prints each problem; exit 0 when healthy, 1 on damage. Safe on a "
-        "cache that is being written (a record still being written is not damage).",
+        "check caches' integrity (exit 1 on damage)",
+        "Check every index entry of each cache and the bytes it points to (checksums), or that "
+        "a task's result parses. A root (a folder holding caches) checks every cache below it. "
+        "Prints each problem and names each damaged cache; exit 0 when all are healthy, 1 on "
+        "damage, 3 or 4 when a cache could not be checked (permission, filesystem), which is "
+        "never reported as damage. Safe on a cache that is being written (a record still being "
+        "written is not damage).",
     )
-    verify.add_argument("cache_dir", type=Path, metavar="CACHE_DIR", help="one cache folder")
+    verify.add_argument(
+        "cache_dirs", type=Path, nargs="+", metavar="CACHE_DIR", help="cache folders or roots"
+    )
     verify.set_defaults(run=_verify)
 
     compact = add(
@@ -328,12 +481,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     clear = add(
         "clear",
-        "remove the cached items of one cache",
-        "Remove every cached item (or a task's result, failure and job record) of one cache; "
-        "config.json and uid.json stay. Asks for confirmation unless --yes.",
+        "remove the cached items of caches",
+        "Remove every cached item (or a task's result, failure and job record) of each cache; "
+        "config.json and uid.json stay. A root (a folder holding caches) takes every cache "
+        "below it. Asks for confirmation unless --yes. Refuses (exit 5) a map cache that another "
+        "process holds a writer of, or a task whose job is running, unless --force.",
     )
-    clear.add_argument("cache_dir", type=Path, metavar="CACHE_DIR", help="one cache folder")
+    clear.add_argument(
+        "cache_dirs", type=Path, nargs="+", metavar="CACHE_DIR", help="cache folders or roots"
+    )
     clear.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    clear.add_argument(
+        "--force",
+        action="store_true",
+        help="clear caches with an active writer or a running job too (they lose their items)",
+    )
+    clear.add_argument(
+        "--older-than",
+        type=_non_negative_days,
+        metavar="DAYS",
+        default=None,
+        help="only the caches not written for DAYS days (fractions allowed), for shared roots",
+    )
     clear.set_defaults(run=_clear)
 
     demo = add(
@@ -373,7 +542,10 @@ def main(argv: tp.Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `exca-lite ls ROOT | head`
         return EXIT_OK
-    except (ExcaLiteError, OSError) as e:  # a damaged store, a full disk: one line, no traceback
+    except OSError as e:  # a full disk, an I/O error: the filesystem, not damage
+        print(f"{prefix} {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FILESYSTEM
+    except ExcaLiteError as e:  # a damaged store: one line, no traceback
         print(f"{prefix} {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_DAMAGE
 

@@ -47,10 +47,18 @@ class Feat:
 class Task:
     param: int = 0
     array: bool = False
+    fail: bool = False
+    gate: str = ""  # when set: touch gate + ".started", then wait until the gate file exists
     infra: xl.TaskInfra = xl.TaskInfra(version="1")
 
-    @infra.apply
+    @infra.apply(exclude_from_cache_uid=("gate",))
     def process(self) -> tp.Any:
+        if self.gate:
+            Path(self.gate + ".started").touch()
+            while not Path(self.gate).exists():
+                time.sleep(0.02)
+        if self.fail:
+            raise ValueError(f"task {self.param} fails on purpose")
         if self.array:
             return np.arange(1000, dtype=np.float32) * self.param
         return {"param": self.param}
@@ -159,6 +167,40 @@ def shard_files(cache: Path) -> list[Path]:
     return sorted(cache.glob("*.bin"))
 
 
+def ls_json(env: dict[str, str], root: Path) -> dict[str, dict[str, tp.Any]]:
+    """``ls --json`` rows by uid."""
+    proc = cli(env, "ls", "--json", root)
+    assert proc.returncode == 0, proc.stderr
+    return {row["uid"]: row for row in json.loads(proc.stdout)}
+
+
+def wait_for_file(path: Path, timeout_s: float = 60) -> None:
+    """Poll until ``path`` exists (a job says it started), with a deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {path}")
+        time.sleep(0.02)
+
+
+def set_mtime(cache: Path, days_ago: float) -> None:
+    """Make every file of a cache folder look last written ``days_ago`` days ago."""
+    when = time.time() - days_ago * 86400
+    for file in [cache, *cache.rglob("*")]:
+        os.utime(file, (when, when), follow_symlinks=False)
+
+
+WRITER = (
+    "import sys, pathlib, time\n"
+    "import numpy as np\n"
+    "from exca_lite.store import MapStore\n"
+    "with MapStore(sys.argv[1]).writer() as w:\n"
+    "    print('open', flush=True)\n"
+    "    while not pathlib.Path(sys.argv[2]).exists(): time.sleep(0.05)\n"
+)
+"""A process holding a writer of a map cache open until a stop file exists."""
+
+
 def info_json(env: dict[str, str], cache: Path) -> dict[str, tp.Any]:
     proc = cli(env, "info", "--json", cache)
     assert proc.returncode == 0, proc.stderr
@@ -190,10 +232,18 @@ def test_ls_table_and_json(filled: Path, env: dict[str, str]) -> None:
     proc = cli(env, "ls", filled)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].split() == ["UID", "KIND", "ITEMS", "SIZE", "LAST", "WRITE"]
+    assert lines[0].split() == ["PATH", "KIND", "STATUS", "ITEMS", "SIZE", "LAST", "WRITE"]
     assert len(lines) == 1 + 5 + 1  # header, 5 caches, total
-    assert re.search(r"test_cli\.Feat\.embed,1/\S+\s+map\s+600\s+\d+\.\d KiB", proc.stdout)
+    cache = map_cache(filled)
+    assert re.search(rf"^{re.escape(str(cache))}\s+map\s+-\s+600\s+\d+\.\d KiB", proc.stdout, re.M)
+    tasks = [line for line in lines if "test_cli.Task.process,1/" in line]
+    assert len(tasks) == 4 and all(
+        line.split()[1:4] == ["task", "completed", "-"] for line in tasks
+    )
     assert lines[-1].startswith("5 cache(s), ")
+    # each path is usable as CACHE_DIR as printed
+    for line in lines[1:-1]:
+        assert cli(env, "info", line.split()[0]).returncode == 0
 
     proc = cli(env, "ls", "--json", filled)
     assert proc.returncode == 0, proc.stderr
@@ -207,6 +257,7 @@ def test_ls_table_and_json(filled: Path, env: dict[str, str]) -> None:
     assert feat["last_write"] <= time.time() + 1
     assert Path(feat["path"]) == map_cache(filled)
     assert all(row["items"] == 1 for row in rows if row["kind"] == "task")
+    assert {row["status"] for row in rows} == {None, "completed"}  # None: a map cache
     # a cache folder itself, or a folder above the root, lists the same caches
     proc = cli(env, "ls", "--json", map_cache(filled))
     assert [row["uid"] for row in json.loads(proc.stdout)] == [feat["uid"]]
@@ -220,6 +271,45 @@ def test_ls_empty_folder(tmp_path: Path, env: dict[str, str]) -> None:
     assert proc.returncode == 0 and "no cache under" in proc.stdout
     proc = cli(env, "ls", "--json", tmp_path)
     assert proc.returncode == 0 and json.loads(proc.stdout) == []
+
+
+@pytest.mark.timeout(180)
+def test_ls_status_of_tasks(tmp_path: Path, env: dict[str, str]) -> None:
+    """completed / failed / running / not submitted, as ``task.process.status()`` says."""
+    root = tmp_path / "root"
+    infra = xl.TaskInfra(folder=root)
+    done = Task(param=1, infra=infra)
+    done.process()
+    failed = Task(param=2, fail=True, infra=infra)
+    with pytest.raises(ValueError, match="fails on purpose"):
+        failed.process()
+    cleared = Task(param=3, infra=infra)
+    cleared.process()
+    cleared.process.clear()  # the folder and its configs stay: a cache not submitted (again)
+    gate = tmp_path / "gate"
+    running = Task(param=4, gate=str(gate), infra=xl.TaskInfra(folder=root, cluster="local"))
+    job = running.process.job()  # a real submitit job, blocked until the gate opens
+    try:
+        wait_for_file(Path(f"{gate}.started"))
+        expected = {done: "completed", failed: "failed", cleared: "not submitted"}
+        expected[running] = "running"
+        rows = ls_json(env, root)
+        assert {row["status"] for row in rows.values()} == set(expected.values())
+        for task, status in expected.items():
+            assert rows[task.process.uid()]["status"] == status == task.process.status()
+        proc = cli(env, "ls", root)
+        assert proc.returncode == 0, proc.stderr
+        for task, status in expected.items():
+            assert re.search(rf"{re.escape(task.process.uid())}\s+task\s+{status}\s", proc.stdout)
+        # info derives the status the same way
+        assert info_json(env, tp.cast(Path, running.process.folder()))["status"] == "running"
+        # a running task is not cleared under its job's feet
+        proc = cli(env, "clear", "--yes", running.process.folder())
+        assert proc.returncode == 5 and "its job is running" in proc.stderr, proc.stderr
+    finally:
+        gate.touch()
+    assert job.result() == {"param": 4}
+    assert ls_json(env, root)[running.process.uid()]["status"] == "completed"
 
 
 # # # info # # #
@@ -336,6 +426,31 @@ def test_verify_damaged_task(filled: Path, env: dict[str, str]) -> None:
     pkl.write_bytes(b"not a pickle")
     proc = cli(env, "verify", pkl.parent)
     assert proc.returncode == 1 and "result.pkl: unreadable result" in proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_verify_a_root_names_the_damaged_cache(filled: Path, env: dict[str, str]) -> None:
+    proc = cli(env, "verify", filled)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("ok: ") == 5
+    assert "5 cache(s): 5 healthy, 0 damaged, 0 could not be checked" in proc.stderr
+    npy = next(filled.glob("test_cli.Task.process,1/array=true,param=1-*/result.npy"))
+    os.truncate(npy, npy.stat().st_size - 100)
+    proc = cli(env, "verify", filled)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout.count("ok: ") == 4
+    assert f"damaged: {npy}: unreadable result" in proc.stdout
+    assert f"damaged cache: {npy.parent} " in proc.stderr
+    assert "5 cache(s): 4 healthy, 1 damaged, 0 could not be checked" in proc.stderr
+    # several CACHE_DIRs, and a root given with one of its own caches (checked once)
+    proc = cli(env, "verify", map_cache(filled), filled / "test_cli.Feat.embed,1")
+    assert proc.returncode == 0 and proc.stdout.count("ok: ") == 1, proc.stderr
+    proc = cli(env, "verify", map_cache(filled), npy.parent)
+    assert proc.returncode == 1 and f"damaged cache: {npy.parent} " in proc.stderr
+    empty = filled / "empty"
+    empty.mkdir()
+    proc = cli(env, "verify", map_cache(filled), empty)
+    assert proc.returncode == 2 and f"no cache under {empty}" in proc.stderr
 
 
 @pytest.mark.timeout(180)
@@ -481,6 +596,63 @@ def test_clear_yes(filled: Path, env: dict[str, str]) -> None:
     assert cli(env, "verify", map_cache(filled)).returncode == 0  # an empty cache is healthy
 
 
+@pytest.mark.timeout(120)
+def test_clear_refuses_a_live_writer_unless_forced(filled: Path, env: dict[str, str]) -> None:
+    cache = map_cache(filled)
+    stop = filled.parent / "stop"
+    with subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(cache), str(stop)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as writer:
+        try:
+            assert writer.stdout is not None and writer.stdout.readline() == b"open\n"
+            proc = cli(env, "clear", "--yes", cache)
+            assert proc.returncode == 5, proc.stdout + proc.stderr
+            assert f"refused: {cache}: 1 writer(s) active now" in proc.stderr
+            assert "--force" in proc.stderr
+            assert info_json(env, cache)["items"] == 600
+            # over the root: the idle task caches are cleared, the busy map cache is not
+            proc = cli(env, "clear", "--yes", filled)
+            assert proc.returncode == 5, proc.stdout + proc.stderr
+            assert proc.stdout.count("cleared ") == 4 and "4 cache(s) cleared" in proc.stdout
+            rows = ls_json(env, filled)
+            assert {row["status"] for row in rows.values()} == {None, "not submitted"}
+            assert info_json(env, cache)["items"] == 600
+            proc = cli(env, "clear", "--yes", "--force", cache)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert "cleared anyway (--force)" in proc.stderr and "600 item(s)" in proc.stdout
+            assert info_json(env, cache)["items"] == 0
+        finally:
+            stop.touch()
+            writer.wait(timeout=60)
+    assert info_json(env, cache)["writers"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_clear_older_than(filled: Path, env: dict[str, str]) -> None:
+    cache = map_cache(filled)
+    old_task, *recent_tasks = sorted(filled.glob("test_cli.Task.process,1/*"))
+    set_mtime(cache, days_ago=40)
+    set_mtime(old_task, days_ago=10)
+    set_mtime(recent_tasks[0], days_ago=2)
+    proc = cli(env, "clear", "--older-than", "30", filled, input="n\n")
+    assert proc.returncode == 1 and "nothing removed" in proc.stderr  # still asks first
+    assert f"of {cache.parent.name}/{cache.name} in {cache}?" in proc.stderr
+    proc = cli(env, "clear", "--yes", "--older-than", "7", filled)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 cache(s) cleared" in proc.stdout
+    rows = ls_json(env, filled)
+    assert rows[f"{cache.parent.name}/{cache.name}"]["items"] == 0
+    assert rows[f"{old_task.parent.name}/{old_task.name}"]["status"] == "not submitted"
+    for task in recent_tasks:
+        assert rows[f"{task.parent.name}/{task.name}"]["status"] == "completed"
+    proc = cli(env, "clear", "--yes", "--older-than", "1.5", recent_tasks[1])
+    assert proc.returncode == 0 and "nothing cleared" in proc.stdout, proc.stderr
+    assert cli(env, "clear", "--yes", "--older-than", "-1", filled).returncode == 2
+
+
 # # # errors and help # # #
 
 
@@ -496,12 +668,19 @@ def test_bad_paths(filled: Path, env: dict[str, str], tmp_path: Path) -> None:
         proc = cli(env, command, a_file)
         assert proc.returncode == 2 and f"not a folder: {a_file}" in proc.stderr
         assert "Traceback" not in proc.stderr
-    for command in ("info", "verify", "compact", "clear"):
+    for command in ("info", "compact"):
         proc = cli(env, command, filled)  # the root, not a cache: a hint names one
         assert proc.returncode == 2, proc.stderr
         assert f"not a cache folder: {filled}; it holds 5 cache(s)" in proc.stderr
         proc = cli(env, command, tmp_path / "root" / "test_cli.Feat.embed,1")
         assert proc.returncode == 2 and "not a cache folder" in proc.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for command in ("verify", "clear"):  # these take roots: one without any cache is an error
+        proc = cli(env, command, tmp_path / "root" / "test_cli.Feat.embed,1", empty)
+        assert proc.returncode == 2, proc.stderr
+        assert f"exca-lite {command}: error: no cache under {empty}" in proc.stderr
+    assert info_json(env, map_cache(filled))["items"] == 600  # nothing cleared before the error
     assert cli(env, "frobnicate").returncode == 2
     assert cli(env).returncode == 2
     assert cli(env, "info").returncode == 2  # missing CACHE_DIR
@@ -554,6 +733,17 @@ def test_permission_errors(shared_tmp: Path, env: dict[str, str]) -> None:
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)) == 2  # the map cache and the other task
     assert "permission denied" in proc.stderr and "skipped" in proc.stderr
+    # verify: a cache it cannot read is "could not check" (3), never damage (1)...
+    proc = cli(env, "verify", root, prefix=prefix)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert f"could not check: permission denied: cannot list {task}" in proc.stderr
+    assert "3 cache(s): 2 healthy, 0 damaged, 1 could not be checked" in proc.stderr
+    # ...unless damage is found elsewhere: then 1, with both said
+    other = next(p for p in root.glob("test_cli.Task.process,1/*") if p != task)
+    (other / "result.pkl").write_bytes(b"not a pickle")
+    proc = cli(env, "verify", root, prefix=prefix)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"damaged cache: {other} " in proc.stderr and "could not check" in proc.stderr
     root.chmod(0o700)
     proc = cli(env, "ls", root, prefix=prefix)
     assert proc.returncode == 3 and "permission denied" in proc.stderr
