@@ -4,20 +4,105 @@ Each computation records where it ran (SLURM job and array task ids, pid) in a `
 (``O_APPEND``: atomic between processes and jobs), so tests can tell how many times, and in which
 job, something was computed. ``Gated`` blocks until its ``gate`` file exists, so a test can observe
 (and re-attach to, or cancel) a job that is really running, without guessing sleep times.
+
+``project_cluster_problem`` tells whether the SLURM cluster these commands reach is the project's
+own test cluster (``tests/slurm/cluster.sh``): the SLURM tests must never submit to another one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import shutil
+import socket
+import subprocess
 import time
 import typing as tp
+from pathlib import Path
 
 import numpy as np
 
 import exca_lite as xl
 
 GATE_TIMEOUT_S = 120.0
+CLUSTER_SCRIPT = Path(__file__).resolve().parent / "slurm" / "cluster.sh"
+START_HINT = "start it with `sudo bash tests/slurm/cluster.sh start` (see tests/slurm/README.md)"
+_SLURM_COMMANDS = ("sbatch", "sinfo", "sacct", "squeue", "scancel", "scontrol")
+
+
+def _script_setting(name: str) -> str:
+    """A ``NAME=value`` of cluster.sh: the script is the one place the cluster's identity is set."""
+    match = re.search(rf'^{name}="?([^"\n]*)"?$', CLUSTER_SCRIPT.read_text(), re.M)
+    if match is None:
+        raise RuntimeError(f"{CLUSTER_SCRIPT} sets no {name}=...: update project_cluster_problem")
+    return match.group(1)
+
+
+def _run(command: list[str]) -> tuple[str, str]:
+    """(stdout, "") of a SLURM command, or ("", why it failed)."""
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return "", f"`{' '.join(command)}` failed: {e}"
+    if proc.returncode != 0:
+        return "", f"`{' '.join(command)}` exited {proc.returncode}: {proc.stderr.strip()[-300:]}"
+    return proc.stdout, ""
+
+
+def project_cluster_problem() -> str:
+    """Why the SLURM tests must not run here ("" when they may).
+
+    They may only against the cluster that tests/slurm/cluster.sh configures: its controller
+    (asked with ``scontrol show config``, the one every ``sbatch`` of the tests reaches) must
+    report the script's ClusterName, run on this machine (the tests and the jobs share
+    ``tmp_path``), and read a slurm.conf carrying the script's marker line. Anything else (a
+    site's cluster seen from a login node, another test cluster on this machine) would get real
+    jobs, or hang on partitions and accounting it does not have.
+    """
+    for command in _SLURM_COMMANDS:
+        if shutil.which(command) is None:
+            return f"`{command}` is not installed"
+    out, problem = _run(["scontrol", "show", "config"])
+    if problem:
+        return f"no SLURM controller answers ({problem})"
+    config = {
+        key.strip(): value.strip()
+        for key, equals, value in (line.partition("=") for line in out.splitlines())
+        if equals
+    }
+    name, marker = _script_setting("CLUSTER"), _script_setting("MARKER")
+    conf = config.get("SLURM_CONF", "(unknown)")
+    controller = config.get("SlurmctldHost[0]", "(unknown)")
+    where = f"cluster {config.get('ClusterName', '(unknown)')!r}, controller {controller}"
+    if config.get("ClusterName") != name:
+        return f"the SLURM cluster here is not the project's test cluster {name!r} ({where})"
+    host, _, address = controller.partition("(")
+    local = {"127.0.0.1", "localhost", socket.gethostname().split(".")[0]}
+    if not {host, address.rstrip(")")} & local:
+        return f"the SLURM controller is not on this machine ({where}): not the test cluster"
+    try:
+        with open(conf) as f:
+            first_line = f.readline().rstrip("\n")
+    except OSError as e:
+        return f"cannot read the SLURM configuration {conf} ({where}): {e}"
+    if first_line != marker:
+        return (
+            f"{conf} was not written by tests/slurm/cluster.sh ({where}; first line {first_line!r})"
+        )
+    for command in (
+        ["sinfo", "-h", "-o", "%a %t"],
+        ["sacct", "-n", "-X", "-S", "now-1minutes", "-o", "JobID"],
+    ):
+        out, problem = _run(command)
+        if problem:
+            return problem
+        if command[0] == "sinfo" and not any(
+            line.startswith("up ") and not line.endswith(("down", "drain", "down*", "drain*"))
+            for line in out.splitlines()
+        ):
+            return f"the test cluster has no usable partition (sinfo: {out.strip()!r})"
+    return ""
 
 
 def where() -> str:

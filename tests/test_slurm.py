@@ -1,8 +1,9 @@
 """TaskInfra and MapInfra on a real SLURM cluster (tests/slurm/cluster.sh): real jobs, no mocks.
 
-Under ``CI=true`` the test command starts the cluster first and these tests fail if it is missing;
-elsewhere they skip, saying how to start it. Jobs run on this machine, so the cache folders (under
-pytest's ``tmp_path``) are shared between the tests and the jobs.
+They run only against the project's own test cluster (``slurm_defs.project_cluster_problem``):
+under ``CI=true`` the test command starts it first and these tests fail if it is missing or another
+SLURM answers; elsewhere they skip, saying why and how to start it. Jobs run on this machine, so
+the cache folders (under pytest's ``tmp_path``) are shared between the tests and the jobs.
 
 Waiting is done by polling observable state (counter files written by the jobs, ``squeue``,
 ``sacct``, the cache folder) with a deadline, never by sleeping a fixed time.
@@ -14,7 +15,6 @@ import concurrent.futures
 import json
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -25,48 +25,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slurm_defs import Gated, JobFeaturizer, read_records
+from slurm_defs import START_HINT, Gated, JobFeaturizer, project_cluster_problem, read_records
 
 import exca_lite as xl
 from exca_lite.execution import pid_is_alive
 
 pytestmark = [pytest.mark.slurm]
 
-START_HINT = "start it with `sudo bash tests/slurm/cluster.sh start`"
-
-
-def _cluster_problem() -> str:
-    """Why the SLURM cluster cannot be used ("" when it can)."""
-    for command in ("sbatch", "sinfo", "sacct", "squeue", "scancel", "scontrol"):
-        if shutil.which(command) is None:
-            return f"`{command}` is not installed"
-    checks = [
-        ["sinfo", "-h", "-o", "%a %t"],
-        ["sacct", "-n", "-X", "-S", "now-1minutes", "-o", "JobID"],
-    ]
-    for command in checks:
-        try:
-            proc = subprocess.run(command, capture_output=True, text=True, timeout=15)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return f"`{' '.join(command)}` failed: {e}"
-        if proc.returncode != 0:
-            return f"`{' '.join(command)}` exited {proc.returncode}: {proc.stderr.strip()[-300:]}"
-        if command[0] == "sinfo" and not any(
-            line.startswith("up ") and not line.endswith(("down", "drain", "down*", "drain*"))
-            for line in proc.stdout.splitlines()
-        ):
-            return f"no usable partition (sinfo: {proc.stdout.strip()!r})"
-    return ""
-
 
 @pytest.fixture(scope="module", autouse=True)
 def slurm_cluster() -> None:
-    problem = _cluster_problem()
+    """Only the project's own test cluster (tests/slurm/cluster.sh) gets these tests' jobs: any
+    other SLURM skips them, and under CI=true (where the test command starts that cluster) fails
+    them, so that a missing or foreign cluster is never mistaken for a passing run."""
+    problem = project_cluster_problem()
     if not problem:
         return
     if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true but the SLURM cluster is not usable: {problem} ({START_HINT})")
-    pytest.skip(f"SLURM not running ({problem}): {START_HINT}")
+        pytest.fail(
+            f"CI=true but the project's SLURM test cluster is not usable: {problem}; {START_HINT}",
+            pytrace=False,
+        )
+    pytest.skip(f"not the project's SLURM test cluster ({problem}): {START_HINT}")
 
 
 @pytest.fixture(autouse=True)
