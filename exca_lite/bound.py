@@ -118,7 +118,7 @@ class BoundMethod:
             )
         self._infra = given.merged_into(method.infra)
         self._uid_config = uid_config(self._owner, method.exclude)
-        self._uid = method_uid(cls, method.name, self._infra.version, self._uid_config)
+        self._uid = method_uid(cls, method.name, self._infra.version, self._uid_config, method.func)
         folder = self._infra.folder
         self._paths = None if folder is None else TaskPaths(f"{folder}/{self._uid}")
         self._prepare_more()

@@ -7,10 +7,13 @@ the uid (``uid.py``) walks configs on hot paths.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import datetime
 import enum
 import functools
 import os
+import types
 import typing as tp
 from pathlib import Path, PurePath
 
@@ -21,15 +24,28 @@ from .errors import ConfigError, ValidationError
 _MISSING: tp.Any = dataclasses.MISSING
 
 SUPPORTED = (
-    "None, bool, int, float, str, bytes, pathlib.Path, enum.Enum, tuple, list, dict with str keys, "
-    "frozenset, and nested frozen dataclasses of the same"
+    "None, bool, int, float, str, bytes, pathlib.Path, enum.Enum, datetime.datetime/date/time/"
+    "timedelta, tuple, list, dict with str keys, frozenset, and nested frozen dataclasses of the same"
 )
+# values msgspec renders as ISO 8601 strings (durations as seconds: "PT3600S"), in config files
+# and in the uid alike
+TIME_TYPES = (datetime.datetime, datetime.date, datetime.time, datetime.timedelta)
 
 
 class InfraMarker:
-    """Base of TaskInfra/MapInfra: infra values never count in a uid and are never walked into."""
+    """Base of TaskInfra/MapInfra: infra fields never count in a uid, except the ``version`` of
+    the infra of a nested config (see uid.py)."""
 
     __slots__ = ()
+
+    version: str
+
+    def merged_into(self, default: tp.Any) -> tp.Self:
+        """This infra completed by the class default (infra.py: default heritage)."""
+        raise NotImplementedError
+
+
+Coerce = tp.Callable[[tp.Any, str], tp.Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +55,11 @@ class FieldInfo:
     name: str
     default: tp.Any  # dataclasses.MISSING when the field has no default
     is_infra: bool  # declared default (or annotation) is an infra
+    # numbers count by their annotation: ``float`` (int values count as floats) or ``int`` (a
+    # float value is an error); None for any other annotation
+    number: type | None = None
+    # the same for numbers inside a container annotation (``list[float]``, ``dict[str, float]``)
+    coerce: Coerce | None = None
 
 
 def is_frozen_dataclass(cls: type) -> bool:
@@ -69,15 +90,104 @@ def field_infos(cls: type) -> tuple[FieldInfo, ...]:
     if infos is not None:
         return infos
     out = []
+    try:
+        hints: dict[str, tp.Any] = _type_hints(cls)
+    except Exception:  # unresolvable forward references: the raw annotations (maybe strings)
+        hints = {f.name: f.type for f in dataclasses.fields(cls)}
     for f in dataclasses.fields(cls):
         default: tp.Any = _MISSING
         if f.default is not _MISSING:
             default = f.default
         elif f.default_factory is not _MISSING:
             default = f.default_factory()  # type: ignore[operator]
-        out.append(FieldInfo(f.name, default, isinstance(default, InfraMarker)))
+        hint = hints.get(f.name, f.type)
+        number = _number_type(hint)
+        coerce = None if number is not None else _coercer(hint)
+        if number is float and type(default) is int:
+            default = float(default)
+        out.append(FieldInfo(f.name, default, isinstance(default, InfraMarker), number, coerce))
     _FIELD_INFOS[cls] = infos = tuple(out)
     return infos
+
+
+_NONE_TYPE = type(None)
+_STR_NUMBERS = {
+    f"{prefix}{number}{suffix}": typ
+    for number, typ in (("float", float), ("int", int))
+    for prefix, suffix in (("", ""), ("", " | None"), ("None | ", ""), ("Optional[", "]"))
+} | {f"tp.Optional[{n}]": t for n, t in (("float", float), ("int", int))}
+
+
+def _number_type(hint: tp.Any) -> type | None:
+    """``float`` or ``int`` for a field annotated so (or Optional of it), else None."""
+    if hint is float or hint is int:
+        return tp.cast(type, hint)
+    if isinstance(hint, str):  # an annotation that could not be resolved
+        return _STR_NUMBERS.get(hint.replace("typing.", "tp.").strip())
+    if tp.get_origin(hint) in (tp.Union, types.UnionType):
+        args = [a for a in tp.get_args(hint) if a is not _NONE_TYPE]
+        if len(args) == 1 and (args[0] is float or args[0] is int):
+            return tp.cast(type, args[0])
+    return None
+
+
+def coerce_number(number: type, value: tp.Any, where: str) -> tp.Any:
+    """A number as its annotation says: an int (not a bool) in a ``float`` field is that float; a
+    float in an ``int`` field is an error, since the method would compute with the float."""
+    cls = type(value)
+    if number is float:
+        return float(value) if cls is int else value
+    if isinstance(value, float):
+        fix = f"pass the int {int(value)}" if value.is_integer() else "pass an int"
+        raise ConfigError(
+            f"field {where!r} is annotated int but holds the float {value!r}: {fix}, or "
+            "annotate the field float"
+        )
+    return value
+
+
+def _coercer(hint: tp.Any) -> Coerce | None:
+    """A function normalizing the numbers inside a container value by its annotation, or None
+    when the annotation holds no ``float``/``int`` to go by."""
+    number = _number_type(hint)
+    if number is not None:
+        return functools.partial(coerce_number, number)
+    origin, args = tp.get_origin(hint), tp.get_args(hint)
+    if origin in (list, tuple, frozenset, set, collections.abc.Sequence) and args:
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            each = [_coercer(a) for a in args]
+            if not any(each):
+                return None
+            return functools.partial(_coerce_fixed_tuple, each)
+        inner = _coercer(args[0])
+        return None if inner is None else functools.partial(_coerce_items, inner)
+    if origin in (dict, collections.abc.Mapping) and len(args) == 2:
+        inner = _coercer(args[1])
+        return None if inner is None else functools.partial(_coerce_values, inner)
+    return None
+
+
+def _coerce_items(inner: Coerce, value: tp.Any, where: str) -> tp.Any:
+    if isinstance(value, (list, tuple)):
+        return type(value)(inner(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, frozenset):
+        return frozenset(inner(v, f"{where}[]") for v in value)
+    return value
+
+
+def _coerce_fixed_tuple(each: list[Coerce | None], value: tp.Any, where: str) -> tp.Any:
+    if not isinstance(value, (list, tuple)) or len(value) != len(each):
+        return value
+    return type(value)(
+        v if c is None else c(v, f"{where}[{i}]")
+        for i, (c, v) in enumerate(zip(each, value, strict=True))
+    )
+
+
+def _coerce_values(inner: Coerce, value: tp.Any, where: str) -> tp.Any:
+    if isinstance(value, dict):
+        return {k: inner(v, f"{where}.{k}") for k, v in value.items()}
+    return value
 
 
 def _check_key(key: object, path: str) -> str:
@@ -91,14 +201,24 @@ def plain(value: tp.Any, path: str = "") -> tp.Any:
 
     Raises ``ConfigError`` naming the field path for any unsupported value.
     """
-    if value is None or isinstance(value, (bool, int, float, str, bytes)):
-        if isinstance(value, enum.Enum):
-            return plain(value.value, path)
+    cls = type(value)
+    if value is None or cls is bool or cls is int or cls is float or cls is str or cls is bytes:
         return value
-    if isinstance(value, PurePath):
-        return str(value)
     if isinstance(value, enum.Enum):
         return plain(value.value, path)
+    # subclasses (numpy.float64 is a float) as the plain type, which every encoder knows
+    if isinstance(value, int):
+        return bool(value) if isinstance(value, bool) else int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bytes):
+        return bytes(value)
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, TIME_TYPES):
+        return msgspec.to_builtins(value)
     if isinstance(value, (tuple, list)):
         return [plain(v, f"{path}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, frozenset):
@@ -165,11 +285,11 @@ def _type_hints(cls: type) -> dict[str, tp.Any]:
     return tp.get_type_hints(cls)
 
 
-def _dataclass_types(hint: tp.Any) -> list[type]:
-    """Dataclass classes named by an annotation (directly or inside an Optional/Union)."""
+def _holds_dataclass(hint: tp.Any) -> bool:
+    """Whether an annotation names a dataclass, directly or inside a union or a container."""
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return [hint]
-    return [a for a in tp.get_args(hint) if isinstance(a, type) and dataclasses.is_dataclass(a)]
+        return True
+    return any(_holds_dataclass(a) for a in tp.get_args(hint) if a is not Ellipsis)
 
 
 def _msgspec_hint(hint: tp.Any) -> tp.Any:
@@ -208,11 +328,61 @@ def _build(cls: type, data: tp.Mapping[str, tp.Any], path: str) -> tp.Any:
 
 
 def _convert(hint: tp.Any, value: tp.Any, where: str) -> tp.Any:
-    subs = _dataclass_types(hint)
-    if len(subs) == 1 and isinstance(value, tp.Mapping):
-        return _build(subs[0], value, where)
-    if subs and isinstance(value, tuple(subs)):
-        return value
+    """Plain data as the annotation says. Annotations holding a config class (``Sub``,
+    ``Sub | None``, ``list[Sub]``, ``dict[str, Sub]``) are walked here, the configs built through
+    their constructors; everything else is msgspec's."""
+    if not _holds_dataclass(hint):
+        return _msgspec_convert(hint, value, where)
+    if isinstance(hint, type):  # a config class
+        if isinstance(value, hint):
+            return value
+        if isinstance(value, tp.Mapping):
+            return _build(hint, value, where)
+        raise ValidationError(
+            f"invalid value for field {where!r}: expected a {hint.__qualname__} (or a mapping of "
+            f"its fields), got {type(value).__name__}"
+        )
+    origin, args = tp.get_origin(hint), tp.get_args(hint)
+    if origin in (tp.Union, types.UnionType):
+        if value is None and _NONE_TYPE in args:
+            return None
+        problems = []
+        for arg in args:
+            if arg is _NONE_TYPE:
+                continue
+            try:
+                return _convert(arg, value, where)
+            except ValidationError as e:
+                problems.append(str(e))
+        raise ValidationError(f"invalid value for field {where!r}: {'; '.join(problems)}")
+    if origin in (dict, collections.abc.Mapping) and len(args) == 2:
+        if not isinstance(value, tp.Mapping):
+            raise ValidationError(f"field {where!r} expects a mapping, got {type(value).__name__}")
+        return {
+            _convert(args[0], k, f"{where}.{k}"): _convert(args[1], v, f"{where}.{k}")
+            for k, v in value.items()
+        }
+    if origin in (list, tuple, frozenset, set, collections.abc.Sequence) and args:
+        if isinstance(value, (str, bytes, tp.Mapping)) or not isinstance(value, tp.Iterable):
+            raise ValidationError(f"field {where!r} expects a sequence, got {type(value).__name__}")
+        items = list(value)
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(items) != len(args):
+                raise ValidationError(
+                    f"field {where!r} expects {len(args)} items, got {len(items)}"
+                )
+            return tuple(
+                _convert(a, v, f"{where}[{i}]")
+                for i, (a, v) in enumerate(zip(args, items, strict=True))
+            )
+        converted = [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(items)]
+        if origin is collections.abc.Sequence:
+            return converted
+        return origin(converted)
+    return _msgspec_convert(hint, value, where)
+
+
+def _msgspec_convert(hint: tp.Any, value: tp.Any, where: str) -> tp.Any:
     try:
         return msgspec.convert(value, _msgspec_hint(hint), dec_hook=_dec_hook, strict=False)
     except msgspec.ValidationError as e:
@@ -267,6 +437,8 @@ def load_config(cls: type[T], path: str | os.PathLike[str]) -> T:
 
 
 __all__ = [
+    "TIME_TYPES",
+    "coerce_number",
     "infra_plain",
     "FieldInfo",
     "InfraMarker",

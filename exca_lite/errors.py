@@ -47,7 +47,13 @@ class CacheFormatWarning(UserWarning):
     """Cache files of another format version were found and skipped (never modified)."""
 
 
+class InteractiveClassWarning(UserWarning):
+    """A cached method's class is defined where no file names it (a notebook): its uids start
+    with ``__interactive__``, shared by every notebook defining the same class name."""
+
+
 __all__ = [
+    "InteractiveClassWarning",
     "CacheMissError",
     "ConfigError",
     "CacheFormatWarning",

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import re
 import typing as tp
 from pathlib import Path
 
@@ -39,12 +41,15 @@ Durability = tp.Literal["flush", "fsync"]
 DURABILITIES: tuple[str, ...] = tp.get_args(Durability)
 
 
+_VERSION = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
 def _choice(cls: type, name: str, value: object, choices: tuple[object, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{cls.__name__}.{name}={value!r} is not one of {choices}")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class _Infra(InfraMarker):
     """Fields shared by TaskInfra and MapInfra (see SPEC §3)."""
 
@@ -72,10 +77,28 @@ class _Infra(InfraMarker):
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.folder, str):
-            object.__setattr__(self, "folder", Path(self.folder))
+        if self.folder is not None:
+            # "~" expanded and a relative folder made absolute once, here: a later chdir must not
+            # move the cache, and "~" must not become a folder named "~"
+            folder = os.fspath(self.folder)
+            object.__setattr__(self, "folder", Path(os.path.abspath(os.path.expanduser(folder))))
         if not isinstance(self.version, str):
             raise TypeError(f"{type(self).__name__}.version must be a str, got {self.version!r}")
+        if not _VERSION.fullmatch(self.version) or ".." in self.version:
+            raise ValueError(
+                f"{type(self).__name__}(version={self.version!r}): a version is a short name of "
+                "letters, digits, '.', '_' and '-' (no '/' or '..'): it names a folder under "
+                "`folder`, which it must not leave; e.g. version='2' or version='2024-05.b'"
+            )
+
+    def __repr__(self) -> str:
+        """Only the fields that differ from their defaults: ``TaskInfra(version='1')``."""
+        shown = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if f.repr and getattr(self, f.name) != f.default
+        ]
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     def merged_into(self, default: _Infra) -> tp.Self:
         """This infra with every field it left unset taken from ``default`` (the class default).
@@ -135,7 +158,7 @@ def _track_explicit_fields(cls: type[X]) -> type[X]:
 
 
 @_track_explicit_fields
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class TaskInfra(_Infra):
     """Cache (and run) one computation per config: the result of a method taking only ``self``."""
 
@@ -179,7 +202,7 @@ class TaskInfra(_Infra):
 
 
 @_track_explicit_fields
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class MapInfra(_Infra):
     """Cache (and run) a method over many items: one cached output per item, in shared shards."""
 

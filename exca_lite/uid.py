@@ -12,15 +12,28 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import inspect
 import math
+import os
 import re
+import sys
 import typing as tp
+import warnings
 from pathlib import PurePath
 
 import msgspec
 
-from .config import SUPPORTED, InfraMarker, field_infos, is_frozen_dataclass, sorted_items
-from .errors import ConfigError
+from .config import (
+    SUPPORTED,
+    TIME_TYPES,
+    FieldInfo,
+    InfraMarker,
+    coerce_number,
+    field_infos,
+    is_frozen_dataclass,
+    sorted_items,
+)
+from .errors import ConfigError, InteractiveClassWarning
 
 _encode = msgspec.json.Encoder(order="sorted").encode
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
@@ -36,12 +49,12 @@ def _canon(value: tp.Any, path: str) -> tp.Any:
         return value
     if cls is float:
         return value if math.isfinite(value) else {"__float__": repr(value)}
-    if isinstance(value, InfraMarker):  # infras never count, even inside a container
+    if isinstance(value, InfraMarker):  # infras in a container never count
         return None
     if isinstance(value, enum.Enum):
         return _canon(value.value, path)
     if isinstance(value, (int, str)):  # subclasses of the plain types
-        return int(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) else str(value)
     if isinstance(value, float):
         return _canon(float(value), path)
     if cls is bytes:
@@ -65,27 +78,110 @@ def _canon(value: tp.Any, path: str) -> tp.Any:
                 f"field {path} holds a non-frozen dataclass {cls.__qualname__}: nested configs "
                 "must be @dataclasses.dataclass(frozen=True)"
             )
-        return uid_config(value, (), path)
+        return uid_config(value, (), path, nested=True)
+    if isinstance(value, TIME_TYPES):
+        return msgspec.to_builtins(value)  # ISO 8601, as in config.json
     raise ConfigError(
         f"field {path} holds a {cls.__module__}.{cls.__qualname__}, which cannot be part of a "
         f"config; supported: {SUPPORTED}"
     )
 
 
-def uid_config(obj: tp.Any, exclude: tp.Iterable[str] = (), path: str = "") -> dict[str, tp.Any]:
-    """The non-default, non-infra, non-excluded fields of a config, as canonical plain data."""
+_NOT_COMPUTED: tp.Any = object()
+_BAD_DEFAULT: tp.Any = object()
+
+
+class _Field:
+    """One field as the uid walk sees it (per class, computed once): ``canon_default`` is the
+    canonical form of the default, for non-scalar defaults; ``kept_default`` what a value equal
+    to its default still contributes (the versions of the nested infras inside it), or None."""
+
+    __slots__ = ("canon_default", "coerce", "default", "is_infra", "kept_default", "name", "number")
+
+    def __init__(self, info: FieldInfo) -> None:
+        self.name = info.name
+        self.default = info.default
+        self.is_infra = info.is_infra
+        self.number = info.number
+        self.coerce = info.coerce
+        self.canon_default: tp.Any = _NOT_COMPUTED
+        self.kept_default: tp.Any = None
+
+    def prepare(self, path: str) -> None:
+        default = self.default
+        if self.is_infra or default is _MISSING or type(default) in _PLAIN_SCALARS:
+            self.canon_default = default
+            return
+        if self.coerce is not None:
+            default = self.coerce(default, path)
+        try:
+            canon = _canon(default, path)
+        except ConfigError:  # an unsupported default: an error once a value is walked, if ever
+            self.canon_default = _BAD_DEFAULT
+            return
+        self.canon_default = canon
+        self.kept_default = canon if _has_infra(default) else None
+
+
+_MISSING: tp.Any = dataclasses.MISSING
+_FIELDS: dict[type, tuple[_Field, ...]] = {}
+
+
+def _fields(cls: type, path: str) -> tuple[_Field, ...]:
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        fields = tuple(_Field(info) for info in field_infos(cls))
+        for field in fields:
+            field.prepare(f"{path}.{field.name}" if path else field.name)
+        _FIELDS[cls] = fields
+    return fields
+
+
+def _has_infra(value: tp.Any) -> bool:
+    """Whether a value holds a nested config with an infra, at any depth (its version counts)."""
+    if isinstance(value, InfraMarker):
+        return True
+    if isinstance(value, (tuple, list, frozenset)):
+        return any(_has_infra(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_infra(v) for v in value.values())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return any(_has_infra(getattr(value, f.name)) for f in field_infos(type(value)))
+    return False
+
+
+def uid_config(
+    obj: tp.Any, exclude: tp.Iterable[str] = (), path: str = "", nested: bool = False
+) -> dict[str, tp.Any]:
+    """The non-default, non-excluded fields of a config, as canonical plain data.
+
+    Infra fields never count, except in a ``nested`` config (one inside the config the uid is
+    for): there its infra counts by its effective ``version`` (default heritage applied), as
+    ``{"version": ...}``, whether or not it differs from the default, so that bumping an upstream
+    version gives every downstream uid a new value.
+    """
     excluded = set(exclude) if exclude else None
     out: dict[str, tp.Any] = {}
-    for info in field_infos(type(obj)):
-        name = info.name
-        if info.is_infra or (excluded and name in excluded):
+    for field in _fields(type(obj), path):
+        name = field.name
+        if excluded and name in excluded:
+            continue
+        if field.is_infra and not nested:
             continue
         value = getattr(obj, name)
-        default = info.default
+        default = field.default
         if value is default:
+            if field.kept_default is not None:
+                out[name] = field.kept_default
+            elif field.is_infra:
+                out[name] = {"version": value.version}
             continue
         cls = type(value)
         if cls in _PLAIN_SCALARS:  # the common case, kept free of the general walk below
+            number = field.number
+            if number is not None and cls is not number and cls is not bool:
+                value = coerce_number(number, value, f"{path}.{name}" if path else name)
+                cls = type(value)
             if cls is type(default) and value == default:
                 # -0.0 == 0.0, but "floats by their exact repr": only the same repr is a default
                 if cls is not float or repr(value) == repr(default):
@@ -95,46 +191,43 @@ def uid_config(obj: tp.Any, exclude: tp.Iterable[str] = (), path: str = "") -> d
             if cls is not float or math.isfinite(value):
                 out[name] = value
                 continue
-        is_config = dataclasses.is_dataclass(value) and not isinstance(value, type)
-        # a nested config equal to its default is still walked: its == may hide an unsupported
-        # value (a numpy array equal to a default str); it counts only if it has non-default fields
-        if (not is_config and _is_default(value, default)) or isinstance(value, InfraMarker):
-            continue
         where = f"{path}.{name}" if path else name
+        if field.is_infra or isinstance(value, InfraMarker):
+            if nested and isinstance(value, InfraMarker):
+                out[name] = {"version": value.merged_into(default).version}
+            continue
+        if field.coerce is not None:
+            value = field.coerce(value, where)
+        is_config = dataclasses.is_dataclass(value) and not isinstance(value, type)
         sub_excluded = (
             [e[len(name) + 1 :] for e in excluded if e.startswith(name + ".")] if excluded else []
         )
         if sub_excluded and is_config:
-            sub = uid_config(value, sub_excluded, where)
-            # differing from the default only in excluded fields is not differing
-            if type(default) is type(value) and sub == uid_config(default, sub_excluded, where):
-                continue
-            out[name] = sub
+            sub: tp.Any = uid_config(value, sub_excluded, where, nested=True)
+            canon_default = (
+                uid_config(default, sub_excluded, where, nested=True)
+                if type(default) is type(value)
+                else _NOT_COMPUTED
+            )
         else:
-            out[name] = _canon(value, where)  # raises on unsupported values, defaults included
-            if is_config and _is_default(value, default):
-                del out[name]  # equal to its default, and now checked
-                continue
+            sub = _canon(value, where)  # raises on unsupported values, defaults included
+            canon_default = field.canon_default
+        if type(value) is type(default) and sub == canon_default:
+            # equal to the default (infra fields aside, but for their versions): counts only by
+            # the versions of the infras inside it
+            if _has_infra(value) if sub_excluded else field.kept_default is not None:
+                out[name] = sub
+            continue
         if is_config and type(value) is not type(default):
             # another config class than the default's (a polymorphic field, or one defaulting to
             # None): two classes with the same non-default fields must not share a uid. The
             # qualname, not the module, so that moving a class keeps its caches.
-            out[name] = {CLASS_KEY: type(value).__qualname__, **out[name]}
+            sub = {CLASS_KEY: type(value).__qualname__, **sub}
+        out[name] = sub
     return out
 
 
 _PLAIN_SCALARS = frozenset({int, str, bool, float})
-
-
-def _is_default(value: tp.Any, default: tp.Any) -> bool:
-    if value is default:
-        return True
-    if type(value) is not type(default):
-        return False
-    try:
-        return bool(value == default)
-    except (ValueError, TypeError):  # e.g. a numpy array inside: _canon names it as unsupported
-        return False
 
 
 def canonical_bytes(config: dict[str, tp.Any]) -> bytes:
@@ -167,9 +260,67 @@ def config_hash(config: dict[str, tp.Any]) -> str:
     return hashlib.blake2b(canonical_bytes(config), digest_size=HASH_HEX_CHARS // 2).hexdigest()
 
 
-def method_uid(cls: type, method: str, version: str, config: dict[str, tp.Any]) -> str:
+def method_uid(
+    cls: type, method: str, version: str, config: dict[str, tp.Any], func: tp.Any = None
+) -> str:
     """``"{module}.{qualname}.{method},{version}/{readable}-{hash}"``."""
-    return f"{cls.__module__}.{cls.__qualname__}.{method},{version}/{readable(config)}-{config_hash(config)}"
+    head = f"{module_name(cls, func)}.{cls.__qualname__}.{method}"
+    return f"{head},{version}/{readable(config)}-{config_hash(config)}"
+
+
+INTERACTIVE_MODULE = "__interactive__"
+_MODULE_NAMES: dict[type, str] = {}
+
+
+def module_name(cls: type, func: tp.Any = None) -> str:
+    """The module a class is named after in uids: never ``__main__``.
+
+    A class of a script run as ``python featurize.py`` is named after the script (``featurize``,
+    its name when imported), under ``python -m pkg.mod`` after ``pkg.mod``: a script and an import
+    of it share one cache, two scripts defining the same class name never do. The file is the one
+    the method's code was compiled from (``func``), so a worker running a script's class (pickled
+    by value) names it the same. Where no file names it (a notebook, ``python -c``, ``exec``), the
+    uid says ``__interactive__`` and a one-time warning suggests moving the class into a module.
+    """
+    name = _MODULE_NAMES.get(cls)
+    if name is None:
+        name = cls.__module__
+        if name == "__main__":
+            name = _main_module_name(cls, func)
+        _MODULE_NAMES[cls] = name
+    return name
+
+
+def _main_module_name(cls: type, func: tp.Any) -> str:
+    code = getattr(inspect.unwrap(func), "__code__", None) if func is not None else None
+    source = code.co_filename if code is not None else None
+    main = sys.modules.get("__main__")
+    main_file = getattr(main, "__file__", None)
+    if source and main_file and os.path.realpath(source) == os.path.realpath(main_file):
+        spec = getattr(main, "__spec__", None)
+        if spec is not None and spec.name and spec.name != "__main__":
+            return str(spec.name)  # python -m pkg.mod
+        return _file_module(source)
+    if source and source.endswith(".py") and os.path.isfile(source):
+        return _file_module(source)  # a script's class in a worker process
+    warnings.warn(
+        f"{cls.__qualname__} is defined in __main__ without a file naming it (a notebook, "
+        f"python -c, exec): its uids start with {INTERACTIVE_MODULE}.{cls.__qualname__}, which "
+        "another notebook defining the same class name would share; move the class into a "
+        "module (a .py file) to give its caches a name of their own",
+        InteractiveClassWarning,
+        stacklevel=4,
+    )
+    return INTERACTIVE_MODULE
+
+
+def _file_module(path: str) -> str:
+    """The name a script has when imported from its folder: its stem (a ``__main__.py`` is named
+    after its folder: ``pkg.__main__``)."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if stem == "__main__":
+        return f"{os.path.basename(os.path.dirname(os.path.abspath(path)))}.__main__"
+    return stem
 
 
 def item_uid_name(item_uid: str, max_chars: int = 128) -> str:
@@ -185,6 +336,7 @@ __all__ = [
     "config_hash",
     "item_uid_name",
     "method_uid",
+    "module_name",
     "readable",
     "uid_config",
 ]

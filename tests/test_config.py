@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 import json
 import typing as tp
@@ -327,6 +328,12 @@ class Everything:
     leaf: Leaf = Leaf()
     leaves: tuple[Leaf, ...] = ()
     optional_leaf: Leaf | None = None
+    leaf_map: dict[str, Leaf] = dataclasses.field(default_factory=dict)
+    leaf_list: list[Leaf] = dataclasses.field(default_factory=list)
+    optional_leaves: dict[str, Leaf | None] = dataclasses.field(default_factory=dict)
+    timeout: datetime.timedelta = datetime.timedelta(minutes=5)
+    when: datetime.datetime | None = None
+    day: datetime.date = datetime.date(2024, 1, 1)
 
 
 _floats = st.floats(allow_nan=False, allow_infinity=False)
@@ -350,6 +357,19 @@ _everything = st.builds(
     leaf=_leaves,
     leaves=st.lists(_leaves, max_size=3).map(tuple),
     optional_leaf=st.none() | _leaves,
+    leaf_map=st.dictionaries(st.text(max_size=5), _leaves, max_size=3),
+    leaf_list=st.lists(_leaves, max_size=3),
+    optional_leaves=st.dictionaries(st.text(max_size=5), st.none() | _leaves, max_size=3),
+    timeout=st.timedeltas(),
+    when=st.none()
+    | st.datetimes()
+    | st.datetimes(timezones=st.just(datetime.UTC))
+    | st.datetimes(
+        timezones=st.builds(
+            datetime.timezone, st.sampled_from([datetime.timedelta(hours=h) for h in (-5, 2, 9)])
+        )
+    ),
+    day=st.dates(),
 )
 
 
@@ -362,3 +382,92 @@ def test_from_dict_to_dict_round_trip(config: Everything) -> None:
     data.pop("b")
     text = json.dumps(data)
     assert xl.from_dict(Everything, json.loads(text)) == dataclasses.replace(config, b=b"")
+
+
+@settings(max_examples=100, deadline=None)
+@given(_everything)
+def test_to_dict_from_dict_keeps_the_uid(config: Everything) -> None:
+    from uid_defs import Tree
+
+    tree = Tree(
+        leaves={k: Leaf_(x=v.n) for k, v in config.leaf_map.items()},
+        chain=[Leaf_(name=v.label) for v in config.leaf_list],
+        maybe=None if config.optional_leaf is None else Leaf_(x=config.optional_leaf.n),
+        timeout=config.timeout,
+        start=config.when,
+    )
+    again = xl.from_dict(Tree, json.loads(json.dumps(xl.to_dict(tree))))
+    assert again == tree
+    assert again.run.uid() == tree.run.uid()
+
+
+def Leaf_(**kwargs: tp.Any) -> tp.Any:
+    from uid_defs import Leaf as UidLeaf
+
+    return UidLeaf(**kwargs)
+
+
+# # # issue 14, case 8: containers of configs # # #
+
+
+def test_case8_from_dict_builds_dicts_lists_and_optionals_of_configs(tmp_path: Path) -> None:
+    from uid_defs import Leaf as UidLeaf
+    from uid_defs import Tree
+
+    assert xl.from_dict(Tree, {"leaves": {}}) == Tree()
+    data = {
+        "leaves": {"a": {"x": 1}, "b": {}},
+        "chain": [{"name": "n"}],
+        "pair": [{"x": 1}, {"x": 2}],
+        "maybe": {"x": 3},
+        "timeout": "PT90S",
+        "start": "2024-05-01T12:30:00",
+    }
+    tree = xl.from_dict(Tree, data)
+    assert tree.leaves == {"a": UidLeaf(x=1), "b": UidLeaf()}
+    assert tree.chain == [UidLeaf(name="n")]
+    assert tree.pair == (UidLeaf(x=1), UidLeaf(x=2))
+    assert tree.maybe == UidLeaf(x=3)
+    assert tree.timeout == datetime.timedelta(seconds=90)
+    assert tree.start == datetime.datetime(2024, 5, 1, 12, 30)
+    assert xl.from_dict(Tree, xl.to_dict(tree)) == tree
+    with pytest.raises(xl.ValidationError, match=r"leaves\.a\.x"):
+        xl.from_dict(Tree, {"leaves": {"a": {"x": "not an int"}}})
+    with pytest.raises(xl.ValidationError, match=r"unknown field 'chain\[0\].typo'"):
+        xl.from_dict(Tree, {"chain": [{"typo": 1}]})
+    # the cache's own config.json loads back into the config
+    placed = dataclasses.replace(tree, infra=xl.TaskInfra(folder=tmp_path))
+    assert placed.run() == 3
+    folder = placed.run.folder()
+    assert folder is not None
+    loaded = xl.load_config(Tree, folder / "config.json")
+    assert dataclasses.replace(loaded, infra=placed.infra) == placed
+    assert loaded.run.uid() == placed.run.uid()
+
+
+# # # issue 14, case 9: numpy scalars # # #
+
+
+def test_case9_numpy_floats_in_a_list_field_are_written_as_floats(tmp_path: Path) -> None:
+    from uid_defs import Measures
+
+    measures = Measures(
+        values=[np.float64(0.5), 1.5], infra=xl.TaskInfra(folder=tmp_path, keep_in_ram=False)
+    )
+    assert measures.total.uid() == Measures(values=[0.5, 1.5]).total.uid()
+    assert measures.total() == 2.0
+    assert measures.total() == 2.0  # from the cache
+    folder = measures.total.folder()
+    assert folder is not None
+    assert json.loads((folder / "config.json").read_text())["values"] == [0.5, 1.5]
+    assert xl.to_dict(measures)["values"] == [0.5, 1.5]
+    assert type(xl.to_dict(measures)["values"][0]) is float
+
+
+def test_case9_an_unsupported_value_leaves_no_cache_folder(tmp_path: Path) -> None:
+    from uid_defs import Measures
+
+    bad = Measures(values=[np.int64(1)], infra=xl.TaskInfra(folder=tmp_path))  # type: ignore[list-item]
+    with pytest.raises(xl.ConfigError, match=r"values\[0\].*numpy.int64"):
+        bad.total()
+    assert list(tmp_path.iterdir()) == []

@@ -145,10 +145,18 @@ def _has_runnable_block(path: Path) -> bool:
     ids=lambda p: str(p.relative_to(REPO)),
 )
 def test_doc_blocks(
-    path: Path, tmp_path: Path, subprocess_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    path: Path,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    subprocess_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     blocks = [b for b in extract(path) if b.lang in RUN_LANGS and b.skip is None]
     namespace: dict[str, tp.Any] = {"__name__": "__main__", "tmp_path": tmp_path}
+    # run as a user runs a script saved next to the doc: classes of a __main__ compiled from
+    # guide.py are named `guide` in uids (a copy of the markdown, so tracebacks show its lines)
+    script = tmp_path_factory.mktemp("docs") / f"{path.stem}.py"
+    script.write_text(path.read_text())
     monkeypatch.chdir(tmp_path)
     for block in blocks:
         if block.lang == "console":
@@ -156,7 +164,7 @@ def test_doc_blocks(
             continue
         # compile with the markdown line numbers, so a traceback points into the doc; without
         # this module's `from __future__ import annotations` (docs run as users would run them)
-        code = compile("\n" * block.line + block.code, str(path), "exec", dont_inherit=True)
+        code = compile("\n" * block.line + block.code, str(script), "exec", dont_inherit=True)
         exec(code, namespace)
 
 

@@ -137,11 +137,13 @@ class Outer:
         return self.sub.k
 
 
-def test_nested_infras_never_count(tmp_path: Path) -> None:
+def test_nested_infra_fields_never_count_but_their_version(tmp_path: Path) -> None:
     base = Outer(sub=WithInfra(k=1)).process
+    placed = Outer(sub=WithInfra(k=1, infra=xl.TaskInfra(folder=tmp_path, cluster="local")))
+    assert placed.process.uid() == base.uid()
     other = Outer(sub=WithInfra(k=1, infra=xl.TaskInfra(folder=tmp_path, version="9"))).process
-    assert other.uid() == base.uid()
-    assert base.config() == {"sub": {"k": 1}}
+    assert other.uid() != base.uid()
+    assert base.config() == {"sub": {"k": 1, "infra": {"version": "0"}}}
     listed = Outer(subs=(WithInfra(k=1, infra=xl.TaskInfra(folder=tmp_path)),)).process
     assert listed.uid() == Outer(subs=(WithInfra(k=1),)).process.uid()
     loose = Outer(extra=(xl.TaskInfra(folder=tmp_path),)).process
@@ -349,3 +351,260 @@ def test_polymorphic_fields_do_not_share_a_cache(tmp_path: Path) -> None:
     infra = xl.TaskInfra(folder=tmp_path, keep_in_ram=False)
     assert Training(optimizer=Sgd(lr=0.5), infra=infra).process() == "Sgd"
     assert Training(optimizer=AdamW(lr=0.5), infra=infra).process() == "AdamW"
+
+
+# # # issue 14: uids that never serve a wrong or stale result # # #
+
+_FEATURIZE = """
+import dataclasses, os, sys, typing as tp
+import exca_lite as xl
+
+COUNTER = os.environ["COUNTER"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Featurizer:
+    infra: xl.MapInfra = xl.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def embed(self, items: tp.Sequence[int]) -> tp.Iterator[int]:
+        for i in items:
+            with open(COUNTER, "a") as f:
+                f.write(f"{i}\\n")
+            yield SCALE * i
+
+
+def main() -> None:
+    feat = Featurizer(infra=xl.MapInfra(folder=os.environ["FOLDER"]))
+    print(list(feat.embed([1, 2, 3])), feat.embed.uid())
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def _script(folder: Path, name: str, scale: int) -> Path:
+    path = folder / f"{name}.py"
+    path.write_text(f"SCALE = {scale}\n" + _FEATURIZE)
+    return path
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    res = subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_case1_two_scripts_sharing_a_folder_never_share_a_cache(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    env = dict(subprocess_env, FOLDER=str(tmp_path / "cache"), COUNTER=str(tmp_path / "n"))
+    _script(tmp_path, "script_a", 1)
+    _script(tmp_path, "script_b", -1000)
+    out_a = _run(["script_a.py"], tmp_path, env)
+    out_b = _run(["script_b.py"], tmp_path, env)
+    assert out_a.startswith("[1, 2, 3] script_a.Featurizer.embed,1/")
+    assert out_b.startswith("[-1000, -2000, -3000] script_b.Featurizer.embed,1/")
+    assert "__main__" not in out_a + out_b
+
+
+def test_case1_a_script_and_an_import_of_it_share_one_cache(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    counter = tmp_path / "n"
+    env = dict(subprocess_env, FOLDER=str(tmp_path / "cache"), COUNTER=str(counter))
+    _script(tmp_path, "featurize", 1)
+    as_script = _run(["featurize.py"], tmp_path, env)
+    assert counter.read_text().split() == ["1", "2", "3"]
+    imported = _run(["-c", "import featurize; featurize.main()"], tmp_path, env)
+    assert imported == as_script
+    assert as_script.startswith("[1, 2, 3] featurize.Featurizer.embed,1/")
+    assert counter.read_text().split() == ["1", "2", "3"]  # nothing recomputed
+    # under python -m, the module is named as when imported
+    assert _run(["-m", "featurize"], tmp_path, env) == as_script
+
+
+def test_case1_no_file_names_the_class_the_uid_says_so(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    code = _FEATURIZE.replace('if __name__ == "__main__":\n    main()', "main()")
+    env = dict(subprocess_env, FOLDER=str(tmp_path / "c"), COUNTER=str(tmp_path / "n"))
+    res = subprocess.run(
+        [sys.executable, "-c", "SCALE = 1\n" + code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert " __interactive__.Featurizer.embed,1/" in res.stdout
+    assert res.stderr.count("InteractiveClassWarning") == 1
+    assert "move the class into a module" in res.stderr
+
+
+_UPSTREAM = """
+import dataclasses
+import exca_lite as xl
+
+
+@dataclasses.dataclass(frozen=True)
+class Extractor:
+    size: int = 3
+    infra: xl.TaskInfra = xl.TaskInfra(version="{version}")
+
+    @infra.apply
+    def features(self) -> list[int]:
+        return [{scale} * i for i in range(self.size)]
+"""
+
+_DOWNSTREAM = """
+import dataclasses, os, sys
+import exca_lite as xl
+from upstream import Extractor
+
+
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+    extractor: Extractor = Extractor()
+    infra: xl.TaskInfra = xl.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> int:
+        with open(os.environ["COUNTER"], "a") as f:
+            f.write("fit\\n")
+        return sum(self.extractor.features())
+
+
+folder = os.environ["FOLDER"]
+extractor = Extractor(infra=xl.TaskInfra(folder=folder))
+model = Classifier(extractor=extractor, infra=xl.TaskInfra(folder=folder))
+print(model.fit(), model.fit.uid())
+"""
+
+
+def test_case2_bumping_an_upstream_version_changes_the_downstream_uid(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    counter = tmp_path / "n"
+    env = dict(subprocess_env, FOLDER=str(tmp_path / "cache"), COUNTER=str(counter))
+    (tmp_path / "downstream.py").write_text(_DOWNSTREAM)
+    upstream = tmp_path / "upstream.py"
+    upstream.write_text(_UPSTREAM.format(version="1", scale=1))
+    first = _run(["downstream.py"], tmp_path, env).split()
+    assert first[0] == "3"  # 0 + 1 + 2
+    # the code changes, and its author bumps the version, as the docs say to do
+    upstream.write_text(_UPSTREAM.format(version="2", scale=10))
+    second = _run(["downstream.py"], tmp_path, env).split()
+    assert second[0] == "30"  # recomputed from the new features, not the old result
+    assert second[1] != first[1]
+    assert "extractor.infra.version=2" in second[1]
+    assert counter.read_text().split() == ["fit", "fit"]
+
+
+def test_case3_numbers_count_by_their_annotation(tmp_path: Path) -> None:
+    from uid_defs import Svm
+
+    assert Svm(C=1).fit.uid() == Svm().fit.uid()
+    assert Svm(C=10).fit.uid() == Svm(C=10.0).fit.uid()
+    assert Svm(C=10).fit.config() == {"C": 10.0}
+    assert Svm(gammas=[1, 2]).fit.uid() == Svm(gammas=[1.0, 2.0]).fit.uid()
+    assert Svm(C=True).fit.uid() != Svm(C=1).fit.uid()  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"'n_bins' is annotated int but holds the float 9\.0"):
+        Svm(n_bins=9.0).fit.uid()  # type: ignore[arg-type]
+    with pytest.raises(xl.ConfigError, match=r"n_bins.*pass an int"):
+        Svm(n_bins=2.5).fit.uid()  # type: ignore[arg-type]
+
+
+def test_case3_toml_and_python_configs_share_a_cache(tmp_path: Path) -> None:
+    from uid_defs import Svm
+
+    counter = tmp_path / "n"
+    folder = tmp_path / "cache"
+    infra = xl.TaskInfra(folder=folder, keep_in_ram=False)
+    python = Svm(C=10, gammas=[1, 2], counter=str(counter), infra=infra)
+    assert python.fit() == 93.0
+    toml = tmp_path / "svm.toml"
+    toml.write_text(
+        f'C = 10\ngammas = [1, 2]\ncounter = "{counter}"\n[infra]\nfolder = "{folder}"\n'
+        "keep_in_ram = false\n"
+    )
+    loaded = xl.load_config(Svm, toml)
+    assert loaded.C == 10.0 and isinstance(loaded.C, float)
+    assert loaded.fit.uid() == python.fit.uid()
+    assert loaded.fit() == 93.0
+    assert counter.read_text().count("x") == 1  # computed once, shared
+
+
+def test_case4_version_is_a_short_name_that_stays_in_folder(tmp_path: Path) -> None:
+    for bad in ("x/../../escape", "..", "a/b", "", "a b", "v1\n", "x" * 65):
+        with pytest.raises(ValueError, match="version"):
+            xl.TaskInfra(folder=tmp_path, version=bad)
+        with pytest.raises(ValueError, match="version"):
+            xl.MapInfra(version=bad)
+    with pytest.raises(xl.ValidationError, match="version"):
+        xl.from_dict(Task, {"infra": {"version": "x/../../escape"}})
+    assert xl.TaskInfra(version="2024-05.b_1").version == "2024-05.b_1"
+
+
+def test_case5_folder_tilde_is_expanded_and_relative_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    assert xl.TaskInfra(folder="~/cache").folder == home / "cache"
+    assert xl.TaskInfra(folder=Path("~/cache")).folder == home / "cache"
+    assert xl.MapInfra(folder="rel").folder == work / "rel"
+    toml = tmp_path / "task.toml"
+    toml.write_text('param = 3\n[infra]\nfolder = "~/cache"\n')
+    task = xl.load_config(Task, toml)
+    task.process()
+    assert (home / "cache" / task.process.uid() / "config.json").exists()
+    assert not (work / "~").exists()
+
+
+def test_case12_a_nested_infra_never_changes_the_uid_but_its_version(tmp_path: Path) -> None:
+    from uid_defs import Feat, Head
+
+    bare = Head(feat=Feat(dim=8)).train
+    placed = Head(feat=Feat(dim=8, infra=xl.TaskInfra(folder=tmp_path, cluster="local"))).train
+    assert placed.uid() == bare.uid()
+    assert bare.config() == {"feat": {"dim": 8, "infra": {"version": "1"}}}
+    assert "feat=__" not in bare.uid()
+    assert "feat.dim=8,feat.infra.version=1" in bare.uid()
+    bumped = Head(feat=Feat(dim=8, infra=xl.TaskInfra(version="2"))).train
+    assert bumped.uid() != bare.uid()
+    # a nested config at its default counts by its version too; so do configs in containers
+    assert Head().train.config() == {"feat": {"infra": {"version": "1"}}}
+    assert Head(feat=Feat(infra=xl.TaskInfra(folder=tmp_path))).train.uid() == Head().train.uid()
+    listed = Head(feats=(Feat(infra=xl.TaskInfra(folder=tmp_path)),)).train
+    assert listed.uid() == Head(feats=(Feat(),)).train.uid()
+    assert listed.config()["feats"] == [{"infra": {"version": "1"}}]
+    listed_v2 = Head(feats=(Feat(infra=xl.TaskInfra(version="2")),)).train
+    assert listed_v2.uid() != listed.uid()
+
+
+def test_time_values_have_a_stable_encoding() -> None:
+    import datetime
+
+    from uid_defs import Tree
+
+    tree = Tree(
+        timeout=datetime.timedelta(minutes=90, microseconds=5),
+        start=datetime.datetime(2024, 5, 1, 12, 30, tzinfo=datetime.UTC),
+    )
+    assert tree.run.config() == {"timeout": "PT5400.000005S", "start": "2024-05-01T12:30:00Z"}
+    assert Tree(timeout=datetime.timedelta(hours=1)).run.uid() == Tree().run.uid()
+    assert tree.run.uid().endswith("-" + xl_hash(tree.run.config()))
+
+
+def xl_hash(config: dict[str, tp.Any]) -> str:
+    from exca_lite.uid import config_hash
+
+    return config_hash(config)
