@@ -36,21 +36,58 @@ class InfraMethod(tp.Generic[B]):
         self.__doc__ = func.__doc__
         self.__wrapped__ = func
         self._infra_field: dict[type, str] = {}
+        self._dict_keys: dict[type, str] = {}
+        self._refs: dict[type, str] = {}
+        self.owner_qualname = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
+        self.owner_qualname = owner.__qualname__
 
     def new_bound(self, obj: tp.Any) -> B:
         """A fresh bound object (subclasses name their class)."""
         raise NotImplementedError
 
     def bind(self, obj: tp.Any) -> B:
-        bound = self.new_bound(obj)
-        try:  # later accesses find it in the instance dict without calling __get__
-            # setdefault: threads racing on a first access all get the one object that won
-            return tp.cast(B, obj.__dict__.setdefault(self.name, bound))
+        cls = type(obj)
+        key = self._dict_keys.get(cls)
+        if key is None:
+            key = self._dict_keys[cls] = self._dict_key(cls)
+        try:
+            state = obj.__dict__
         except AttributeError:  # __slots__ class: no instance dict, bound objects are rebuilt
-            return bound
+            return self.new_bound(obj)
+        bound = state.get(key)
+        if bound is None:
+            # setdefault: threads racing on a first access all get the one object that won
+            bound = state.setdefault(key, self.new_bound(obj))
+        return tp.cast(B, bound)
+
+    def _dict_key(self, cls: type) -> str:
+        """Where the bound object is kept in the instance dict. Under the method's own name when
+        ``obj.name`` resolves to this descriptor: later accesses then find it without calling
+        ``__get__``. Under another key when a subclass overrides the method (and reaches this one
+        through ``super()``): the bound object must not hide the override."""
+        name: str = self.name
+        for klass in cls.__mro__:
+            if name in klass.__dict__:
+                if klass.__dict__[name] is self:
+                    return name
+                break
+        return f"{name}@{self.owner_qualname}"
+
+    def ref(self, cls: type) -> str:
+        """How jobs, pickles and uids name this method on ``cls``: its name when it is the first
+        infra method of that name in the MRO (what ``find_method`` finds), else
+        ``name@DefiningClass`` (an overridden method reached through ``super()``), so that an
+        override and the method it overrides never share a cache, a job or a bound object."""
+        ref = self._refs.get(cls)
+        if ref is None:
+            ref = self.name
+            if find_method(cls, self.name) is not self:
+                ref = f"{self.name}@{self.owner_qualname}"
+            self._refs[cls] = ref
+        return ref
 
     def infra_field(self, cls: type) -> str:
         """The name of the owner's field holding this method's infra (checked once per class)."""
@@ -73,24 +110,28 @@ class InfraMethod(tp.Generic[B]):
         return name
 
 
-def rebind(owner: tp.Any, name: str) -> BoundMethod:
+def rebind(owner: tp.Any, ref: str) -> BoundMethod:
     """Unpickle a bound method (it travels inside its owner's __dict__) without its caches."""
-    bound: BoundMethod = find_method(type(owner), name).new_bound(owner)
+    bound: BoundMethod = find_method(type(owner), ref).new_bound(owner)
     return bound
 
 
-def find_method(cls: type, name: str) -> InfraMethod[tp.Any]:
+def find_method(cls: type, ref: str) -> InfraMethod[tp.Any]:
+    """The infra method ``ref`` names on ``cls``: ``name`` (the first of that name in the MRO) or
+    ``name@DefiningClass`` (see ``InfraMethod.ref``)."""
+    name, _, owner = ref.partition("@")
     for klass in cls.__mro__:
         method = klass.__dict__.get(name)
-        if isinstance(method, InfraMethod):
+        if isinstance(method, InfraMethod) and (not owner or klass.__qualname__ == owner):
             return method
-    raise AttributeError(f"{cls.__qualname__} has no infra method {name!r}")
+    raise AttributeError(f"{cls.__qualname__} has no infra method {ref!r}")
 
 
 class BoundMethod:
     """State shared by ``task.process`` and ``feat.embed``: infra in effect, uid, paths."""
 
     _infra: tp.Any
+    _ref: str
 
     def __init__(self, method: InfraMethod[tp.Any], owner: tp.Any) -> None:
         self._method = method
@@ -99,11 +140,11 @@ class BoundMethod:
         self._checked = False
 
     def __reduce__(self) -> tuple[tp.Any, ...]:
-        return (rebind, (self._owner, self._method.name))
+        return (rebind, (self._owner, self._method.ref(type(self._owner))))
 
     def __repr__(self) -> str:
         kind = type(self).__name__
-        return f"<{kind} {type(self._owner).__qualname__}.{self._method.name}>"
+        return f"<{kind} {type(self._owner).__qualname__}.{self._method.ref(type(self._owner))}>"
 
     def _prepare(self) -> None:
         if self._prepared:
@@ -118,7 +159,8 @@ class BoundMethod:
             )
         self._infra = given.merged_into(method.infra)
         self._uid_config = uid_config(self._owner, method.exclude)
-        self._uid = method_uid(cls, method.name, self._infra.version, self._uid_config, method.func)
+        self._ref = method.ref(cls)
+        self._uid = method_uid(cls, self._ref, self._infra.version, self._uid_config, method.func)
         folder = self._infra.folder
         self._paths = None if folder is None else TaskPaths(f"{folder}/{self._uid}")
         self._prepare_more()
@@ -151,13 +193,31 @@ class BoundMethod:
     def _uid_bytes(self) -> bytes:
         return canonical_bytes(self._uid_config)
 
+    def _ignored_paths(self) -> set[str]:
+        """Paths of config.json the mismatch check skips: infras and excluded fields."""
+        return _infra_paths(self._owner, "") | set(self._method.exclude)
+
+    def _check_config(self) -> tp.Any:
+        """The full config as the mismatch check compares it (as config.json reads back)."""
+        config = self.__dict__.get("_check_config_data")
+        if config is None:
+            self._prepare()
+            config = taskcache.comparable(self._full_config())
+            self.__dict__["_check_config_data"] = config
+        return config
+
     def _check_configs(self) -> None:
         """Once per bound object: refuse a folder whose stored configs disagree with this one."""
         if self._checked or self._paths is None:
             return
-        ignored = _infra_paths(self._owner, "") | set(self._method.exclude)
+        ignored = self._ignored_paths()
         taskcache.check_configs(
-            self._paths, self._uid, self._full_config(), self._uid_bytes(), ignored
+            self._paths,
+            self._uid,
+            self._full_config(),
+            self._uid_bytes(),
+            ignored,
+            repair=self._infra.mode != "read-only",
         )
         self._checked = True
 

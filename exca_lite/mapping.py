@@ -12,6 +12,7 @@ itself, then yield every output from the store in input order.
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import logging
 import os
 import time
@@ -54,6 +55,10 @@ class MapMethod(InfraMethod["BoundMap[tp.Any, tp.Any, tp.Any]"], tp.Generic[Own,
         super().__init__(infra, func, exclude)
         self.item_uid = item_uid
         self.cache_type = cache_type
+        # str()/repr() of a numpy array elides its middle and rounds its values: two arrays would
+        # share an item uid (checked on each call, on the first and last items)
+        self.item_uid_is_str = item_uid in (str, repr)
+        self.items_param = _items_param(func)
 
     def new_bound(self, obj: tp.Any) -> BoundMap[tp.Any, tp.Any, tp.Any]:
         return BoundMap(self, obj)
@@ -104,7 +109,10 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
     # # # naming items # # #
 
     def _item_uids(self, items: tp.Sequence[X]) -> list[str]:
-        uids = list(map(self._map_method.item_uid, items))
+        method = self._map_method
+        if method.item_uid_is_str and items:
+            _refuse_str_of_arrays(method, items)
+        uids = list(map(method.item_uid, items))
         if not uids:
             return uids
         # checked in one C-level pass (str.__len__ takes nothing but a str): this runs on every
@@ -123,8 +131,15 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
 
     # # # public calls # # #
 
-    def __call__(self, items: tp.Iterable[X]) -> tp.Iterator[R]:
-        """Outputs for every item, in input order (duplicates included), computing missing ones."""
+    def __call__(
+        self, items: tp.Iterable[X] | None = None, /, **named: tp.Iterable[X]
+    ) -> tp.Iterator[R]:
+        """Outputs for every item, in input order (duplicates included), computing missing ones.
+
+        The items may be passed by the method's own parameter name (``embed(texts=...)``).
+        """
+        if named or items is None:
+            items = self._named_items(items, named)
         seq = items if isinstance(items, tp.Sequence) else list(items)
         uids = self._item_uids(seq)
         self._ensure(seq, uids)
@@ -133,6 +148,20 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
             return (ram[uid] for uid in uids)
         load = self._store.load
         return (load(uid) for uid in uids)
+
+    def _named_items(
+        self, items: tp.Iterable[X] | None, named: dict[str, tp.Iterable[X]]
+    ) -> tp.Iterable[X]:
+        param = self._map_method.items_param
+        accepted = {param, "items"}
+        if items is None and len(named) == 1 and next(iter(named)) in accepted:
+            return next(iter(named.values()))
+        qualname = f"{type(self._owner).__qualname__}.{self._method.name}"
+        raise TypeError(
+            f"{qualname}() takes one sequence of items, positionally or as {param}=...; got "
+            + (f"{len(named) + (items is not None)} arguments" if named else "none")
+            + (f" ({', '.join(sorted(named))}=...)" if named else "")
+        )
 
     def stack(self, items: tp.Iterable[X]) -> tp.Any:
         """One contiguous array ``(len(items), *item_shape)``, computing missing items first."""
@@ -256,7 +285,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
             # inline: reuse this caller's open store rather than re-reading the whole index
             run_map_chunk(
                 self._owner,
-                self._method.name,
+                self._ref,
                 folder,
                 items,
                 uids,
@@ -277,7 +306,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
             max(sizes),
         )
         args = [
-            (self._owner, self._method.name, folder, c_items, c_uids, infra.durability)
+            (self._owner, self._ref, folder, c_items, c_uids, infra.durability)
             for c_items, c_uids in zip(item_chunks, uid_chunks, strict=True)
         ]
         if infra.cluster in ("threadpool", "processpool"):
@@ -368,6 +397,31 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
             raise JobError(
                 f"{self._uid}: {len(errors)} of {len(jobs)} jobs failed (items completed before "
                 "the failure stay cached):\n" + "\n".join(errors)
+            )
+
+
+def _items_param(func: tp.Callable[..., tp.Any]) -> str:
+    """The name of the method's items parameter (its second one, after self)."""
+    try:
+        params = list(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        return "items"
+    return params[1] if len(params) > 1 else "items"
+
+
+def _refuse_str_of_arrays(
+    method: MapMethod[tp.Any, tp.Any, tp.Any], items: tp.Sequence[tp.Any]
+) -> None:
+    for position in (0, len(items) - 1):
+        if isinstance(items[position], np.ndarray):
+            name = getattr(method.item_uid, "__name__", "str")
+            raise TypeError(
+                f"{method.name}: item_uid={name} on numpy array items (item #{position}): "
+                f"{name}() elides the middle of large arrays and rounds values, so different "
+                "arrays would share an item uid and one's output would be served for another. "
+                "Name items by their content, e.g. item_uid=lambda a: hashlib.sha256("
+                "np.ascontiguousarray(a).tobytes() + str((a.shape, a.dtype)).encode()).hexdigest(), "
+                "or by an id (pass ids as items and load the arrays in the method)"
             )
 
 

@@ -36,8 +36,10 @@ R = tp.TypeVar("R")
 
 # results kept for the life of the process when keep_in_ram=True, keyed by cache folder (or by uid
 # without a folder): the same config cached in two folders is two caches
-# Each value is a one-item list (a cell) shared by every bound object of that key, so that one
-# object's clear() empties what the others serve from RAM too.
+# Each value is a list (a cell: [result, the bound object that filled it]) shared by every bound
+# object of that key, so that one object's clear() empties what the others serve from RAM too.
+# A bound object whose config disagrees with the filler's (same uid, another class default) gets
+# a cell of its own: a RAM hit never serves what the disk check would refuse.
 _RAM: dict[str, list[tp.Any]] = {}
 # jobs submitted (or re-attached) by this process, keyed by uid
 _JOBS: dict[str, tp.Any] = {}
@@ -96,7 +98,10 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
 
     def __init__(self, method: TaskMethod[Own, R], owner: Own) -> None:
         super().__init__(method, owner)
-        self._cell: list[tp.Any] = [_MISSING]
+        # [result, the bound object that filled it], shared through _RAM by every bound object
+        # of the same cache whose config agrees
+        self._cell: list[tp.Any] = [_MISSING, self]
+        self._replace_cell = False
         self._forced = False
         self._retried = False
 
@@ -121,11 +126,15 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         self._prepare()
         infra = self._infra
         force_now = infra.mode == "force" and not self._forced
-        if infra.keep_in_ram and not force_now:
-            cell = _RAM.get(self._ram_key)
-            if cell is not None and cell[0] is not _MISSING:
-                self._cell = cell
-                return tp.cast(R, cell[0])
+        shared = _RAM.get(self._ram_key) if infra.keep_in_ram else None
+        if shared is not None and not self._agrees_with(shared[1]):
+            # filled for another config with this uid (a class re-defined with another default,
+            # in a notebook): never served here; the disk check decides, as in a fresh process
+            shared = None
+            self._replace_cell = True
+        if shared is not None and not force_now and shared[0] is not _MISSING:
+            self._cell = shared
+            return tp.cast(R, shared[0])
         if self._paths is None:
             if infra.mode == "read-only":
                 raise CacheMissError(f"{self._uid}: not in RAM and no folder (mode='read-only')")
@@ -136,10 +145,21 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
             if result is _MISSING:
                 result = self._compute()
         if infra.keep_in_ram:
-            cell = _RAM.setdefault(self._ram_key, [_MISSING])
-            cell[0] = result
+            cell = _RAM.get(self._ram_key)
+            if cell is None or self._replace_cell:
+                cell = _RAM[self._ram_key] = [_MISSING, self]
+                self._replace_cell = False
+            cell[0], cell[1] = result, self
             self._cell = cell
         return tp.cast(R, result)
+
+    def _agrees_with(self, other: BoundTask[tp.Any, tp.Any]) -> bool:
+        """Whether a RAM copy filled by ``other`` (same uid) may be served here: only if the two
+        configs pass the check a cache folder's config.json gets."""
+        if other is self or other._owner == self._owner:
+            return True
+        ignored = self._ignored_paths()
+        return not taskcache.config_diffs(other._check_config(), self._check_config(), ignored)
 
     def _from_disk(self) -> tp.Any:
         """The cached result; raises a cached failure; ``_MISSING`` when it must be computed."""
@@ -189,7 +209,7 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
             _JOBS.pop(self._uid, None)
         self._forced = self._retried = True
         if self._infra.cluster is None:
-            run_task_job(self._owner, self._method.name, str(paths.folder), self._uid)
+            run_task_job(self._owner, self._ref, str(paths.folder), self._uid)
             return None
         job = self._recorded_job(paths)
         if job is None:
@@ -246,9 +266,7 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
 
         name = self._infra.job_name or f"{type(self._owner).__name__}.{self._method.name}"
         executor = make_executor(self._infra, name)
-        job = executor.submit(
-            run_task_job, self._owner, self._method.name, str(paths.folder), self._uid
-        )
+        job = executor.submit(run_task_job, self._owner, self._ref, str(paths.folder), self._uid)
         if executor.cluster != "debug":  # a debug job runs in this process: no record to share
             atomic_write(Path(paths.job), pickle.dumps(job))
         _JOBS[self._uid] = job
@@ -333,7 +351,7 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         cell = _RAM.pop(self._ram_key, None)
         if cell is not None:
             cell[0] = _MISSING
-        self._cell = [_MISSING]
+        self._cell = [_MISSING, self]
         _JOBS.pop(self._uid, None)
         if self._paths is not None and self._infra.mode != "read-only":
             taskcache.clear(self._paths)
@@ -354,6 +372,15 @@ class InlineJob(tp.Generic[R]):
 
     def done(self) -> bool:
         return self._bound.status() in ("completed", "failed")
+
+    def exception(self) -> BaseException | None:
+        """The job's error (computing or loading first), or None if it succeeded, as submitit's
+        ``Job.exception()``."""
+        try:
+            self._bound()
+        except Exception as e:
+            return e
+        return None
 
 
 def _let_local_job_exit(job: tp.Any, timeout_s: float = 10.0) -> None:

@@ -186,12 +186,20 @@ def write_configs(
     has_uid, has_config = os.path.exists(paths.uid), os.path.exists(paths.config)
     if has_uid and has_config:
         return
+    # both encoded before anything is written: a config that cannot be written leaves no folder
+    # behind (a uid.json without its config.json would never be completed)
+    uid_data = None if has_uid else uid_config()
+    data = None if has_config else encode_config(full_config())
     paths.folder.mkdir(parents=True, exist_ok=True)
-    if not has_uid:
-        atomic_write(Path(paths.uid), uid_config())
-    if not has_config:
-        data = msgspec.json.format(msgspec.json.encode(json_safe(full_config())))
+    if uid_data is not None:
+        atomic_write(Path(paths.uid), uid_data)
+    if data is not None:
         atomic_write(Path(paths.config), data)
+
+
+def encode_config(full_config: dict[str, tp.Any]) -> bytes:
+    """config.json's bytes (indented, human-readable)."""
+    return msgspec.json.format(msgspec.json.encode(json_safe(full_config)))
 
 
 def json_safe(value: tp.Any) -> tp.Any:
@@ -207,7 +215,12 @@ def json_safe(value: tp.Any) -> tp.Any:
 
 
 def check_configs(
-    paths: TaskPaths, uid: str, full_config: dict[str, tp.Any], uid_config: bytes, ignored: set[str]
+    paths: TaskPaths,
+    uid: str,
+    full_config: dict[str, tp.Any],
+    uid_config: bytes,
+    ignored: set[str],
+    repair: bool = True,
 ) -> None:
     """Refuse to reuse a folder whose stored configs disagree with the current one.
 
@@ -215,6 +228,10 @@ def check_configs(
     compared on the fields both sides have, infras and excluded fields aside: a field whose default
     changed keeps the same uid but is a different computation. New fields (absent from the stored
     config) are fine: adding a field with a default keeps old caches.
+
+    A damaged uid.json or config.json is reported and, when ``repair`` (not read-only), rewritten
+    from the current config: the folder's name already carries the hash of the uid config, and a
+    file left damaged would switch this check off for good.
     """
     try:
         with open(paths.uid, "rb") as f:
@@ -224,12 +241,9 @@ def check_configs(
     try:
         stored_config = msgspec.json.decode(stored_uid)
     except msgspec.DecodeError as e:
-        warnings.warn(
-            f"unreadable {paths.uid} ({e}): the folder's config cannot be checked",
-            CorruptCacheWarning,
-            stacklevel=3,
-        )
-        return
+        _repair(paths.uid, e, repair, lambda: uid_config)
+        stored_config = msgspec.json.decode(uid_config)
+        stored_uid = uid_config
     if stored_config != msgspec.json.decode(uid_config):
         raise UidMismatchError(
             f"cache folder {paths.folder} holds uid config {stored_uid.decode()} but {uid} now "
@@ -238,17 +252,41 @@ def check_configs(
     try:
         with open(paths.config, "rb") as f:
             stored = msgspec.json.decode(f.read())
-    except (FileNotFoundError, msgspec.DecodeError):
+    except FileNotFoundError:
         return
-    current = msgspec.json.decode(msgspec.json.encode(json_safe(full_config)))
-    diffs: list[str] = []
-    _diff(stored, current, "", ignored, diffs)
+    except msgspec.DecodeError as e:
+        _repair(paths.config, e, repair, lambda: encode_config(full_config))
+        return
+    diffs = config_diffs(stored, comparable(full_config), ignored)
     if diffs:
         raise UidMismatchError(
             f"cache folder {paths.folder} was computed with a different config, though the uid "
             f"{uid} is the same (did a default value change?): {'; '.join(diffs[:5])}. "
             "Bump the infra version, or clear the cache if the change does not matter."
         )
+
+
+def comparable(full_config: dict[str, tp.Any]) -> tp.Any:
+    """A full config as config.json reads back (what ``config_diffs`` compares)."""
+    return msgspec.json.decode(msgspec.json.encode(json_safe(full_config)))
+
+
+def config_diffs(stored: tp.Any, current: tp.Any, ignored: set[str]) -> list[str]:
+    """Where two full configs disagree, on the fields both have, ``ignored`` paths aside."""
+    diffs: list[str] = []
+    _diff(stored, current, "", ignored, diffs)
+    return diffs
+
+
+def _repair(path: str, error: Exception, repair: bool, data: tp.Callable[[], bytes]) -> None:
+    outcome = "the folder's config cannot be checked (mode='read-only' writes nothing)"
+    if repair:
+        try:
+            atomic_write(Path(path), data())
+            outcome = "rewritten from the current config"
+        except OSError as e:  # a read-only mount, a colleague's folder: still readable
+            outcome = f"the folder's config cannot be checked, nor the file rewritten ({e})"
+    warnings.warn(f"unreadable {path} ({error}): {outcome}", CorruptCacheWarning, stacklevel=4)
 
 
 def _diff(stored: tp.Any, current: tp.Any, path: str, ignored: set[str], out: list[str]) -> None:
@@ -269,6 +307,9 @@ __all__ = [
     "TaskPaths",
     "check_configs",
     "clear",
+    "comparable",
+    "config_diffs",
+    "encode_config",
     "has_outcome",
     "load_failure",
     "load_result",

@@ -571,3 +571,116 @@ def test_job_record_of_a_reused_pid_is_not_waited_for(tmp_path: Path) -> None:
             assert stranger.poll() is None  # still running: nothing waited for it
         finally:
             stranger.kill()
+
+
+# # # issue 14 # # #
+
+
+@pytest.mark.parametrize("with_folder", [False, True])
+def test_case6_an_override_calling_super_gets_its_own_value_every_call(
+    tmp_path: Path, with_folder: bool
+) -> None:
+    from uid_defs import Base, Redecorated, SuperOverride
+
+    infra = xl.TaskInfra(folder=tmp_path if with_folder else None)
+    child = SuperOverride(k=2, infra=infra)
+    assert [child.process() for _ in range(3)] == [21, 21, 21]
+    assert Base(k=2, infra=infra).process() == 20
+    redecorated = Redecorated(k=2, infra=infra)
+    assert [redecorated.process() for _ in range(3)] == [22, 22, 22]
+    # the override and the method it overrides have a cache each
+    assert redecorated.process.uid().startswith("uid_defs.Redecorated.process,1/k=2-")
+    parent = Base.process.__get__(redecorated)
+    assert parent.uid().startswith("uid_defs.Redecorated.process@Base,1/k=2-")
+    assert parent() == 20
+    # a fresh object (as in a new process) reads both back
+    again = Redecorated(k=2, infra=infra)
+    assert again.process() == 22
+    # and so does an unpickled one
+    clone = pickle.loads(pickle.dumps(redecorated))
+    assert clone.process() == 22 and Base.process.__get__(clone)() == 20
+
+
+def test_case6_overridden_method_runs_in_a_subprocess_job(tmp_path: Path) -> None:
+    from uid_defs import Redecorated
+
+    task = Redecorated(k=3, infra=xl.TaskInfra(folder=tmp_path, cluster="local"))
+    assert task.process() == 32
+
+
+def _redefined(default: int) -> type:
+    """A class re-defined with another default, as a re-run notebook cell does."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Cell:
+        a: int = default
+        infra: xl.TaskInfra = xl.TaskInfra()
+
+        @infra.apply
+        def process(self) -> int:
+            return self.a * 100
+
+    return Cell
+
+
+def test_case7_a_ram_hit_never_contradicts_the_disk_check(tmp_path: Path) -> None:
+    old, new = _redefined(1), _redefined(2)
+    assert old().process.uid() == new().process.uid()
+    assert old(infra=xl.TaskInfra(folder=tmp_path)).process() == 100
+    with pytest.raises(xl.UidMismatchError, match="a: stored 1, now 2"):
+        new(infra=xl.TaskInfra(folder=tmp_path)).process()
+    # as a fresh process does (no RAM copy)
+    with pytest.raises(xl.UidMismatchError, match="a: stored 1, now 2"):
+        new(infra=xl.TaskInfra(folder=tmp_path, keep_in_ram=False)).process()
+    # the old class still gets its result
+    assert old(infra=xl.TaskInfra(folder=tmp_path)).process() == 100
+
+
+def test_case7_without_folder_a_changed_default_recomputes() -> None:
+    old, new = _redefined(1), _redefined(2)
+    first = old()
+    assert first.process() == 100
+    assert new().process() == 200
+    assert first.process() == 100
+    assert old().process() == 100  # a fresh object of the old class: its own RAM copy is back
+
+
+def test_case10_a_damaged_uid_json_is_rewritten(tmp_path: Path) -> None:
+    task = Task(param=4, infra=xl.TaskInfra(folder=tmp_path, keep_in_ram=False))
+    value = task.process()
+    folder = task.process.folder()
+    assert folder is not None
+    good_uid = (folder / "uid.json").read_bytes()
+    good_config = json.loads((folder / "config.json").read_text())
+    (folder / "uid.json").write_text("{not json")
+    (folder / "config.json").write_text("[")
+    fresh = Task(param=4, infra=xl.TaskInfra(folder=tmp_path, keep_in_ram=False))
+    with pytest.warns(xl.CorruptCacheWarning, match="uid.json.*rewritten") as caught:
+        assert fresh.process() == value
+    assert any("config.json" in str(w.message) for w in caught)
+    assert (folder / "uid.json").read_bytes() == good_uid
+    assert json.loads((folder / "config.json").read_text()) == good_config
+    # the check is on again: a later object gets no warning (warnings are errors here)
+    assert Task(param=4, infra=xl.TaskInfra(folder=tmp_path)).process() == value
+
+
+def test_case10_read_only_mode_reports_but_never_rewrites(tmp_path: Path) -> None:
+    task = Task(param=4, infra=xl.TaskInfra(folder=tmp_path, keep_in_ram=False))
+    value = task.process()
+    folder = task.process.folder()
+    assert folder is not None
+    (folder / "uid.json").write_text("{not json")
+    reader = Task(param=4, infra=xl.TaskInfra(folder=tmp_path, mode="read-only"))
+    with pytest.warns(xl.CorruptCacheWarning, match="read-only"):
+        assert reader.process() == value
+    assert (folder / "uid.json").read_text() == "{not json"
+
+
+def test_inline_job_has_exception_like_submitit(tmp_path: Path) -> None:
+    job = Failing(infra=xl.TaskInfra(folder=tmp_path)).process.job()
+    error = job.exception()
+    assert isinstance(error, Exception) and "boom" in str(error)
+    assert job.done()
+    ok = Task(param=1).process.job()
+    assert ok.exception() is None
+    assert ok.result() == Task(param=1).process()

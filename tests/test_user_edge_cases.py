@@ -874,6 +874,36 @@ def test_cli_verify_flags_a_truncated_shard_of_odd_arrays(tmp_path: Path) -> Non
 # # # issue 14 # # #
 
 
+def test_case11_str_item_uid_on_numpy_arrays_is_an_error_saying_what_to_use(
+    tmp_path: Path,
+) -> None:
+    from uid_defs import ArrayMap
+
+    big = np.zeros(10_000)
+    other = big.copy()
+    other[5000] = 1.0
+    assert str(big) == str(other)  # what made them share one item uid
+    feat = ArrayMap(infra=xl.MapInfra(folder=tmp_path))
+    with pytest.raises(TypeError, match=r"item_uid=str on numpy array items.*hashlib\.sha256"):
+        list(feat.embed([big, other]))
+    assert list(tmp_path.iterdir()) == []  # refused before anything is written
+    with pytest.raises(TypeError, match="item #0"):
+        list(ArrayMap().embed([np.array([0.123456789])]))
+
+
+def test_a_map_is_called_with_the_methods_own_parameter_name() -> None:
+    from uid_defs import Lengths
+
+    lengths = Lengths()
+    assert list(lengths.measure(texts=["a", "bb"])) == [1, 2]
+    assert list(lengths.measure(items=["ccc"])) == [3]
+    assert list(lengths.measure(["dddd"])) == [4]
+    with pytest.raises(TypeError, match=r"Lengths.measure\(\) takes one sequence.*texts="):
+        lengths.measure(text=["a"])  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="texts="):
+        lengths.measure(["a"], texts=["b"])
+
+
 def test_infra_repr_shows_only_what_differs_from_the_defaults(tmp_path: Path) -> None:
     assert repr(xl.TaskInfra()) == "TaskInfra()"
     assert repr(xl.TaskInfra(version="2", cpus_per_task=4)) == (
