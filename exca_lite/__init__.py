@@ -15,7 +15,8 @@ from .errors import (
     UidMismatchError,
     ValidationError,
 )
-from .infra import MapInfra, TaskInfra
+from .infra import MapInfra
+from .task import TaskInfra
 
 __version__ = "0.1.0"
 

@@ -20,7 +20,7 @@ from .taskcache import TaskPaths
 from .uid import canonical_bytes, method_uid, uid_config
 
 if tp.TYPE_CHECKING:
-    from .infra import _Infra
+    from .infra import Infra
 
 B = tp.TypeVar("B", bound="BoundMethod")
 
@@ -28,7 +28,7 @@ B = tp.TypeVar("B", bound="BoundMethod")
 class InfraMethod(tp.Generic[B]):
     """Base of the descriptors ``@infra.apply`` returns; subclasses make their bound objects."""
 
-    def __init__(self, infra: _Infra, func: tp.Callable[..., tp.Any], exclude: tuple[str, ...]):
+    def __init__(self, infra: Infra, func: tp.Callable[..., tp.Any], exclude: tuple[str, ...]):
         self.infra = infra
         self.func = func
         self.exclude = exclude

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .infra import MapInfra, TaskInfra
+from .infra import MapInfra
+from .task import TaskInfra
 
 
 @dataclasses.dataclass(frozen=True)

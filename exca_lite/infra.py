@@ -1,9 +1,8 @@
-"""TaskInfra and MapInfra: frozen dataclasses that say where a method's results are cached and run.
+"""What TaskInfra (``task/``) and MapInfra (``mapping/``) share: their common fields, checks and
+default heritage. This module imports neither kind: each kind imports it.
 
 ``infra.apply`` turns a method into a descriptor; on an instance it gives a bound object
-(``task.process``) that computes, caches and inspects. The bound object is stored in the instance's
-``__dict__`` on first access, so later accesses are a plain attribute lookup: a cache hit from RAM is
-then one Python call. (A property-like data descriptor was rejected: it would run on every access.)
+(``task.process``) that computes, caches and inspects (``bound.py``).
 
 Default heritage: an infra passed at construction inherits every field it leaves unset from the class
 default infra, so the method author's ``version`` and resources stay unless the caller overrides them.
@@ -44,13 +43,13 @@ DURABILITIES: tuple[str, ...] = tp.get_args(Durability)
 _VERSION = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
-def _choice(cls: type, name: str, value: object, choices: tuple[object, ...]) -> None:
+def check_choice(cls: type, name: str, value: object, choices: tuple[object, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{cls.__name__}.{name}={value!r} is not one of {choices}")
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class _Infra(InfraMarker):
+class Infra(InfraMarker):
     """Fields shared by TaskInfra and MapInfra (see SPEC §3)."""
 
     folder: Path | str | None = None
@@ -100,7 +99,7 @@ class _Infra(InfraMarker):
         ]
         return f"{type(self).__name__}({', '.join(shown)})"
 
-    def merged_into(self, default: _Infra) -> tp.Self:
+    def merged_into(self, default: Infra) -> tp.Self:
         """This infra with every field it left unset taken from ``default`` (the class default).
 
         Memoized per (infra, default) object pair: fresh configs often share one infra object, and
@@ -131,11 +130,11 @@ class _Infra(InfraMarker):
         return dataclasses.replace(default, **updates)
 
 
-_MERGED: dict[tuple[int, int], tuple[_Infra, _Infra, _Infra]] = {}
+_MERGED: dict[tuple[int, int], tuple[Infra, Infra, Infra]] = {}
 _MERGED_MAX = 4096
 
 
-def _track_explicit_fields(cls: type[X]) -> type[X]:
+def track_explicit_fields(cls: type[X]) -> type[X]:
     """Wrap the generated ``__init__`` to record which fields the caller passed."""
     generated = cls.__init__
     fields = [f for f in dataclasses.fields(cls) if f.init and f.name != "explicit_fields"]  # type: ignore[arg-type]
@@ -157,53 +156,9 @@ def _track_explicit_fields(cls: type[X]) -> type[X]:
     return cls
 
 
-@_track_explicit_fields
+@track_explicit_fields
 @dataclasses.dataclass(frozen=True, repr=False)
-class TaskInfra(_Infra):
-    """Cache (and run) one computation per config: the result of a method taking only ``self``."""
-
-    cluster: Cluster | None = None
-    mode: Mode = "cached"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _choice(TaskInfra, "cluster", self.cluster, TASK_CLUSTERS)
-        _choice(TaskInfra, "mode", self.mode, TASK_MODES)
-        if self.cluster is not None and self.folder is None:
-            raise ValueError(
-                f"TaskInfra(cluster={self.cluster!r}) needs a folder: results come back through "
-                "the cache folder; set folder=... (or cluster=None to compute in this process)"
-            )
-
-    @tp.overload
-    def apply(self, method: tp.Callable[[Own], R], /) -> TaskMethod[Own, R]: ...
-
-    @tp.overload
-    def apply(
-        self, /, *, exclude_from_cache_uid: tp.Sequence[str] = ()
-    ) -> tp.Callable[[tp.Callable[[Own], R]], TaskMethod[Own, R]]: ...
-
-    def apply(
-        self,
-        method: tp.Callable[[Own], R] | None = None,
-        /,
-        *,
-        exclude_from_cache_uid: tp.Sequence[str] = (),
-    ) -> TaskMethod[Own, R] | tp.Callable[[tp.Callable[[Own], R]], TaskMethod[Own, R]]:
-        """Decorate a method taking only ``self``: its result is cached per config uid."""
-        exclude = _exclude_tuple(exclude_from_cache_uid)
-
-        def decorate(func: tp.Callable[[Own], R]) -> TaskMethod[Own, R]:
-            from .task import TaskMethod
-
-            return TaskMethod(self, func, exclude)
-
-        return decorate(method) if method is not None else decorate
-
-
-@_track_explicit_fields
-@dataclasses.dataclass(frozen=True, repr=False)
-class MapInfra(_Infra):
+class MapInfra(Infra):
     """Cache (and run) a method over many items: one cached output per item, in shared shards."""
 
     cluster: MapCluster | None = None
@@ -215,9 +170,9 @@ class MapInfra(_Infra):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _choice(MapInfra, "cluster", self.cluster, MAP_CLUSTERS)
-        _choice(MapInfra, "mode", self.mode, MAP_MODES)
-        _choice(MapInfra, "durability", self.durability, DURABILITIES)
+        check_choice(MapInfra, "cluster", self.cluster, MAP_CLUSTERS)
+        check_choice(MapInfra, "mode", self.mode, MAP_MODES)
+        check_choice(MapInfra, "durability", self.durability, DURABILITIES)
         if self.cluster in TASK_CLUSTERS and self.cluster is not None and self.folder is None:
             raise ValueError(
                 f"MapInfra(cluster={self.cluster!r}) needs a folder: workers write their results "
@@ -247,7 +202,7 @@ class MapInfra(_Infra):
             raise ValueError(
                 f"cache_type={cache_type!r} is not one of None, 'array', 'msgpack', 'pickle'"
             )
-        return MapDecorator(self, item_uid, _exclude_tuple(exclude_from_cache_uid), cache_type)
+        return MapDecorator(self, item_uid, exclude_tuple(exclude_from_cache_uid), cache_type)
 
 
 class MapDecorator:
@@ -271,7 +226,7 @@ class MapDecorator:
         return MapMethod(infra, func, item_uid, exclude, cache_type)
 
 
-def _exclude_tuple(names: tp.Sequence[str]) -> tuple[str, ...]:
+def exclude_tuple(names: tp.Sequence[str]) -> tuple[str, ...]:
     if isinstance(names, str):
         raise TypeError(
             f"exclude_from_cache_uid must be a tuple of field names, got the str {names!r}"
@@ -281,6 +236,23 @@ def _exclude_tuple(names: tp.Sequence[str]) -> tuple[str, ...]:
 
 if tp.TYPE_CHECKING:
     from .mapping import MapMethod
-    from .task import TaskMethod
 
-__all__ = ["MapInfra", "TaskInfra"]
+__all__ = [
+    "DURABILITIES",
+    "MapDecorator",
+    "MapInfra",
+    "MAP_CLUSTERS",
+    "MAP_MODES",
+    "TASK_CLUSTERS",
+    "TASK_MODES",
+    "CacheType",
+    "Cluster",
+    "Durability",
+    "Infra",
+    "MapCluster",
+    "MapMode",
+    "Mode",
+    "check_choice",
+    "exclude_tuple",
+    "track_explicit_fields",
+]

@@ -16,7 +16,7 @@ import pytest
 from task_defs import Arrays, Dying, Failing, Flaky, Task, Versioned, count
 
 import exca_lite as xl
-from exca_lite import task as task_module
+from exca_lite.task import method as task_module
 
 pytestmark = pytest.mark.timeout(90)
 

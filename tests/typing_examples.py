@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 import exca_lite as xl
 from exca_lite.mapping import BoundMap
-from exca_lite.task import BoundTask, TaskMethod
+from exca_lite.task.method import BoundTask, TaskMethod
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,7 @@ def task_examples(tmp_path: Path) -> None:
     tp.assert_type(
         task.process.status(), tp.Literal["not submitted", "running", "completed", "failed"]
     )
-    tp.reveal_type(task.process.infra)  # revealed: exca_lite.infra.TaskInfra
+    tp.reveal_type(task.process.infra)  # revealed: exca_lite.task.infra.TaskInfra
     tp.reveal_type(task.process.clear())  # revealed: None
     tp.assert_type(task.infra.mode, tp.Literal["cached", "retry", "force", "read-only"])
     task.process(1)  # error: call-arg

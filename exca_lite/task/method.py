@@ -22,11 +22,11 @@ import typing as tp
 import warnings
 from pathlib import Path
 
-from . import taskcache
-from .bound import BoundMethod, InfraMethod, find_method
-from .errors import CacheMissError, CorruptCacheWarning
-from .fsio import atomic_write, file_lock
-from .taskcache import _MISSING, Failure, TaskPaths
+from .. import taskcache
+from ..bound import BoundMethod, InfraMethod, find_method
+from ..errors import CacheMissError, CorruptCacheWarning
+from ..fsio import atomic_write, file_lock
+from ..taskcache import _MISSING, Failure, TaskPaths
 
 if tp.TYPE_CHECKING:
     from .infra import TaskInfra
@@ -242,7 +242,7 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         return job
 
     def _is_alive(self, job: tp.Any) -> bool:
-        from .execution import is_alive
+        from ..execution import is_alive
 
         if is_alive(job):
             _JOBS[self._uid] = job
@@ -251,7 +251,7 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
 
     def _death(self, job: tp.Any) -> Failure:
         """The failure of a job that ended without writing an outcome."""
-        from .execution import job_failure_text
+        from ..execution import job_failure_text
 
         return Failure(
             uid=self._uid,
@@ -262,7 +262,7 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         )
 
     def _submit(self, paths: TaskPaths) -> tp.Any:
-        from .execution import make_executor
+        from ..execution import make_executor
 
         name = self._infra.job_name or f"{type(self._owner).__name__}.{self._method.name}"
         executor = make_executor(self._infra, name)
@@ -276,7 +276,7 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
     def _wait(self, job: tp.Any, paths: TaskPaths) -> tp.Any:
         import submitit
 
-        from .execution import closing_debug_log_handlers, is_alive
+        from ..execution import closing_debug_log_handlers, is_alive
 
         if isinstance(job, submitit.DebugJob):
             with closing_debug_log_handlers(job):
