@@ -15,7 +15,7 @@ from .errors import (
     UidMismatchError,
     ValidationError,
 )
-from .infra import MapInfra
+from .mapping import MapInfra
 from .task import TaskInfra
 
 __version__ = "0.1.0"

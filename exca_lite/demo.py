@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .infra import MapInfra
+from .mapping import MapInfra
 from .task import TaskInfra
 
 

@@ -156,76 +156,6 @@ def track_explicit_fields(cls: type[X]) -> type[X]:
     return cls
 
 
-@track_explicit_fields
-@dataclasses.dataclass(frozen=True, repr=False)
-class MapInfra(Infra):
-    """Cache (and run) a method over many items: one cached output per item, in shared shards."""
-
-    cluster: MapCluster | None = None
-    mode: MapMode = "cached"
-    max_jobs: int = 128
-    min_samples_per_job: int = 1
-    forbid_single_item_computation: bool = False
-    durability: Durability = "flush"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_choice(MapInfra, "cluster", self.cluster, MAP_CLUSTERS)
-        check_choice(MapInfra, "mode", self.mode, MAP_MODES)
-        check_choice(MapInfra, "durability", self.durability, DURABILITIES)
-        if self.cluster in TASK_CLUSTERS and self.cluster is not None and self.folder is None:
-            raise ValueError(
-                f"MapInfra(cluster={self.cluster!r}) needs a folder: workers write their results "
-                "into the cache folder; set folder=..."
-            )
-        if self.max_jobs < 1 or self.min_samples_per_job < 1:
-            raise ValueError("MapInfra.max_jobs and min_samples_per_job must be >= 1")
-
-    def apply(
-        self,
-        method: tp.Callable[..., tp.Any] | None = None,
-        /,
-        *,
-        item_uid: tp.Callable[[tp.Any], str],
-        exclude_from_cache_uid: tp.Sequence[str] = (),
-        cache_type: CacheType = None,
-    ) -> MapDecorator:
-        """Decorate a method taking one sequence of items and yielding one output per item."""
-        if method is not None:
-            raise TypeError(
-                "MapInfra.apply needs item_uid: use @infra.apply(item_uid=str) (a function naming "
-                "each item), not a bare @infra.apply"
-            )
-        if not callable(item_uid):
-            raise TypeError(f"item_uid must be a callable item -> str, got {item_uid!r}")
-        if cache_type not in (None, "array", "msgpack", "pickle"):
-            raise ValueError(
-                f"cache_type={cache_type!r} is not one of None, 'array', 'msgpack', 'pickle'"
-            )
-        return MapDecorator(self, item_uid, exclude_tuple(exclude_from_cache_uid), cache_type)
-
-
-class MapDecorator:
-    """What ``MapInfra.apply(item_uid=...)`` returns: applied to the method, gives the descriptor."""
-
-    def __init__(
-        self,
-        infra: MapInfra,
-        item_uid: tp.Callable[[tp.Any], str],
-        exclude: tuple[str, ...],
-        cache_type: CacheType,
-    ) -> None:
-        self._args = (infra, item_uid, exclude, cache_type)
-
-    def __call__(
-        self, func: tp.Callable[[Own, tp.Sequence[X]], tp.Iterable[R]]
-    ) -> MapMethod[Own, X, R]:
-        from .mapping import MapMethod
-
-        infra, item_uid, exclude, cache_type = self._args
-        return MapMethod(infra, func, item_uid, exclude, cache_type)
-
-
 def exclude_tuple(names: tp.Sequence[str]) -> tuple[str, ...]:
     if isinstance(names, str):
         raise TypeError(
@@ -234,13 +164,8 @@ def exclude_tuple(names: tp.Sequence[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
-if tp.TYPE_CHECKING:
-    from .mapping import MapMethod
-
 __all__ = [
     "DURABILITIES",
-    "MapDecorator",
-    "MapInfra",
     "MAP_CLUSTERS",
     "MAP_MODES",
     "TASK_CLUSTERS",

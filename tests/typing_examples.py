@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 import exca_lite as xl
-from exca_lite.mapping import BoundMap
+from exca_lite.mapping.method import BoundMap
 from exca_lite.task.method import BoundTask, TaskMethod
 
 

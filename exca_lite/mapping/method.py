@@ -21,11 +21,11 @@ import typing as tp
 
 import numpy as np
 
-from .bound import BoundMethod, InfraMethod, find_method
-from .errors import CacheMissError, JobError
-from .store import CacheType, Durability, MapStore
-from .taskcache import TaskPaths
-from .uid import item_uid_name
+from ..bound import BoundMethod, InfraMethod, find_method
+from ..errors import CacheMissError, JobError
+from ..store import CacheType, Durability, MapStore
+from ..taskcache import TaskPaths
+from ..uid import item_uid_name
 
 if tp.TYPE_CHECKING:
     from .infra import MapInfra
@@ -277,7 +277,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         _check_output_count(self._map_method, self._owner, outputs, n, len(items))
 
     def _run(self, items: list[X], uids: list[str]) -> None:
-        from .execution import chunk_sizes, chunks
+        from ..execution import chunk_sizes, chunks
 
         infra = self._infra
         folder = tp.cast(TaskPaths, self._paths).base
@@ -352,7 +352,12 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
             bar.update(1)
 
     def _run_submitit(self, args: list[tuple[tp.Any, ...]]) -> None:
-        from .execution import closing_debug_log_handlers, is_alive, job_failure_text, make_executor
+        from ..execution import (
+            closing_debug_log_handlers,
+            is_alive,
+            job_failure_text,
+            make_executor,
+        )
 
         infra = self._infra
         name = infra.job_name or f"{type(self._owner).__name__}.{self._method.name}"
@@ -432,7 +437,7 @@ def _process_context() -> tp.Any:
     import multiprocessing
     import threading
 
-    from .store.writer import release_all_parked
+    from ..store.writer import release_all_parked
 
     # idle writers kept for later calls have I/O threads: closing them costs a reopen later, far
     # less than spawning the workers
