@@ -138,6 +138,7 @@ class BoundMethod:
         self._owner = owner
         self._prepared = False
         self._checked = False
+        self._check_config_data: tp.Any = None
 
     def __reduce__(self) -> tuple[tp.Any, ...]:
         return (rebind, (self._owner, self._method.ref(type(self._owner))))
@@ -199,12 +200,10 @@ class BoundMethod:
 
     def _check_config(self) -> tp.Any:
         """The full config as the mismatch check compares it (as config.json reads back)."""
-        config = self.__dict__.get("_check_config_data")
-        if config is None:
+        if self._check_config_data is None:
             self._prepare()
-            config = taskcache.comparable(self._full_config())
-            self.__dict__["_check_config_data"] = config
-        return config
+            self._check_config_data = taskcache.comparable(self._full_config())
+        return self._check_config_data
 
     def _check_configs(self) -> None:
         """Once per bound object: refuse a folder whose stored configs disagree with this one."""

@@ -608,3 +608,22 @@ def xl_hash(config: dict[str, tp.Any]) -> str:
     from exca_lite.uid import config_hash
 
     return config_hash(config)
+
+
+def test_case1_a_notebook_class_warns_once_and_says_so_in_its_uid() -> None:
+    namespace: dict[str, tp.Any] = {"__name__": "__main__"}
+    cell = (
+        "import dataclasses, exca_lite as xl\n"
+        "@dataclasses.dataclass(frozen=True)\n"
+        "class Cell:\n"
+        "    a: int = 0\n"
+        "    infra: xl.TaskInfra = xl.TaskInfra()\n"
+        "    @infra.apply\n"
+        "    def process(self) -> int:\n"
+        "        return self.a\n"
+    )
+    exec(compile(cell, "<ipython-input-1>", "exec"), namespace)
+    cls = namespace["Cell"]
+    with pytest.warns(xl.InteractiveClassWarning, match="move the class into a module"):
+        assert cls(a=1).process.uid().startswith("__interactive__.Cell.process,0/a=1-")
+    assert cls(a=2).process.uid().startswith("__interactive__.Cell.process,0/a=2-")  # once
