@@ -80,7 +80,11 @@ class Infra(InfraMarker):
             # "~" expanded and a relative folder made absolute once, here: a later chdir must not
             # move the cache, and "~" must not become a folder named "~"
             folder = os.fspath(self.folder)
-            object.__setattr__(self, "folder", Path(os.path.abspath(os.path.expanduser(folder))))
+            if folder.startswith("~"):
+                folder = os.path.expanduser(folder)
+            if not os.path.isabs(folder):
+                folder = os.path.abspath(folder)
+            object.__setattr__(self, "folder", Path(folder))
         if not isinstance(self.version, str):
             raise TypeError(f"{type(self).__name__}.version must be a str, got {self.version!r}")
         if not _VERSION.fullmatch(self.version) or ".." in self.version:
