@@ -1,7 +1,10 @@
 """The uid of a config: what a cache folder is keyed by.
 
-Only fields that differ from their default count, so adding a field with a default keeps old caches.
-Infras never count, nor do excluded names. The canonical bytes are msgspec's JSON with sorted keys:
+Only fields that differ from their default count, so adding a field with a default keeps old caches;
+numbers count as their field's annotation says (``float``: an int is that float). Infras never
+count, nor do excluded names, except the effective version of a nested config's infra, which always
+does (an upstream version bump must reach every downstream uid). A class of ``__main__`` is named
+after its script (``module_name``). The canonical bytes are msgspec's JSON with sorted keys:
 stable across processes, machines, PYTHONHASHSEED and dict order (floats by their shortest exact
 repr; frozensets sorted by their items' canonical bytes; non-finite floats tagged so that NaN is not
 confused with None).
