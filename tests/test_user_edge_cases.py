@@ -912,3 +912,19 @@ def test_infra_repr_shows_only_what_differs_from_the_defaults(tmp_path: Path) ->
     assert repr(xl.MapInfra(folder=tmp_path, max_jobs=3)) == (
         f"MapInfra(folder={tmp_path!r}, max_jobs=3)"
     )
+
+
+@pytest.mark.parametrize("cluster", [None, "threadpool", "processpool"])
+def test_case6_a_map_override_calling_super_gets_its_own_outputs(
+    tmp_path: Path, cluster: str | None
+) -> None:
+    from uid_defs import Doubled, Lengths
+
+    doubled = Doubled(infra=xl.MapInfra(folder=tmp_path, cluster=cluster))  # type: ignore[arg-type]
+    assert list(doubled.measure(["a", "bbb"])) == [2, 6]
+    assert list(doubled.measure(["a", "bbb"])) == [2, 6]
+    parent = Lengths.measure.__get__(doubled)
+    assert parent.uid().startswith("uid_defs.Doubled.measure@Lengths,0/")
+    assert list(parent(["a", "bbb"])) == [1, 3]
+    fresh = Doubled(infra=xl.MapInfra(folder=tmp_path, mode="read-only"))
+    assert list(fresh.measure(["a", "bbb"])) == [2, 6]

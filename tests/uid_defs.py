@@ -141,3 +141,13 @@ class Lengths:
     def measure(self, texts: tp.Sequence[str]) -> tp.Iterator[int]:
         for text in texts:
             yield len(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class Doubled(Lengths):
+    """A map method overriding a map method and calling it through super()."""
+
+    @Lengths.infra.apply(item_uid=str)
+    def measure(self, texts: tp.Sequence[str]) -> tp.Iterator[int]:
+        for n in super().measure(texts):
+            yield 2 * n
