@@ -40,7 +40,8 @@ class MapInfra(Infra):
 
     cluster: MapCluster | None = None
     mode: MapMode = "cached"
-    max_jobs: int = 128
+    max_jobs: int | None = None
+    """Jobs (or pool workers) at most; unset: one worker per CPU for pools, 128 for job arrays."""
     min_samples_per_job: int = 1
     forbid_single_item_computation: bool = False
     durability: Durability = "flush"
@@ -55,7 +56,7 @@ class MapInfra(Infra):
                 f"MapInfra(cluster={self.cluster!r}) needs a folder: workers write their results "
                 "into the cache folder; set folder=..."
             )
-        if self.max_jobs < 1 or self.min_samples_per_job < 1:
+        if (self.max_jobs is not None and self.max_jobs < 1) or self.min_samples_per_job < 1:
             raise ValueError("MapInfra.max_jobs and min_samples_per_job must be >= 1")
 
     def apply(

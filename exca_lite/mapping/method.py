@@ -12,6 +12,7 @@ itself, then yield every output from the store in input order.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import inspect
 import logging
 import os
@@ -23,6 +24,7 @@ import numpy as np
 
 from ..bound import BoundMethod, InfraMethod, find_method
 from ..errors import CacheMissError, JobError
+from ..pools import StopFlag, available_cpus, init_worker, process_context, working
 from ..store import CacheType, Durability, MapStore
 from ..taskcache import TaskPaths
 from ..uid import item_uid_name
@@ -246,14 +248,16 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         with store.claim(todo, missing_as_of=as_of) as claim:
             mine = todo if forced else claim.mine
             if mine:
-                self._run(items_of(mine), mine)
+                with claim.computing():  # a nested call needing these items is an error
+                    self._run(items_of(mine), mine, claim.token)
                 computed += len(mine)
             while True:
                 freed = claim.wait_others(poll_max_s=_POLL_MAX_S)
                 if not freed:
                     break
                 logger.info("%s: taking over %d items of a dead process", self._uid, len(freed))
-                self._run(items_of(freed), freed)
+                with claim.computing():
+                    self._run(items_of(freed), freed, claim.token)
                 computed += len(freed)
         if infra.cluster is not None:
             # workers wrote through their own writers: read their index records (inline, this
@@ -276,7 +280,9 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
             n += 1
         _check_output_count(self._map_method, self._owner, outputs, n, len(items))
 
-    def _run(self, items: list[X], uids: list[str]) -> None:
+    def _run(self, items: list[X], uids: list[str], token: str | None = None) -> None:
+        """Compute these items (in this process, a pool or jobs); ``token``: the caller's claim,
+        which each worker adopts, so its items stay held by the worker if the caller dies."""
         from ..execution import chunk_sizes, chunks
 
         infra = self._infra
@@ -294,7 +300,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
                 store=self._store,
             )
             return
-        sizes = chunk_sizes(len(items), infra.max_jobs, infra.min_samples_per_job)
+        sizes = chunk_sizes(len(items), self._max_jobs(), infra.min_samples_per_job)
         item_chunks, uid_chunks = chunks(items, sizes), chunks(uids, sizes)
         logger.info(
             "%s: computing %d items in %d %s jobs (sizes %d..%d)",
@@ -306,7 +312,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
             max(sizes),
         )
         args = [
-            (self._owner, self._ref, folder, c_items, c_uids, infra.durability)
+            (self._owner, self._ref, folder, c_items, c_uids, infra.durability, False, None, token)
             for c_items, c_uids in zip(item_chunks, uid_chunks, strict=True)
         ]
         if infra.cluster in ("threadpool", "processpool"):
@@ -314,23 +320,46 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         else:
             self._run_submitit(args)
 
+    def _max_jobs(self) -> int:
+        """``max_jobs``, or if unset: one worker per CPU for pools, 128 jobs for a job array."""
+        infra = self._infra
+        if infra.max_jobs is not None:
+            return infra.max_jobs
+        return available_cpus() if infra.cluster in ("threadpool", "processpool") else 128
+
     def _run_pool(self, args: list[tuple[tp.Any, ...]]) -> None:
         infra = self._infra
+        workers = min(self._max_jobs(), len(args))
         pool: concurrent.futures.Executor
+        stop: StopFlag | None = None
         if infra.cluster == "threadpool":
-            pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(infra.max_jobs, len(args)))
+            pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+            stop = StopFlag()
+            args = [(*a, stop) for a in args]
         else:
+            # the same start method every time (forkserver): the workers never depend on which
+            # threads this process runs; each watches this process and ends after its chunk if
+            # this process dies (its items stay held by it meanwhile)
             pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=min(infra.max_jobs, len(args)), mp_context=_process_context()
+                max_workers=workers,
+                mp_context=process_context(),
+                initializer=init_worker,
+                initargs=(os.getpid(),),
             )
         errors: list[str] = []
         with pool:
-            # submit before the progress bar exists: a fork must happen while this process has a
-            # single thread (tqdm starts a monitor thread)
             futures = {pool.submit(run_map_chunk, *a): i for i, a in enumerate(args)}
-            bar = _progress(len(args), f"{self._method.name} jobs")
-            with bar:
-                self._collect(futures, args, bar, errors)
+            try:
+                with _progress(len(args), f"{self._method.name} jobs") as bar:
+                    self._collect(futures, args, bar, errors)
+            except BaseException:
+                # interrupted (Ctrl-C): threads stop at their next item, queued chunks never
+                # start, process workers got the same SIGINT from the terminal
+                if stop is not None:
+                    stop.set()
+                for future in futures:
+                    future.cancel()
+                raise
         if errors:
             raise JobError(
                 f"{self._uid}: {len(errors)} of {len(args)} {infra.cluster} jobs failed (items "
@@ -430,24 +459,6 @@ def _refuse_str_of_arrays(
             )
 
 
-def _process_context() -> tp.Any:
-    """Fork when this process has a single thread (workers start in milliseconds and inherit the
-    imports); spawn otherwise, since forking a process whose other threads may hold locks can
-    deadlock the child (and Python 3.12+ warns about it)."""
-    import multiprocessing
-    import threading
-
-    from ..store.writer import release_all_parked
-
-    # idle writers kept for later calls have I/O threads: closing them costs a reopen later, far
-    # less than spawning the workers
-    release_all_parked()
-    methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
-
-
 class _NoBar:
     def update(self, n: int) -> None:
         pass
@@ -516,33 +527,58 @@ def run_map_chunk(
     durability: Durability,
     progress: bool = False,
     store: MapStore | None = None,
+    adopt: str | None = None,
+    stop: StopFlag | None = None,
 ) -> int:
     """What a worker runs: compute a chunk and write each output into the store itself.
 
     Outputs are published as they come (the writer flushes in batches), so a failure or a kill
-    keeps every item completed before it.
+    keeps every item completed before it. ``adopt``: the driver's claim token; the worker claims
+    the chunk's items itself (they stay held while it lives, even if the driver dies) and
+    computes only those no other live process holds. ``stop``: set when the caller is
+    interrupted (thread pools): the worker stops at the next item.
     """
     method = find_method(type(owner), method_name)
     if not isinstance(method, MapMethod):
         raise TypeError(f"{type(owner).__qualname__}.{method_name} is not a MapInfra method")
+    worker = store is None
     if store is None:  # a worker: it only writes, so it never needs to read the whole index
         store = MapStore(folder, durability=durability, load_index=False)
     n = 0
-    bar = (
-        _progress(len(uids), method_name)
-        if progress and len(uids) >= PROGRESS_MIN_ITEMS
-        else _NoBar()
-    )
     try:
-        with bar, store.writer(method.cache_type) as writer:
+        with contextlib.ExitStack() as stack:
+            if worker:
+                stack.enter_context(working())  # an orphaned process worker ends after this
+                stack.callback(store.close)  # seal this worker's files when the chunk is done
+            if adopt is not None:
+                claim = stack.enter_context(store.claim(uids, adopt=adopt))
+                stack.enter_context(claim.computing())
+                if len(claim.mine) < len(uids):  # others (alive) compute the rest meanwhile
+                    keep = set(claim.mine)
+                    picked = [(i, u) for i, u in zip(items, uids, strict=True) if u in keep]
+                    items, uids = [i for i, _ in picked], [u for _, u in picked]
+            if not uids:
+                return 0
+            bar = stack.enter_context(
+                _progress(len(uids), method_name)
+                if progress and len(uids) >= PROGRESS_MIN_ITEMS
+                else _NoBar()
+            )
+            writer = stack.enter_context(store.writer(method.cache_type))
             write = writer.write
             outputs = iter(method.func(owner, items))
             # zip pulls a uid before an output: a method yielding too many is caught below
-            for uid, output in zip(uids, outputs, strict=False):
-                write(uid, output)
-                n += 1
-                if not n & 255:
-                    bar.update(256)
+            if stop is None:
+                for uid, output in zip(uids, outputs, strict=False):
+                    write(uid, output)
+                    n += 1
+                    if not n & 255:
+                        bar.update(256)
+            else:
+                for uid, output in zip(uids, outputs, strict=False):
+                    write(uid, output)
+                    n += 1
+                    stop.check()
             _check_output_count(method, owner, outputs, n, len(items))
     except Exception as e:
         if progress:  # in this process: the caller gets the original exception

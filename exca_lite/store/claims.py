@@ -31,6 +31,7 @@ from ..errors import StoreError
 from . import format as sh
 from . import locks
 from .fs import NO_LOCK_ERRNOS, store_error
+from .writer import flush_thread_writers
 
 if tp.TYPE_CHECKING:
     from .mapstore import MapStore
@@ -133,11 +134,19 @@ class Claim:
         try:
             with self._globally():
                 store = self.store
-                store.refresh()  # under the lock: what others published until now
-                if self._missing_as_of is not None and store.view_state() == self._missing_as_of:
-                    wanted = self.item_uids  # all missing, and nothing was added since
+                if self._adopt is not None:
+                    # a worker taking over its driver's items: the driver found them missing
+                    # moments ago, and a worker must not read the whole index to check again
+                    wanted = list(dict.fromkeys(self.item_uids))
                 else:
-                    wanted = store.missing(self.item_uids)
+                    store.refresh()  # under the lock: what others published until now
+                    if (
+                        self._missing_as_of is not None
+                        and store.view_state() == self._missing_as_of
+                    ):
+                        wanted = self.item_uids  # all missing, and nothing was added since
+                    else:
+                        wanted = store.missing(self.item_uids)
                 claimed = self._read_claims()
                 if self._adopt is not None:
                     claimed = {u: t for u, t in claimed.items() if t != self._adopt}
@@ -146,6 +155,12 @@ class Claim:
                     self._others = {uid: claimed[uid] for uid in wanted if uid in claimed}
                 else:
                     self.mine, self._others = wanted, {}
+                if _nested(self._others):
+                    # this thread's own computation may have written them already, unpublished
+                    flush_thread_writers()
+                    store.refresh()
+                    still = set(store.missing(list(self._others)))
+                    self._others = {u: t for u, t in self._others.items() if u in still}
                 _refuse_nested(self._others)
                 self._append(self.mine)
         except OSError as exc:
@@ -272,13 +287,18 @@ def _computing_stack() -> list[str]:
     return stack
 
 
-def _refuse_nested(others: dict[str, str]) -> None:
-    """Raise if items held by another owner are held by a computation this very thread is in."""
+def _nested(others: dict[str, str]) -> list[str]:
+    """The items held by a computation this very thread is in."""
     stack = getattr(_computing, "tokens", None)
     if not stack or not others:
-        return
+        return []
     mine = set(stack)
-    nested = [uid for uid, token in others.items() if token in mine]
+    return [uid for uid, token in others.items() if token in mine]
+
+
+def _refuse_nested(others: dict[str, str]) -> None:
+    """Raise if items held by another owner are held by a computation this very thread is in."""
+    nested = _nested(others)
     if nested:
         shown = ", ".join(map(repr, nested[:5])) + (" ..." if len(nested) > 5 else "")
         raise RuntimeError(

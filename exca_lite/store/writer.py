@@ -19,6 +19,7 @@ Why it looks like this (docs/design.md has the protocol and the crash analysis):
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import fcntl
 import os
@@ -134,6 +135,23 @@ def parked_stems(store: MapStore) -> set[str]:
 
 atexit.register(release_all_parked)
 
+_in_thread = threading.local()
+"""The writers each thread has open (between open() and close())."""
+
+
+def _thread_writers() -> list[MapWriter]:
+    found: list[MapWriter] | None = getattr(_in_thread, "writers", None)
+    if found is None:
+        found = _in_thread.writers = []
+    return found
+
+
+def flush_thread_writers() -> None:
+    """Publish what the writers open in this thread buffered: a call nested in a computation
+    then finds the items that computation wrote already."""
+    for writer in list(_thread_writers()):
+        writer.flush()
+
 
 class MapWriter:
     """Appends items to its own shard and publishes them in batches to its own index.
@@ -227,6 +245,7 @@ class MapWriter:
             self._idle = False
             if self._still_good():
                 self._active = True
+                _thread_writers().append(self)
                 self._last_t = self._first_t = time.monotonic()
                 self._lock_pair()
                 return
@@ -235,6 +254,7 @@ class MapWriter:
             self._reset()
         self._open_pair()
         self._active = True
+        _thread_writers().append(self)
         self._last_t = self._first_t = time.monotonic()
         self._start_io_thread()
         self.store._pair_added()
@@ -738,6 +758,8 @@ class MapWriter:
         this process (parked), or if enough are kept already, seal the pair and stop."""
         if not self._active:
             return
+        with contextlib.suppress(ValueError):
+            _thread_writers().remove(self)
         try:
             self.flush()
         except BaseException:

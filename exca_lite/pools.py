@@ -1,0 +1,120 @@
+"""The machine's own pools for map chunks ("threadpool", "processpool"): how many workers, how a
+process worker starts, when it stops.
+
+- Size: one worker per CPU this process may use (``os.sched_getaffinity``), not the 128 jobs a
+  cluster array may have: a model loaded per worker would otherwise exhaust memory.
+- Start: always the same way, ``forkserver`` where the platform has it (``spawn`` elsewhere).
+  ``fork`` was faster but unsafe once the caller runs any thread (torch, a logging handler), and
+  switching between the two made the same script work or fail depending on its threads.
+- Stop: a process worker whose driver died finishes the chunk it holds (its items stay claimed
+  by it, so a rerun waits for them rather than recomputing them), seals its files and exits,
+  instead of waiting forever for work that will never come. A thread pool stops at the next item
+  when the caller is interrupted (``StopFlag``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.context
+import os
+import threading
+import time
+import typing as tp
+
+WATCH_INTERVAL_S = 0.2
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a SLURM allocation), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def process_context() -> multiprocessing.context.BaseContext:
+    """The start method of every process pool: forkserver (spawn where there is none)."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("forkserver")
+    return multiprocessing.get_context("spawn")
+
+
+class StopFlag:
+    """Set by an interrupted caller; thread workers check it between items."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise KeyboardInterrupt("the map call was interrupted")
+
+
+_state_lock = threading.Lock()
+_busy = 0
+_orphaned = False
+
+
+def init_worker(driver_pid: int) -> None:
+    """Initializer of process workers: watch the driver (and this worker's parent, the fork
+    server) and exit once it is gone and no chunk is being computed."""
+    parent = os.getppid()
+    thread = threading.Thread(
+        target=_watch, args=(driver_pid, parent), name="exca-lite-orphan-watch", daemon=True
+    )
+    thread.start()
+
+
+def _watch(driver_pid: int, parent: int) -> None:
+    global _orphaned
+    while os.getppid() == parent and _pid_alive(driver_pid):
+        time.sleep(WATCH_INTERVAL_S)
+    with _state_lock:
+        _orphaned = True
+        if _busy == 0:
+            _exit_worker()
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie (killed, not yet reaped by its parent) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
+
+
+@contextlib.contextmanager
+def working() -> tp.Iterator[None]:
+    """Around a chunk computed by a process worker: an orphaned worker exits after it."""
+    global _busy
+    with _state_lock:
+        _busy += 1
+    try:
+        yield
+    finally:
+        with _state_lock:
+            _busy -= 1
+            if _orphaned and _busy == 0:
+                _exit_worker()
+
+
+def _exit_worker() -> tp.NoReturn:
+    from .store.writer import release_all_parked
+
+    release_all_parked()  # seal this worker's files: compaction may then fold them
+    os._exit(0)
+
+
+__all__ = ["StopFlag", "available_cpus", "init_worker", "process_context", "working"]

@@ -1,0 +1,145 @@
+"""Map jobs: workers hold the items they compute (a driver killed mid-run costs no duplicate
+work), pools sized to the machine and started one way, Ctrl-C, nested calls. Real processes and
+real signals throughout."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from map_defs import counts
+from map_jobs_defs import Chain, Pids
+
+import exca_lite as xl
+from exca_lite.pools import available_cpus
+
+
+def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen[str], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while sum(counts(str(path)).values()) < n:
+        if proc.poll() is not None:
+            raise AssertionError(f"the driver ended early: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"fewer than {n} items computed after {timeout_s} s")
+        time.sleep(0.01)
+
+
+def _driver(code: str, *args: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+_POOL_DRIVER = """
+import sys
+import exca_lite as xl
+from map_jobs_defs import Pids
+folder, counter, cluster = sys.argv[1:4]
+feat = Pids(counter=counter, delay_s=0.02,
+            infra=xl.MapInfra(folder=folder, cluster=cluster, max_jobs=2))
+feat.pid.compute([f"i{k}" for k in range(120)])
+print("done", flush=True)
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_driver_leaves_its_pool_workers_holding_their_items(tmp_path: Path) -> None:
+    counter = tmp_path / "counter"
+    driver = _driver(_POOL_DRIVER, tmp_path / "cache", counter, "processpool")
+    _wait_for_lines(counter, 10, driver)
+    driver.kill()  # kill -9: no cleanup at all
+    driver.communicate()
+    # a rerun waits for the items the orphaned workers hold and computes only the rest
+    rerun = Pids(counter=str(counter), infra=xl.MapInfra(folder=tmp_path / "cache"))
+    items = [f"i{k}" for k in range(120)]
+    out = rerun.pid.stack(items)
+    assert out.shape == (120, 1)
+    seen = counts(str(counter))
+    assert sorted(seen) == sorted(items)
+    twice = [u for u, n in seen.items() if n > 1]
+    assert twice == [], f"{len(twice)} items computed twice: {twice[:5]}"
+    # the orphaned workers finished their chunks and exited (none waits forever)
+    workers = {int(p) for p in out[:, 0]} - {os.getpid()}
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in workers):
+        assert time.monotonic() < deadline, "orphaned pool workers did not exit"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+_CTRL_C = """
+import sys
+import exca_lite as xl
+from map_jobs_defs import Pids
+folder, counter = sys.argv[1:3]
+feat = Pids(counter=counter, delay_s=0.05,
+            infra=xl.MapInfra(folder=folder, cluster="threadpool", max_jobs=4))
+try:
+    feat.pid.compute([f"i{k}" for k in range(400)])
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(130)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_stops_a_threadpool_at_the_next_item(tmp_path: Path) -> None:
+    counter = tmp_path / "counter"
+    driver = _driver(_CTRL_C, tmp_path / "cache", counter)
+    _wait_for_lines(counter, 20, driver)
+    driver.send_signal(signal.SIGINT)
+    out, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130 and "interrupted" in out, err[-2000:]
+    done = sum(counts(str(counter)).values())
+    # each of the 4 threads finishes at most the item it is computing (not its 100-item chunk)
+    assert done < 20 + 4 * 3, done
+    cached = xl.MapInfra  # the items computed before the interrupt stay cached
+    feat = Pids(infra=cached(folder=tmp_path / "cache", mode="read-only"))
+    assert len(feat.pid.cached_uids()) >= 20
+
+
+def test_a_nested_call_needing_its_own_items_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    chain = Chain(infra=xl.MapInfra(folder=tmp_path))
+    assert [float(v[0]) for v in chain.value([0, 1, 2, 3])] == [1.0, 2.0, 3.0, 4.0]
+    other = Chain(infra=xl.MapInfra(folder=tmp_path / "other"))
+    with pytest.raises(RuntimeError, match=r"nested .*'2'"):
+        list(other.value([3, 2, 1, 0]))  # item 3 needs 2, which this very call holds
+
+
+def test_pools_default_to_one_worker_per_cpu(tmp_path: Path) -> None:
+    feat = Pids(infra=xl.MapInfra(folder=tmp_path, cluster="processpool"))
+    pids = feat.pid.stack([f"i{k}" for k in range(64)])[:, 0]
+    assert 1 <= len(set(pids.tolist())) <= available_cpus()
+    assert xl.MapInfra().max_jobs is None  # unset: the pool's size follows the machine
+
+
+def test_a_processpool_starts_the_same_way_whatever_threads_run(tmp_path: Path) -> None:
+    stop = threading.Event()
+    busy = threading.Thread(target=stop.wait)  # a thread alive, as torch or a logger starts
+    busy.start()
+    try:
+        feat = Pids(infra=xl.MapInfra(folder=tmp_path, cluster="processpool", max_jobs=2))
+        out = feat.pid.stack([f"i{k}" for k in range(20)])
+        assert os.getpid() not in set(out[:, 0].tolist())
+        assert np.all(out > 0)
+    finally:
+        stop.set()
+        busy.join()
