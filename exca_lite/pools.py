@@ -18,6 +18,8 @@ import contextlib
 import multiprocessing
 import multiprocessing.context
 import os
+import re
+import sys
 import threading
 import time
 import typing as tp
@@ -38,6 +40,38 @@ def process_context() -> multiprocessing.context.BaseContext:
     if "forkserver" in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("forkserver")
     return multiprocessing.get_context("spawn")
+
+
+def check_importable(owner: object) -> None:
+    """Raise before any worker starts if process workers cannot import the owner's class: a
+    class of a notebook (no file to import), or of a script whose top-level code is not guarded
+    (each worker would run the whole script again, and die)."""
+    cls = type(owner)
+    if cls.__module__ != "__main__":
+        return
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    name = cls.__qualname__
+    if path is None:
+        raise RuntimeError(
+            f"{name} is defined in an interactive session (a notebook): processpool workers "
+            f"cannot import it. Move {name} into a module (a .py file) and import it, or use "
+            'cluster="threadpool"'
+        )
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            source = f.read()
+    except OSError:
+        return
+    if not _MAIN_GUARD.search(source):
+        raise RuntimeError(
+            f"{name} is defined in the script {path}, which processpool workers import: its "
+            "top-level code would run again in each worker. Put the code that runs the script "
+            'under `if __name__ == "__main__":` (or move the class into a module)'
+        )
+
+
+_MAIN_GUARD = re.compile(r"""^\s*if\s+__name__\s*==\s*['"]__main__['"]\s*:""", re.MULTILINE)
 
 
 class StopFlag:
@@ -117,4 +151,11 @@ def _exit_worker() -> tp.NoReturn:
     os._exit(0)
 
 
-__all__ = ["StopFlag", "available_cpus", "init_worker", "process_context", "working"]
+__all__ = [
+    "StopFlag",
+    "check_importable",
+    "available_cpus",
+    "init_worker",
+    "process_context",
+    "working",
+]

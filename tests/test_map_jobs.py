@@ -143,3 +143,64 @@ def test_a_processpool_starts_the_same_way_whatever_threads_run(tmp_path: Path) 
     finally:
         stop.set()
         busy.join()
+
+
+_SCRIPT = """
+import dataclasses, sys, typing as tp
+import numpy as np
+import exca_lite as xl
+
+
+def digits(x: int) -> int:  # a helper only the script defines
+    return len(str(x))
+
+
+@dataclasses.dataclass(frozen=True)
+class Feat:
+    infra: xl.MapInfra = xl.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def embed(self, items: tp.Sequence[int]) -> tp.Iterator[np.ndarray]:
+        for x in items:
+            yield np.array([digits(x)])
+
+
+{guard}
+    feat = Feat(infra=xl.MapInfra(folder=sys.argv[1], cluster="processpool", max_jobs=2))
+    print(feat.embed.stack([1, 22, 333, 4444]).ravel().tolist())
+"""
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_a_script_class_in_a_processpool_works_or_says_how_to_fix_it(
+    tmp_path: Path, guarded: bool
+) -> None:
+    guard = 'if __name__ == "__main__":' if guarded else "if True:"
+    script = tmp_path / "featurize.py"
+    script.write_text(_SCRIPT.replace("{guard}", guard))
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    if guarded:
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip().endswith("[1, 2, 3, 4]")
+    else:  # before any worker starts: what is wrong and the fix, not "terminated abruptly"
+        assert done.returncode != 0
+        assert 'if __name__ == "__main__":' in done.stderr and "featurize.py" in done.stderr
+        assert "terminated abruptly" not in done.stderr
+
+
+def test_a_notebook_class_in_a_processpool_says_how_to_fix_it(tmp_path: Path) -> None:
+    code = _SCRIPT.replace("{guard}", "if True:")  # run with -c: no file names the class
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and "interactive session" in done.stderr, done.stderr[-2000:]
+    assert "Move Feat into a module" in done.stderr

@@ -24,7 +24,14 @@ import numpy as np
 
 from ..bound import BoundMethod, InfraMethod, find_method
 from ..errors import CacheMissError, JobError
-from ..pools import StopFlag, available_cpus, init_worker, process_context, working
+from ..pools import (
+    StopFlag,
+    available_cpus,
+    check_importable,
+    init_worker,
+    process_context,
+    working,
+)
 from ..store import CacheType, Durability, MapStore
 from ..taskcache import TaskPaths
 from ..uid import item_uid_name
@@ -340,6 +347,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
             # the same start method every time (forkserver): the workers never depend on which
             # threads this process runs; each watches this process and ends after its chunk if
             # this process dies (its items stay held by it meanwhile)
+            check_importable(self._owner)
             pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=workers,
                 mp_context=process_context(),
