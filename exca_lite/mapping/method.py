@@ -155,8 +155,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         if self._store is None:
             ram = self._ram
             return (ram[uid] for uid in uids)
-        load = self._store.load
-        return (load(uid) for uid in uids)
+        return self._store.load_many(uids)
 
     def _named_items(
         self, items: tp.Iterable[X] | None, named: dict[str, tp.Iterable[X]]

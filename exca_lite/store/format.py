@@ -160,6 +160,10 @@ class StorePaths:
     def shard(self, stem: str) -> Path:
         return self._named(self._shard, stem, ".bin")
 
+    def segment(self, stem: str) -> Path:
+        """The pair's segment (``segment.py``): its index folded into mapped sorted columns."""
+        return self.folder / f"{stem}.six"
+
     def _named(self, cache: dict[str, Path], stem: str, suffix: str) -> Path:
         """``folder/{stem}{suffix}``, built once (paths are asked for on every read)."""
         path = cache.get(stem)

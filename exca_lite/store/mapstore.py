@@ -40,6 +40,7 @@ from ..errors import CacheFormatWarning, CorruptCacheWarning, StoreError
 from . import encoding as enc
 from . import format as sh
 from . import locks
+from . import segment as sg
 from . import writer as wr
 from .claims import Claim
 from .encoding import CacheType
@@ -166,6 +167,13 @@ class _Index:
         self.raw = self.table.data.cast("B")  # rows unpack faster with struct than numpy
         self.count = 0
         self.top = -1  # the greatest stamp of any entry in the table
+        # mapped segments (pairs read through one instead of into rows), and their newest stamp.
+        # ``rows`` only holds entries newer than any copy of theirs in a segment, so a uid found
+        # there is served from there; segments are searched for the others
+        self.segs: list[sg.Segment] = []
+        self.seg_top = -1
+        self.dropped: set[str] = set()  # damaged items found in segments: missing from now on
+        self.winners: tuple[tp.Any, list[np.ndarray]] | None = None  # see MapStore._winners
 
     def add_pair(self, name: sh.DataName, index_path: str) -> _Pair:
         pair = _Pair(name, len(self.pairs), index_path)
@@ -173,6 +181,32 @@ class _Index:
         self.by_stem[name.stem] = pair
         self.maps.append(None)
         return pair
+
+    def add_segment(self, seg: sg.Segment, pair: _Pair) -> None:
+        seg.number = pair.number
+        self.segs.append(seg)  # before any row goes: a concurrent load finds one or the other
+        for rank, one in enumerate(sorted(self.segs, key=lambda g: self.pairs[g.number].name.stem)):
+            one.rank = rank
+        self.seg_top = max(self.seg_top, seg.top)
+        if not self.rows:
+            return
+        keys = list(self.rows)
+        rows = np.fromiter(self.rows.values(), dtype=np.int64, count=len(keys))
+        stamps, numbers = self.table[rows, 5], self.table[rows, 0]
+        cand = np.flatnonzero(stamps <= seg.top)
+        if not len(cand):
+            return
+        sub = [keys[i] for i in cand.tolist()]
+        pos = seg.find(sg.uid_hashes(sub), sub, None if sg.has_nul(sub) else sg.uid_array(sub))
+        stem = pair.name.stem
+        for i, p in zip(cand[pos >= 0].tolist(), pos[pos >= 0].tolist(), strict=True):
+            stamp, theirs = int(seg.stamps[p]), int(stamps[i])
+            if stamp > theirs or (
+                stamp == theirs
+                and int(numbers[i]) != pair.number
+                and stem > self.pairs[int(numbers[i])].name.stem
+            ):
+                self.rows.pop(keys[i], None)
 
     def reserve(self, extra: int) -> None:
         """Room for ``extra`` more rows (grown by doubling, so appends are amortized O(1))."""
@@ -299,6 +333,7 @@ class MapStore:
             names = []
         if names != ix.listing:
             pairs = sh.pairs_from_listing(names)
+            sixes = {n[: -len(sg.SUFFIX)] for n in names if n.endswith(sg.SUFFIX)}
             compacted = frozenset(p.stem for p in pairs if p.is_compacted)
             stems = {p.stem for p in pairs}
             if compacted != ix.compacted or any(stem not in stems for stem in ix.by_stem):
@@ -318,11 +353,70 @@ class MapStore:
                     # a writer pair folded up to there but not removed (yet): only what its
                     # writer appended after the fold is new
                     pair.pos = folded
+                elif name.stem in sixes:
+                    self._attach_segment(ix, pair)  # then only records past it are read
                 self._read_new(ix, pair)
             ix.listing = names
         for pair in ix.pairs:
             self._read_new(ix, pair)
         return ix
+
+    def _attach_segment(self, ix: _Index, pair: _Pair) -> bool:
+        """Map the segment of ``pair`` if it is valid for it (its index's file id, covering no
+        more than the index holds, naming no byte past the visible shard): the pair is then read
+        on from the position the segment covers. False (nothing changed) otherwise."""
+        try:
+            fd = os.open(pair.index_path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise _StaleError from None
+        try:
+            stat = os.fstat(fd)
+            file_id = sh.parse_header(os.pread(fd, sh.INDEX_HEADER_BYTES, 0), sh.INDEX_MAGIC)
+        finally:
+            os.close(fd)
+        if file_id is None:
+            return False
+        seg = sg.Segment.open(self.paths.segment(pair.name.stem), file_id, stat.st_size)
+        if seg is None:
+            return False
+        if seg.max_end > _file_size(self.paths.shard(pair.name.stem)):
+            return False  # late visibility: the records say when it can be read
+        young = time.time_ns() - CHECK_YOUNG_NS
+        if pair.name.is_writer and seg.top > young and self.network and not self._seg_ok(seg):
+            return False
+        try:
+            seg.meta_map = np.array([self._intern(m) for m in seg.metas] or [0], dtype=np.int64)
+        except (ValueError, TypeError, IndexError, KeyError, SyntaxError):
+            return False
+        pair.file_id, pair.ino, pair.pos = file_id, stat.st_ino, seg.covered
+        pair.sealed, pair.spans, pair.max_end = seg.sealed, list(seg.spans), seg.max_end
+        for stem, folded in seg.retired:
+            ix.retired[stem] = max(folded, ix.retired.get(stem, 0))
+        self._max_stamp = max(self._max_stamp, seg.top)
+        ix.add_segment(seg, pair)
+        return True
+
+    def _seg_ok(self, seg: sg.Segment) -> bool:
+        """Whether the shard bytes of a young segment of another host match their checksums
+        (late visibility can show zeros or stale pages at first): its spans and large arrays."""
+        try:
+            with open(self.paths.shard(seg.path.name[: -len(sg.SUFFIX)]), "rb") as f:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            return False
+        with contextlib.closing(mm), memoryview(mm) as view:
+            for start, stop, checksum in seg.spans:
+                if stop > len(mm) or enc.word_checksum(view[start:stop]) != checksum:
+                    return False
+            arrays = np.array([m[0] == enc.ARRAY for m in seg.metas] or [False])
+            for j in np.flatnonzero((seg.crcs != 0) & arrays[seg.meta_ids]).tolist():
+                offset, size = int(seg.offsets[j]), int(seg.nbytes[j])
+                data = view[offset : offset + size]
+                ok = offset + size <= len(mm) and enc.word_checksum(data) == int(seg.crcs[j])
+                data.release()
+                if not ok:
+                    return False
+        return True
 
     def _read_new(self, ix: _Index, pair: _Pair) -> None:
         path = pair.index_path
@@ -624,6 +718,12 @@ class MapStore:
             keep = np.flatnonzero(ok)
             uids = [uids[i] for i in keep.tolist()]
             block[: len(keep)] = block[keep]  # the rows past them stay unused
+        if ix.segs and low <= ix.seg_top:
+            older = self._superseded(ix, pair, uids, block[: len(uids), 5])
+            if older.any():  # a segment holds a newer copy: it is served from there
+                keep = np.flatnonzero(~older)
+                uids = [uids[i] for i in keep.tolist()]
+                block[: len(keep)] = block[keep]
         if top > self._max_stamp:
             self._max_stamp = top
         ix.append_rows(uids, low, top)
@@ -655,6 +755,12 @@ class MapStore:
                 f"{self.paths.shard(pair.name.stem)} ({shard_size} bytes), e.g. item "
                 f"{uids[bad]!r}; they are ignored",
             )
+        if ix.segs and rec.low <= ix.seg_top and keep:
+            older = self._superseded(
+                ix, pair, [uids[i] for i in keep], np.array([stamps[i] for i in keep])
+            ).tolist()
+            keep = [i for i, old in zip(keep, older, strict=True) if not old]
+        if len(keep) < n:
             uids = [uids[i] for i in keep]
         ix.reserve(len(keep))
         raw, at, number = ix.raw, ix.count * _ROW.size, pair.number
@@ -664,6 +770,139 @@ class MapStore:
         if rec.top > self._max_stamp:
             self._max_stamp = rec.top
         ix.append_rows(uids, rec.low, rec.top)
+
+    def _superseded(
+        self, ix: _Index, pair: _Pair, uids: list[str], stamps: np.ndarray
+    ) -> np.ndarray:
+        """Which of these new entries of ``pair`` a segment holds a newer copy of (``newer``'s
+        order: stamp, then pair name; a pair's own segment holds only earlier records)."""
+        out = np.zeros(len(uids), dtype=bool)
+        cand = np.flatnonzero(stamps <= ix.seg_top)
+        if not len(cand):
+            return out
+        best, where = self._seg_find(ix, [uids[i] for i in cand.tolist()])
+        stem = pair.name.stem
+        for k in np.flatnonzero(best >= 0).tolist():
+            seg = ix.segs[int(best[k])]
+            theirs, mine = int(seg.stamps[where[k]]), int(stamps[cand[k]])
+            if theirs > mine or (
+                theirs == mine
+                and seg.number != pair.number
+                and ix.pairs[seg.number].name.stem > stem
+            ):
+                out[cand[k]] = True
+        return out
+
+    def _seg_find(self, ix: _Index, uids: tp.Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """For each uid, the segment (index in ``ix.segs``) holding its newest segment copy and
+        its position there; -1 where no segment holds it (or it was found damaged)."""
+        n = len(uids)
+        best = np.full(n, -1, dtype=np.int64)
+        where = np.full(n, -1, dtype=np.int64)
+        segs = [(k, g) for k, g in enumerate(ix.segs) if g.count]
+        if not segs or not n:
+            return best, where
+        lowest = np.iinfo(np.int64).min
+        for lo in range(0, n, sg.HASH_CHUNK):
+            chunk = uids[lo : lo + sg.HASH_CHUNK]
+            arr = sg.uid_array(chunk)
+            hashes = sg.hash_array(arr)
+            check = None if sg.has_nul(chunk) else arr
+            b, w = best[lo : lo + len(chunk)], where[lo : lo + len(chunk)]
+            if len(segs) == 1:
+                k, seg = segs[0]
+                w[:] = seg.find(hashes, chunk, check)
+                b[w >= 0] = k
+                continue
+            top = np.full(len(chunk), lowest, dtype=np.int64)
+            rank = np.full(len(chunk), -1, dtype=np.int64)
+            for k, seg in segs:
+                pos = seg.find(hashes, chunk, check)
+                found = pos >= 0
+                stamps = np.where(found, seg.stamps[np.maximum(pos, 0)], lowest)
+                better = found & ((stamps > top) | ((stamps == top) & (seg.rank > rank)))
+                b[better], w[better] = k, pos[better]
+                top[better], rank[better] = stamps[better], seg.rank
+        if ix.dropped:
+            for i in np.flatnonzero(best >= 0).tolist():
+                if uids[i] in ix.dropped:
+                    best[i] = where[i] = -1
+        return best, where
+
+    def _seg_rows(self, ix: _Index, best: np.ndarray, where: np.ndarray) -> np.ndarray:
+        """Table rows (pair number, offset, nbytes, meta id, crc32, stamp) of segment hits."""
+        out = np.empty((len(best), _COLS), dtype=np.int64)
+        for k, seg in enumerate(ix.segs):
+            sel = np.flatnonzero(best == k) if len(ix.segs) > 1 else np.arange(len(best))
+            if not len(sel):
+                continue
+            pos = where[sel]
+            out[sel, 0] = seg.number
+            out[sel, 1] = seg.offsets[pos]
+            out[sel, 2] = seg.nbytes[pos]
+            out[sel, 3] = seg.meta_map.take(seg.meta_ids[pos], mode="clip")
+            out[sel, 4] = seg.crcs[pos]
+            out[sel, 5] = seg.stamps[pos]
+        return out
+
+    def _resolve(self, ix: _Index, uids: tp.Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The table rows of ``uids`` (the newest copy of each, from the rows or the segments)
+        and which were found: one vectorized pass over the segments for those not in rows."""
+        n = len(uids)
+        rows = np.fromiter(map(ix.rows.get, uids, itertools.repeat(-1)), dtype=np.int64, count=n)
+        table = ix.table[rows]
+        missing = rows < 0
+        if ix.segs and missing.any():
+            idx = np.flatnonzero(missing)
+            sub = uids if len(idx) == n else [uids[i] for i in idx.tolist()]
+            best, where = self._seg_find(ix, sub)
+            found = best >= 0
+            if found.any():
+                table[idx[found]] = self._seg_rows(ix, best[found], where[found])
+                missing[idx[found]] = False
+        return table, ~missing
+
+    def _winners(self, ix: _Index) -> list[np.ndarray]:
+        """Per segment, the positions of the entries it serves: not superseded by a row, a
+        newer copy in another segment, or found damaged."""
+        key = (ix.count, len(ix.rows), len(ix.segs), len(ix.dropped))
+        if ix.winners is not None and ix.winners[0] == key:
+            return ix.winners[1]
+        segs = ix.segs
+        masks = [np.ones(seg.count, dtype=bool) for seg in segs]
+        for uids in (list(ix.rows), list(ix.dropped)):
+            if uids:
+                for mask, seg in zip(masks, segs, strict=True):
+                    pos = seg.lookup(uids)
+                    mask[pos[pos >= 0]] = False
+        for i, seg in enumerate(segs):
+            others = [g for g in segs if g is not seg and g.count]
+            if not others or not seg.count:
+                continue
+            cand = np.flatnonzero(np.isin(seg.hashes, np.concatenate([g.hashes for g in others])))
+            if not len(cand):
+                continue
+            uids = seg.uids_at(cand)
+            for g in others:
+                pos = g.lookup(uids)
+                found = pos >= 0
+                theirs, mine = g.stamps[pos[found]], seg.stamps[cand[found]]
+                lose = (theirs > mine) | ((theirs == mine) & (g.rank > seg.rank))
+                masks[i][cand[found][lose]] = False
+        winners = [np.flatnonzero(m) for m in masks]
+        ix.winners = (key, winners)
+        return winners
+
+    def _entries(self, ix: _Index, with_uids: bool = True) -> tuple[list[str], np.ndarray]:
+        """Every item of the view: its uid (if asked for) and its table row."""
+        uids = list(ix.rows) if with_uids else []
+        rows = np.fromiter(ix.rows.values(), dtype=np.int64, count=len(ix.rows))
+        tables = [ix.table[rows]]
+        for k, (seg, pos) in enumerate(zip(ix.segs, self._winners(ix), strict=True)):
+            if with_uids:
+                uids += seg.uids_at(pos)
+            tables.append(self._seg_rows(ix, np.full(len(pos), k, dtype=np.int64), pos))
+        return uids, np.concatenate(tables) if len(tables) > 1 else tables[0]
 
     def _array_nbytes(self, meta_id: int) -> int:
         """The byte count of an array of meta ``meta_id``, or -1 for other formats."""
@@ -699,25 +938,68 @@ class MapStore:
     def __contains__(self, item_uid: object) -> bool:
         if not self._loaded:
             self.refresh()
-        return item_uid in self._ix.rows
+        ix = self._ix
+        if item_uid in ix.rows:
+            return True
+        if not ix.segs or type(item_uid) is not str:
+            return False
+        try:
+            self._entry(ix, item_uid)
+        except KeyError:
+            return False
+        return True
 
     def __len__(self) -> int:
         if not self._loaded:
             self.refresh()
-        return len(self._ix.rows)
+        ix = self._ix
+        return len(ix.rows) + sum(len(w) for w in self._winners(ix))
 
     def item_uids(self) -> list[str]:
         if not self._loaded:
             self.refresh()
-        return list(self._ix.rows)
+        return self._entries(self._ix)[0]
 
     def missing(self, item_uids: tp.Iterable[str]) -> list[str]:
         """``refresh()``, then the uids not stored: deduplicated, in first-seen order."""
         self.refresh()
-        rows = self._ix.rows
+        ix = self._ix
         # dedup only what is missing (usually few): hashing every uid into a set costs as much
         # as the lookups themselves on a million items
-        return list(dict.fromkeys(itertools.filterfalse(rows.__contains__, item_uids)))
+        rest = list(itertools.filterfalse(ix.rows.__contains__, item_uids))
+        if rest and ix.segs:  # one vectorized pass over the segments for the others
+            best, _ = self._seg_find(ix, rest)
+            rest = list(itertools.compress(rest, (best < 0).tolist()))
+        return list(dict.fromkeys(rest))
+
+    def load_many(self, item_uids: tp.Sequence[str]) -> tp.Iterator[tp.Any]:
+        """``load`` of each uid in turn, lazily; their rows are found a batch at a time (one
+        vectorized pass over the segments per batch), so each item costs little more than the
+        view of its array."""
+        if not self._loaded:
+            self.refresh()
+        return self._iter_many(item_uids)
+
+    def _iter_many(self, item_uids: tp.Sequence[str]) -> tp.Iterator[tp.Any]:
+        metas = self._metas
+        array = enc.ARRAY
+        step = 1 << 14
+        for lo in range(0, len(item_uids), step):
+            chunk = item_uids[lo : lo + step]
+            ix = self._ix
+            table, found = self._resolve(ix, chunk)
+            maps = ix.maps
+            numbers, offsets, sizes, mids = (table[:, k].tolist() for k in range(4))
+            for uid, ok, number, offset, nbytes, meta in zip(
+                chunk, found.tolist(), numbers, offsets, sizes, mids, strict=True
+            ):
+                if ok:
+                    fmt, dtype, shape = metas[meta]
+                    mm = maps[number]
+                    if fmt == array and nbytes and mm is not None and offset + nbytes <= len(mm):
+                        yield np.ndarray(shape, dtype, mm, offset)
+                        continue
+                yield self.load(uid)
 
     def load(self, item_uid: str) -> tp.Any:
         """The stored value; arrays are read-only views on the shard's memory map (KeyError if absent)."""
@@ -741,12 +1023,36 @@ class MapStore:
         try:
             return self._load(ix, item_uid)
         except _StaleError:
-            number = int(ix.table[ix.rows[item_uid], 0])
+            number = self._entry(ix, item_uid)[0]
             self._drop_damaged(ix, number, item_uid, "its shard is shorter than its index says")
 
+    def _entry(self, ix: _Index, item_uid: str) -> tuple[int, int, int, int, int]:
+        """(pair number, offset, nbytes, meta id, crc32) of the newest copy (KeyError if none)."""
+        row = ix.rows.get(item_uid)
+        if row is not None:
+            number, offset, nbytes, meta, crc, _ = _ROW.unpack_from(ix.raw, row * _ROW.size)
+            return number, offset, nbytes, meta, crc
+        if ix.segs and item_uid not in ix.dropped:
+            h = int(sg.uid_hashes([item_uid])[0])
+            best: tuple[tuple[int, int], sg.Segment, int] | None = None
+            for seg in ix.segs:
+                pos = seg.find_one(item_uid, h)
+                if pos >= 0 and (best is None or (int(seg.stamps[pos]), seg.rank) > best[0]):
+                    best = ((int(seg.stamps[pos]), seg.rank), seg, pos)
+            if best is not None:
+                _, seg, pos = best
+                meta = int(seg.meta_map.take(int(seg.meta_ids[pos]), mode="clip"))
+                return (
+                    seg.number,
+                    int(seg.offsets[pos]),
+                    int(seg.nbytes[pos]),
+                    meta,
+                    int(seg.crcs[pos]),
+                )
+        raise KeyError(item_uid)
+
     def _load(self, ix: _Index, item_uid: str) -> tp.Any:
-        row = ix.rows[item_uid] * _ROW.size
-        number, offset, nbytes, meta, crc, _ = _ROW.unpack_from(ix.raw, row)
+        number, offset, nbytes, meta, crc = self._entry(ix, item_uid)
         fmt, dtype, shape = self._metas[meta]
         mm = ix.maps[number]
         if mm is None or offset + nbytes > len(mm):
@@ -788,6 +1094,8 @@ class MapStore:
             "treated as missing from now on (it will be recomputed)",
         )
         ix.rows.pop(item_uid, None)
+        if ix.segs:
+            ix.dropped.add(item_uid)  # an older copy in a segment must not come back
         raise KeyError(item_uid)
 
     def _map(self, ix: _Index, number: int, need: int) -> mmap.mmap:
@@ -829,12 +1137,12 @@ class MapStore:
 
     def _stack(self, ix: _Index, item_uids: tp.Sequence[str]) -> np.ndarray:
         n = len(item_uids)
-        rows_of = ix.rows
         if n == 0:
             msg = "stack() needs at least one item uid (the item shape is unknown otherwise)"
             raise StoreError(msg)
-        rows = np.fromiter(map(rows_of.__getitem__, item_uids), dtype=np.int64, count=n)
-        table = ix.table[rows]
+        table, found = self._resolve(ix, item_uids)
+        if not found.all():
+            raise KeyError(item_uids[int(np.flatnonzero(~found)[0])])
         metas = table[:, 3]
         first = int(metas[0])
         fmt, dtype, shape = self._metas[first]
@@ -975,7 +1283,7 @@ class MapStore:
         """A value equal to a later one only if no entry was added to this reader's view in
         between (entries are only ever added; a rebuilt view is a new object)."""
         ix = self._ix
-        return (ix, ix.count)
+        return (ix, ix.count, len(ix.segs))
 
     def _next_stamp(self) -> int:
         """The stamp of a record about to be published: greater than any this process gave and
@@ -1080,7 +1388,45 @@ class MapStore:
                     problems.extend(found)
                 except (msgspec.DecodeError, ValueError, TypeError, IndexError) as exc:
                     problems.append(f"{idx_path}: record at offset {at} unreadable ({exc!r})")
+        problems.extend(self._verify_segment(name, file_id, len(data), size))
         return problems
+
+    def _verify_segment(
+        self, name: sh.DataName, file_id: bytes, index_size: int, shard_size: int
+    ) -> list[str]:
+        """Check that the pair's segment, if any, holds exactly the newest entry per uid of the
+        index records it covers (readers serve it instead of them)."""
+        path, idx_path = self.paths.segment(name.stem), self.paths.index(name.stem)
+        if not path.exists():
+            return []
+        seg = sg.Segment.open(path, file_id, index_size)
+        if seg is None:
+            return [f"{path}: not a valid segment of {idx_path.name} (readers ignore it)"]
+        entries = sg.read_pair(idx_path, seg.covered, shard_size)
+        if entries is None:
+            return [f"{path}: the {seg.covered} index bytes it covers are not whole records"]
+        uids = seg.all_uids()
+        at = dict(zip(entries.uids, range(len(entries.uids)), strict=True))
+        idx = np.fromiter(map(at.get, uids, itertools.repeat(-1)), dtype=np.int64, count=len(uids))
+        if len(uids) != len(at) or (idx < 0).any():
+            return [f"{path}: its items differ from those of {idx_path.name}"]
+        keys: dict[tuple[tp.Any, ...], int] = {}
+        ids = [keys.setdefault(sg._meta_key(m), len(keys)) for m in entries.metas]
+        seg_ids = [keys.setdefault(sg._meta_key(m), len(keys)) for m in seg.metas]
+        same = (
+            np.array_equal(entries.offsets[idx], seg.offsets)
+            and np.array_equal(entries.nbytes[idx], seg.nbytes)
+            and np.array_equal(entries.stamps[idx], seg.stamps)
+            and np.array_equal(entries.crcs[idx].astype(np.uint32), seg.crcs)
+            and np.array_equal(
+                np.array(ids or [0])[entries.meta_ids[idx]], np.array(seg_ids or [0])[seg.meta_ids]
+            )
+            and np.array_equal(sg.uid_hashes(uids), seg.hashes)
+            and bool((np.diff(seg.hashes) >= 0).all())
+        )
+        if not same:
+            return [f"{path}: its entries differ from those of {idx_path.name}"]
+        return []
 
     def _verify_record(
         self, obj: list[tp.Any], view: memoryview, size: int, idx_path: Path, bin_path: Path
@@ -1266,9 +1612,7 @@ class MapStore:
             if not foldable:
                 return 0, 0
             sources = {p.number for p in foldable}
-            uids = list(ix.rows)
-            rows = np.fromiter(ix.rows.values(), dtype=np.int64, count=len(uids))
-            table = ix.table[rows]
+            uids, table = self._entries(ix)
             chosen = np.flatnonzero(np.isin(table[:, 0], np.array(sorted(sources))))
             # sequential reads of the old shards, in file order
             chosen = chosen[np.lexsort((table[chosen, 1], table[chosen, 0]))]
@@ -1308,7 +1652,8 @@ class MapStore:
         for pair in foldable:
             if how[pair.number] != "whole":
                 continue
-            for path in (Path(pair.index_path), self.paths.shard(pair.name.stem)):
+            stem = pair.name.stem
+            for path in (self.paths.segment(stem), Path(pair.index_path), self.paths.shard(stem)):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
         return len(chosen), int(damaged.sum())
@@ -1328,6 +1673,7 @@ class MapStore:
             sh.encode_payload([sh.RECORD_RETIRE, sorted([s, p] for s, p in retired.items())])
         ]
         metas = [self._meta_repr(i) for i in range(len(self._metas))]
+        all_spans: list[list[int]] = []
         with open(self.paths.shard(name.stem), "rb") as f:
             data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         with contextlib.closing(data):
@@ -1337,6 +1683,7 @@ class MapStore:
                 first = int(new_offsets[start])
                 last = int(new_offsets[start + len(part) - 1] + sub[-1, 2])
                 spans = [[first, last, enc.word_checksum(data[first:last])]]
+                all_spans += spans
                 payloads.append(
                     sh.encode_payload(
                         [
@@ -1357,6 +1704,26 @@ class MapStore:
         # the index appears complete, after its shard is on disk, under a name never used before:
         # publishing is this one link; the sources are removed only after it
         create_new(self.paths.index(name.stem), content, fsync=True)
+        if len(chosen):  # every compacted pair: readers map it rather than decode it
+            sub = table[chosen]
+            entries = sg.Entries(
+                uids=[uids[i] for i in chosen.tolist()],
+                offsets=new_offsets,
+                nbytes=sub[:, 2],
+                stamps=sub[:, 5],
+                meta_ids=sub[:, 3],
+                crcs=sub[:, 4],
+                metas=metas,
+                spans=all_spans,
+                retired=sorted([s, p] for s, p in retired.items()),
+                sealed=True,
+            )
+            max_end = sh.referenced_end(new_offsets, sub[:, 2], all_spans)
+            sg.write(
+                self.paths.segment(name.stem),
+                sg.encode(entries, file_id, len(content), max_end),
+                fsync=True,
+            )
 
     def _damaged(self, ix: _Index, rows: np.ndarray) -> np.ndarray:
         """Which of these table rows' bytes do not match their checksum (a bool per row).
@@ -1436,7 +1803,7 @@ class MapStore:
         Files of a newer format version are left alone (this exca_lite cannot know what they
         hold); files of older versions go.
         """
-        wr.release_parked(self)
+        wr.release_parked(self, segment=False)
         if not self.folder.is_dir():
             self._ix = _Index(frozenset())
             return
@@ -1486,6 +1853,7 @@ class MapStore:
             total += _file_size(self.paths.index(name.stem)) + _file_size(
                 self.paths.shard(name.stem)
             )
+            total += max(0, _file_size(self.paths.segment(name.stem)))
         return total
 
     def stats(self) -> dict[str, tp.Any]:
@@ -1503,12 +1871,11 @@ class MapStore:
                 last_write = mtime if last_write is None else max(last_write, mtime)
             if pair.name.is_writer and not pair.sealed and pair.name.stem not in idle_here:
                 writers += bool(locks.probe_lock(Path(pair.index_path)))
-        rows = np.fromiter(ix.rows.values(), dtype=np.int64, count=len(ix.rows))
-        nbytes = ix.table[rows, 2]
+        nbytes = self._entries(ix, with_uids=False)[1][:, 2]
         live = int(((nbytes + sh.ALIGN - 1) // sh.ALIGN * sh.ALIGN).sum())
         data = sum(max(0, size - sh.SHARD_HEADER_BYTES) for size in shards.values())
         return {
-            "items": len(ix.rows),
+            "items": len(nbytes),
             "bytes": self._disk_bytes(),
             "shards": shards,
             "dead_bytes": max(0, data - live),
@@ -1517,16 +1884,16 @@ class MapStore:
         }
 
 
-_TEMP_PAIR_FILE = re.compile(r"^\.(?:w|c)-[0-9a-f-]+\.(?:idx|bin)\.\d+\.new$")
+_TEMP_PAIR_FILE = re.compile(r"^\.(?:w|c)-[0-9a-f-]+\.(?:idx|bin|six)\.\d+\.new$")
 
 
 def _is_data_file(name: str) -> bool:
-    """A shard or an index, or the temp file of one being created (``fs.create_new``, a
-    compaction's shard: left behind if that process was killed). Not other dot-named temp files:
-    another process may be writing its ``config.json``."""
+    """A shard, an index or a segment, or the temp file of one being created (``fs.create_new``,
+    a compaction's shard: left behind if that process was killed). Not other dot-named temp
+    files: another process may be writing its ``config.json``."""
     if name.startswith("."):
         return _TEMP_PAIR_FILE.match(name) is not None
-    return name.endswith((".idx", ".bin"))
+    return name.endswith((".idx", ".bin", sg.SUFFIX))
 
 
 def _lagging(stamp: int) -> bool:
@@ -1549,6 +1916,10 @@ def _without(rec: _Columns, drop: list[int]) -> _Columns:
 
 
 def _is_newer_format(path: Path) -> bool:
+    if path.name.endswith(sg.SUFFIX):
+        head = sh.read_header(path, len(sg.MAGIC))
+        found = None if head is None else sh.header_version(head, sg.MAGIC)
+        return found is not None and found > sg.SEGMENT_VERSION
     magic = sh.INDEX_MAGIC if path.name.endswith(".idx") else sh.SHARD_MAGIC
     head = sh.read_header(path, len(magic))
     return head is not None and sh.is_newer_format(head, magic)

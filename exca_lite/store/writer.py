@@ -37,6 +37,7 @@ from ..errors import StoreError
 from . import encoding as enc
 from . import format as sh
 from . import locks
+from . import segment as sg
 from .fs import create_new, store_error
 
 if tp.TYPE_CHECKING:
@@ -113,15 +114,16 @@ def release_all_parked() -> None:
         writer._shutdown()
 
 
-def release_parked(store: MapStore) -> None:
-    """Seal and close the idle writers of ``store``'s folder (any durability), if any."""
+def release_parked(store: MapStore, segment: bool = True) -> None:
+    """Seal and close the idle writers of ``store``'s folder (any durability), if any
+    (``segment``: and fold their pairs into segments; not when they are about to be removed)."""
     if not _parked:
         return
     folder = _park_key(store)[0]
     with _parked_lock:
         writers = [w for key in list(_parked) if key[0] == folder for w in _parked.pop(key)]
     for writer in writers:
-        writer._shutdown()
+        writer._shutdown(segment)
 
 
 def parked_stems(store: MapStore) -> set[str]:
@@ -177,6 +179,9 @@ class MapWriter:
         self._idx_fd = -1
         self._stem = ""
         self._idx_end = 0
+        self._file_id = b""
+        self._entries = 0  # entries published to this pair (duplicates included)
+        self._covered = 0  # ... of which the pair's segment holds (a parked writer's)
         self._buf = bytearray()
         self._buf_start = 0  # shard offset of self._buf[0]; always 64-aligned
         self._uids: list[str] = []
@@ -271,6 +276,7 @@ class MapWriter:
         self._hot_dtype = None
         self._direct_bytes = 0
         self._ref_end = 0
+        self._entries = self._covered = 0
 
     def _still_good(self) -> bool:
         """Whether a parked writer can go on with its pair: nobody removed it (clear) or cut it
@@ -320,6 +326,7 @@ class MapWriter:
             break
         self._lock_pair()
         self._stem = name.stem
+        self._file_id = file_id
         self._idx_end = sh.INDEX_HEADER_BYTES
         self._buf_start = sh.align_up(sh.SHARD_HEADER_BYTES)
         if self.store._loaded:
@@ -573,6 +580,7 @@ class MapWriter:
         obj = [sh.RECORD_ENTRIES, self._uids, *columns, self._metas]
         job = (b"", self._buf_start, obj, False, self._pending_sums)
         self._pending_sums = []
+        self._entries += len(self._uids)
         if inline:
             self._do_io(*job)
         else:
@@ -767,6 +775,7 @@ class MapWriter:
             self._shutdown()
             raise
         self._active = False
+        self._park_segment()
         key = _park_key(self.store)
         with _parked_lock:
             idle = _parked.setdefault(key, [])
@@ -781,8 +790,33 @@ class MapWriter:
                 return
         self._shutdown()
 
-    def _shutdown(self) -> None:
-        """Stop the I/O thread, seal the pair (after a flush) and close the files."""
+    def _park_segment(self) -> None:
+        """A big pair about to idle gets a segment of what it holds (other processes then map it
+        instead of decoding it); rebuilt only once it doubled, so the work stays O(1) per item."""
+        uncovered = self._entries - self._covered
+        if (
+            uncovered >= sg.PARK_MIN_ENTRIES
+            and uncovered >= self._covered
+            and self._entries <= sg.MAX_ENTRIES
+            and self._failed is None
+            and self._untouched()
+            and self._build_segment(self._idx_end)
+        ):
+            self._covered = self._entries
+
+    def _build_segment(self, end: int) -> bool:
+        return sg.build_for_pair(
+            self.store.paths,
+            self._stem,
+            self._file_id,
+            end,
+            fsync=self._fsync or self._sync_data,
+            replace=True,  # a segment of this pair is this writer's own, covering less
+        )
+
+    def _shutdown(self, segment: bool = True) -> None:
+        """Stop the I/O thread, seal the pair (after a flush) and close the files; then fold the
+        sealed pair's index into a segment (``segment.py``) unless ``segment`` is False."""
         self._idle = False
         self._active = False
         try:
@@ -792,11 +826,20 @@ class MapWriter:
                 self._thread = None
         finally:
             if self._idx_fd >= 0 and self._failed is None and not self._uids and self._untouched():
+                seal = sh.frame(sh.encode_payload([sh.RECORD_SEAL]))
                 try:
                     # sealed: compaction may fold and remove this pair as soon as it likes
-                    sh.write_all(self._idx_fd, sh.frame(sh.encode_payload([sh.RECORD_SEAL])))
+                    sh.write_all(self._idx_fd, seal)
+                    self._idx_end += len(seal)
                 except OSError:
-                    pass  # unsealed pairs are folded once they look abandoned: nothing is lost
+                    segment = False  # unsealed pairs are folded once they look abandoned
+                else:
+                    if (
+                        segment
+                        and sg.MIN_ENTRIES <= self._entries <= sg.MAX_ENTRIES
+                        and self._entries > self._covered
+                    ):
+                        self._build_segment(self._idx_end)
             self._close_files()
 
     def _untouched(self) -> bool:

@@ -1,0 +1,601 @@
+"""Segments: a pair's index, folded into sorted columns that a reader maps instead of decoding.
+
+Opening a store by decoding its index records costs time and private memory per item (a Python
+dict entry and a table row each: ~200 bytes, in every process that opens it). A *segment*
+``{stem}.six`` holds the newest entry per uid of a pair's index up to a byte position, as column
+arrays sorted by a 64-bit hash of the uid: a reader maps it (shared page cache, no private memory)
+and looks uids up with ``np.searchsorted``, vectorized over a batch. Hits are checked against the
+stored uid, so a hash collision costs a little time and never serves another item.
+
+Only a pair's own writer (when it seals its pair, or parks a big one) and compaction (for the
+pairs it writes, fsynced) build segments, from index records they wrote themselves; a segment is
+created complete (``fs.create_new``) and never modified. A reader that finds a segment whose header,
+file id, covered position or size does not match its pair ignores it and reads the pair's index
+records the old way: a segment only ever saves work.
+
+File format (little endian, every column 8-byte aligned)::
+
+    header(64) = b"XLSIX\\0" version(u16) file_id(16) covered(u64) count(u64) meta_len(u64)
+                 uid_width(u32) meta_crc(u32) dir_bits(u64)
+    meta       = msgpack {metas, spans, retired, sealed, max_end, top, blob}  (padded to 8)
+    columns    = hashes u8[n] offsets i8[n] nbytes i8[n] stamps i8[n] meta_ids u4[n] crcs u4[n]
+                 directory u4[2**dir_bits + 1] (padded to 8)
+    uids       = <U{uid_width}[n] (uid_width > 0: short uids without NUL) or
+                 uid_offsets u8[n+1] utf-8 blob (uid_width == 0)
+
+The directory makes a lookup O(1) rather than a binary search (whose cache misses cost ~0.6 µs
+per uid at a million): ``directory[b]`` is the first position whose hash's top ``dir_bits`` bits
+are ``b`` or more, so uid hash ``h`` can only be in ``[directory[b], directory[b + 1])`` for
+``b = h >> (64 - dir_bits)``, which holds one entry or less on average.
+
+``covered`` is the index byte position the segment holds every record before (a record boundary):
+readers read that pair's index on from there. ``meta_ids`` index the segment's own ``metas``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import typing as tp
+import zlib
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from . import encoding as enc
+from . import format as sh
+from .fs import create_new
+
+SEGMENT_VERSION = 1
+MAGIC = b"XLSIX\x00" + SEGMENT_VERSION.to_bytes(2, "little")
+HEADER = struct.Struct("<8s16sQQQIIQ")
+HEADER_BYTES = HEADER.size  # 64
+SUFFIX = ".six"
+FIXED_MAX_CHARS = 32
+"""Uids up to this many characters (and no NUL) are stored as a fixed-width column: hits are
+then checked with one vectorized comparison. Longer ones go to a utf-8 blob, checked one by one."""
+MIN_ENTRIES = int(os.environ.get("EXCA_LITE_SEGMENT_MIN", "1024"))
+"""A sealed writer pair gets a segment if it holds at least this many entries (compacted pairs
+always get one):
+below that, decoding its records costs less than mapping one more file."""
+PARK_MIN_ENTRIES = int(os.environ.get("EXCA_LITE_SEGMENT_PARK_MIN", str(1 << 17)))
+"""A writer parked with at least this many entries not in a segment yet (and as many as the
+segment it has holds) writes one: a notebook's writer stays unsealed for hours while other
+processes open its cache."""
+MAX_ENTRIES = 1 << 25
+"""Pairs of more entries are not folded into a segment by their writer (building one holds the
+decoded uids in memory)."""
+_HASH_CHUNK = 1 << 16
+_COLUMNS = (("hashes", "<u8"), ("offsets", "<i8"), ("nbytes", "<i8"), ("stamps", "<i8"))
+_SMALL_COLUMNS = (("meta_ids", "<u4"), ("crcs", "<u4"))
+
+_meta_encoder = msgspec.msgpack.Encoder()
+_meta_decoder: msgspec.msgpack.Decoder[tp.Any] = msgspec.msgpack.Decoder()
+
+
+def _multipliers(count: int) -> np.ndarray:
+    """Fixed pseudo-random odd 64-bit multipliers, one per character position (splitmix64)."""
+    out = np.empty(count, dtype=np.uint64)
+    state = 0x243F6A8885A308D3
+    mask = (1 << 64) - 1
+    for i in range(count):
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out[i] = (z ^ (z >> 31)) | 1
+    return out
+
+
+_MULTS = _multipliers(256)
+
+
+def hash_array(arr: np.ndarray) -> np.ndarray:
+    """The 64-bit hashes of a ``<U`` array of uids: a sum of code points times per-position
+    multipliers (trailing padding adds nothing, so the width of the batch does not matter),
+    mixed. Vectorized: one matrix product per batch."""
+    global _MULTS
+    n = len(arr)
+    width = arr.dtype.itemsize // 4
+    if n == 0 or width == 0:
+        return np.zeros(n, dtype=np.uint64)
+    if width > len(_MULTS):
+        _MULTS = _multipliers(max(width, 2 * len(_MULTS)))
+    codes = arr.view(np.uint32).reshape(n, width)
+    h: np.ndarray = codes.astype(np.uint64) @ _MULTS[:width]
+    h ^= h >> np.uint64(31)
+    h *= np.uint64(0xD6E8FEB86659FD93)
+    h ^= h >> np.uint64(32)
+    return h
+
+
+def uid_array(uids: tp.Sequence[str]) -> np.ndarray:
+    arr = np.array(uids, dtype=str) if len(uids) else np.zeros(0, dtype="<U1")
+    return arr
+
+
+def uid_hashes(uids: tp.Sequence[str]) -> np.ndarray:
+    """``hash_array`` of a list of uids, in chunks (one long uid widens only its chunk)."""
+    out = np.empty(len(uids), dtype=np.uint64)
+    for lo in range(0, len(uids), _HASH_CHUNK):
+        out[lo : lo + _HASH_CHUNK] = hash_array(uid_array(uids[lo : lo + _HASH_CHUNK]))
+    return out
+
+
+HASH_CHUNK = _HASH_CHUNK
+
+
+def has_nul(uids: tp.Sequence[str]) -> bool:
+    """Whether any uid holds a NUL (numpy's ``<U`` drops trailing ones: compare in Python)."""
+    return "\x00" in "".join(uids)
+
+
+def _align8(size: int) -> int:
+    return (size + 7) // 8 * 8
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class Segment:
+    """A mapped segment (read-only views; the pages are the shared page cache)."""
+
+    __slots__ = (
+        "count",
+        "covered",
+        "crcs",
+        "directory",
+        "file_id",
+        "fixed",
+        "hashes",
+        "max_end",
+        "meta_ids",
+        "meta_map",
+        "metas",
+        "mm",
+        "nbytes",
+        "number",
+        "offsets",
+        "path",
+        "rank",
+        "retired",
+        "sealed",
+        "shift",
+        "spans",
+        "stamps",
+        "top",
+        "uid_blob",
+        "uid_offsets",
+    )
+
+    count: int
+    covered: int
+    directory: np.ndarray
+    shift: np.uint64
+    crcs: np.ndarray
+    file_id: bytes
+    hashes: np.ndarray
+    max_end: int
+    meta_ids: np.ndarray
+    metas: list[list[tp.Any]]
+    mm: tp.Any
+    nbytes: np.ndarray
+    offsets: np.ndarray
+    path: Path
+    retired: list[tuple[str, int]]
+    sealed: bool
+    spans: list[tuple[int, int, int]]
+    stamps: np.ndarray
+    top: int
+
+    def __init__(self) -> None:
+        self.number = -1  # the pair number in the reader's view
+        self.rank = 0  # order of its pair name among the view's segments (ties of stamps)
+        self.meta_map = np.zeros(1, dtype=np.int64)  # segment meta id -> store meta id
+        self.fixed: np.ndarray | None = None
+        self.uid_offsets: np.ndarray | None = None
+        self.uid_blob: memoryview | None = None
+
+    @classmethod
+    def open(cls, path: Path, file_id: bytes, index_size: int) -> Segment | None:
+        """The segment at ``path`` if it is one of the pair of index ``file_id`` (``index_size``
+        bytes now), complete and consistent; None otherwise (missing, short, another pair's,
+        another version, damaged meta): the caller then reads the pair's index records."""
+        import mmap
+
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            if size < HEADER_BYTES:
+                return None
+            mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            return None
+        finally:
+            os.close(fd)
+        try:
+            # None if anything does not match (the map goes with the arrays made of it)
+            return cls._parse(mm, path, file_id, index_size)
+        except (ValueError, TypeError, KeyError, IndexError, msgspec.DecodeError):
+            return None
+
+    @classmethod
+    def _parse(cls, mm: tp.Any, path: Path, file_id: bytes, index_size: int) -> Segment | None:
+        magic, fid, covered, count, meta_len, width, meta_crc, bits = HEADER.unpack_from(mm, 0)
+        if magic != MAGIC or fid != file_id or covered > index_size or bits > 40:
+            return None
+        meta_end = HEADER_BYTES + meta_len
+        if meta_end > len(mm):
+            return None
+        raw = mm[HEADER_BYTES:meta_end]
+        if zlib.crc32(raw) != meta_crc:
+            return None
+        meta = _meta_decoder.decode(raw)
+        at = _align8(meta_end)
+        seg = cls()
+        seg.mm, seg.path, seg.file_id = mm, path, fid
+        seg.covered, seg.count = int(covered), int(count)
+        n = seg.count
+        for name, dtype in _COLUMNS + _SMALL_COLUMNS:
+            nbytes = n * np.dtype(dtype).itemsize
+            if at + nbytes > len(mm):
+                return None
+            setattr(seg, name, np.frombuffer(mm, dtype=dtype, count=n, offset=at))
+            at += nbytes
+        if at + 4 * ((1 << bits) + 1) > len(mm):
+            return None
+        seg.directory = np.frombuffer(mm, dtype="<u4", count=(1 << bits) + 1, offset=at)
+        seg.shift = np.uint64(64 - bits)
+        at = _align8(at + 4 * ((1 << bits) + 1))
+        if width:
+            need = n * 4 * width
+            if at + need != len(mm):
+                return None
+            seg.fixed = np.frombuffer(mm, dtype=f"<U{width}", count=n, offset=at)
+        else:
+            blob = int(meta["blob"])
+            if at + 8 * (n + 1) + blob != len(mm):
+                return None
+            seg.uid_offsets = np.frombuffer(mm, dtype="<u8", count=n + 1, offset=at)
+            seg.uid_blob = memoryview(mm)[at + 8 * (n + 1) : at + 8 * (n + 1) + blob]
+        seg.metas = [list(m) for m in meta["metas"]]
+        seg.spans = [(int(a), int(b), int(c)) for a, b, c in meta["spans"]]
+        seg.retired = [(str(s), int(p)) for s, p in meta["retired"]]
+        seg.sealed = bool(meta["sealed"])
+        seg.max_end = int(meta["max_end"])
+        seg.top = int(meta["top"])
+        return seg
+
+    def uid_at(self, i: int) -> str:
+        if self.fixed is not None:
+            return str(self.fixed[i])
+        offs = tp.cast(np.ndarray, self.uid_offsets)
+        blob = tp.cast(memoryview, self.uid_blob)
+        return str(blob[int(offs[i]) : int(offs[i + 1])], "utf-8")
+
+    def uids_at(self, positions: np.ndarray) -> list[str]:
+        if self.fixed is not None:
+            return tp.cast(list[str], self.fixed[positions].tolist())
+        return [self.uid_at(i) for i in positions.tolist()]
+
+    def all_uids(self) -> list[str]:
+        if self.fixed is not None:
+            return tp.cast(list[str], self.fixed.tolist())
+        return self.uids_at(np.arange(self.count))
+
+    def find(
+        self, hashes: np.ndarray, uids: tp.Sequence[str], arr: np.ndarray | None
+    ) -> np.ndarray:
+        """The position of each uid in this segment, -1 where absent. ``hashes`` are theirs;
+        ``arr`` their ``<U`` array when none holds a NUL (a vectorized check), else None."""
+        out = np.full(len(hashes), -1, dtype=np.int64)
+        if self.count == 0 or len(hashes) == 0:
+            return out
+        bucket = (hashes >> self.shift).astype(np.intp)
+        pos = self.directory[bucket].astype(np.int64)
+        end = self.directory[bucket + 1].astype(np.int64)
+        act = np.flatnonzero(pos < end)  # queries whose bucket holds entries
+        pos, end = pos[act], end[act]
+        table = self.hashes
+        same_uids = self._uid_checker(uids, arr)
+        while len(act):
+            # each round looks at the next entry of each query's bucket (sorted by hash)
+            found, wanted = table[pos], hashes[act]
+            same = found == wanted
+            onward = found < wanted
+            hits = np.flatnonzero(same)
+            if len(hits):
+                match = same_uids(pos[hits], act[hits])
+                out[act[hits[match]]] = pos[hits[match]]
+                onward[hits[~match]] = True  # a hash collision: look on
+            go = onward & (pos + 1 < end)
+            act, pos, end = act[go], pos[go] + 1, end[go]
+        return out
+
+    def _uid_checker(
+        self, uids: tp.Sequence[str], arr: np.ndarray | None
+    ) -> tp.Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """A function telling, for segment positions and query numbers, whether the stored uid
+        is the query's: code points compared as integer columns when both are fixed-width
+        (a string comparison costs 5x more), else one by one."""
+        if arr is None or self.fixed is None or len(arr) == 0:
+
+            def one_by_one(pos: np.ndarray, query: np.ndarray) -> np.ndarray:
+                pairs = zip(pos.tolist(), query.tolist(), strict=True)
+                return np.array([self.uid_at(p) == uids[q] for p, q in pairs], dtype=bool)
+
+            return one_by_one
+        mine = self.fixed.view(np.uint32).reshape(self.count, -1)
+        theirs = arr.view(np.uint32).reshape(len(arr), -1)
+        width = min(mine.shape[1], theirs.shape[1])
+
+        def codes(pos: np.ndarray, query: np.ndarray) -> np.ndarray:
+            a, b = mine[pos], theirs[query]
+            same: np.ndarray = a[:, 0] == b[:, 0]
+            for j in range(1, width):  # column by column: all(axis=1) costs 3x more
+                same &= a[:, j] == b[:, j]
+            for j in range(width, a.shape[1]):  # the stored uid goes on: the query must not
+                same &= a[:, j] == 0
+            for j in range(width, b.shape[1]):
+                same &= b[:, j] == 0
+            return same
+
+        return codes
+
+    def find_one(self, uid: str, h: int) -> int:
+        """The position of ``uid`` (whose hash is ``h``), -1 if absent."""
+        if not self.count:
+            return -1
+        bucket = h >> int(self.shift)
+        at, end = int(self.directory[bucket]), int(self.directory[bucket + 1])
+        hashes = self.hashes
+        while at < end:
+            found = int(hashes[at])
+            if found > h:
+                break
+            if found == h and self.uid_at(at) == uid:
+                return at
+            at += 1
+        return -1
+
+    def lookup(self, uids: tp.Sequence[str]) -> np.ndarray:
+        """``find`` for any number of uids (hashed in chunks)."""
+        out = np.empty(len(uids), dtype=np.int64)
+        for lo in range(0, len(uids), _HASH_CHUNK):
+            chunk = uids[lo : lo + _HASH_CHUNK]
+            arr = uid_array(chunk)
+            check = None if has_nul(chunk) else arr
+            out[lo : lo + len(chunk)] = self.find(hash_array(arr), chunk, check)
+        return out
+
+
+# --------------------------------------------------------------------------- building
+
+
+class Entries(tp.NamedTuple):
+    """The newest entry per uid of a pair (columns in any order), and what the pair says."""
+
+    uids: list[str]
+    offsets: np.ndarray
+    nbytes: np.ndarray
+    stamps: np.ndarray
+    meta_ids: np.ndarray
+    crcs: np.ndarray
+    metas: list[list[tp.Any]]
+    spans: list[list[int]]
+    retired: list[list[tp.Any]]
+    sealed: bool
+
+
+def _meta_key(meta: tp.Any) -> tuple[int, str | None, tuple[int, ...]]:
+    fmt, descr, shape = meta
+    return int(fmt), None if descr is None else str(descr), tuple(int(s) for s in shape or ())
+
+
+def _meta_nbytes(key: tuple[int, str | None, tuple[int, ...]]) -> int:
+    if key[0] == enc.ARRAY and key[1] is not None:
+        return int(np.prod(key[2], dtype=np.int64)) * enc.dtype_from_descr(key[1]).itemsize
+    return -1
+
+
+def read_pair(index_path: Path, end: int, shard_size: int) -> Entries | None:
+    """The entries of the index records before ``end`` (a record boundary), newest per uid, with
+    the checks readers make at ingest; None if those bytes are not exactly whole valid records."""
+    with open(index_path, "rb") as f:
+        data = sh.pread_all(f.fileno(), end, 0)
+    if len(data) != end or sh.parse_header(data, sh.INDEX_MAGIC) is None:
+        return None
+    scan = sh.scan_records(memoryview(data)[sh.INDEX_HEADER_BYTES :], sh.INDEX_HEADER_BYTES)
+    if scan.damage or scan.end != end:
+        return None
+    uids: list[str] = []
+    cols: list[list[np.ndarray]] = [[], [], [], [], []]  # offsets, nbytes, stamps, metas, crcs
+    metas: list[list[tp.Any]] = []
+    meta_ids: dict[tuple[int, str | None, tuple[int, ...]], int] = {}
+    spans: list[list[int]] = []
+    retired: list[list[tp.Any]] = []
+    sealed = False
+    for _, payload in scan.records:
+        obj = sh.decode_payload(payload)
+        if obj[0] == sh.RECORD_RETIRE:
+            retired.extend([str(s), int(p)] for s, p in obj[1])
+            continue
+        if obj[0] == sh.RECORD_SEAL:
+            sealed = True
+            continue
+        _, ruids, offs_b, nbytes_b, crcs_b, mix_b, rmetas, rspans = obj[:8]
+        stamp = obj[8] if len(obj) > 8 else 0
+        n = len(ruids)
+        offsets = np.frombuffer(offs_b, dtype="<i8")
+        nbytes = np.frombuffer(nbytes_b, dtype="<i8")
+        crcs = np.frombuffer(crcs_b, dtype="<u4")
+        mix = np.frombuffer(mix_b, dtype="<u4")
+        if not (len(offsets) == len(nbytes) == len(crcs) == len(mix) == n):
+            return None
+        if type(stamp) is int:
+            stamps = np.full(n, stamp, dtype=np.int64)
+        elif type(stamp) is bytes:
+            stamps = np.frombuffer(stamp, dtype="<i8")
+        else:
+            return None
+        if len(stamps) != n:
+            return None
+        local = []
+        for meta in rmetas:
+            key = _meta_key(meta)
+            found = meta_ids.get(key)
+            if found is None:
+                found = meta_ids[key] = len(metas)
+                metas.append([key[0], key[1], list(key[2])])
+            local.append(found)
+        if n and int(mix.max()) >= len(local):
+            return None
+        uids.extend(ruids)
+        cols[0].append(offsets)
+        cols[1].append(nbytes)
+        cols[2].append(stamps)
+        cols[3].append(np.array(local or [0], dtype=np.int64)[mix])
+        cols[4].append(crcs)
+        spans.extend([int(a), int(b), int(c)] for a, b, c in rspans or ())
+    if not uids:
+        empty = np.zeros(0, dtype=np.int64)
+        return Entries([], empty, empty, empty, empty, empty, metas, spans, retired, sealed)
+    offsets, nbytes, stamps, mids, crcs = (np.concatenate(c) for c in cols)
+    # newest per uid: the greatest stamp, then the later in the file (as readers order them)
+    order = None
+    if len(stamps) > 1 and bool((np.diff(stamps) < 0).any()):
+        order = np.lexsort((np.arange(len(stamps)), stamps))
+        last = dict(zip([uids[i] for i in order.tolist()], order.tolist(), strict=True))
+    else:
+        last = dict(zip(uids, range(len(uids)), strict=True))
+    keep = np.fromiter(last.values(), dtype=np.int64, count=len(last))
+    kept_uids = list(last)
+    offsets, nbytes, stamps, mids, crcs = (c[keep] for c in (offsets, nbytes, stamps, mids, crcs))
+    expected = np.array([_meta_nbytes(_meta_key(m)) for m in metas] or [0], dtype=np.int64)
+    ok = (
+        (offsets >= sh.SHARD_HEADER_BYTES)
+        & (offsets % sh.ALIGN == 0)
+        & (nbytes >= 0)
+        & (nbytes <= shard_size)
+        & (offsets <= shard_size - nbytes)
+        & ((expected[mids] < 0) | (expected[mids] == nbytes))
+    )
+    if not ok.all():
+        good = np.flatnonzero(ok)
+        kept_uids = [kept_uids[i] for i in good.tolist()]
+        offsets, nbytes, stamps, mids, crcs = (
+            c[good] for c in (offsets, nbytes, stamps, mids, crcs)
+        )
+    return Entries(kept_uids, offsets, nbytes, stamps, mids, crcs, metas, spans, retired, sealed)
+
+
+def encode(entries: Entries, file_id: bytes, covered: int, max_end: int) -> bytes:
+    """The bytes of a segment holding ``entries`` (one per uid)."""
+    uids = entries.uids
+    n = len(uids)
+    hashes = uid_hashes(uids)
+    order = np.argsort(hashes, kind="stable")
+    width = max(map(len, uids), default=0)
+    fixed = 0 < width <= FIXED_MAX_CHARS and not has_nul(uids)
+    uid_part: list[bytes] = []
+    blob_len = 0
+    sorted_uids = [uids[i] for i in order.tolist()]
+    if fixed:
+        uid_part.append(np.array(sorted_uids, dtype=f"<U{width}").tobytes())
+    else:
+        width = 0
+        encoded = [u.encode("utf-8", "surrogatepass") for u in sorted_uids]
+        offs = np.zeros(n + 1, dtype="<u8")
+        if n:
+            np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=n), out=offs[1:])
+        blob = b"".join(encoded)
+        blob_len = len(blob)
+        uid_part += [offs.tobytes(), blob]
+    meta = _meta_encoder.encode(
+        {
+            "metas": entries.metas,
+            "spans": entries.spans,
+            "retired": entries.retired,
+            "sealed": entries.sealed,
+            "max_end": max_end,
+            "top": int(entries.stamps.max()) if n else 0,
+            "blob": blob_len,
+        }
+    )
+    hashes = hashes[order]
+    bits = n.bit_length()  # 2**bits buckets: at most one entry each on average
+    directory = np.zeros((1 << bits) + 1, dtype="<u4")
+    directory[-1] = n
+    if bits:
+        starts = np.arange(1 << bits, dtype=np.uint64) << np.uint64(64 - bits)
+        directory[:-1] = np.searchsorted(hashes, starts)
+    parts = [
+        HEADER.pack(MAGIC, file_id, covered, n, len(meta), width, zlib.crc32(meta), bits),
+        meta,
+        bytes(-len(meta) % 8),
+        hashes.astype("<u8").tobytes(),
+        entries.offsets[order].astype("<i8").tobytes(),
+        entries.nbytes[order].astype("<i8").tobytes(),
+        entries.stamps[order].astype("<i8").tobytes(),
+        entries.meta_ids[order].astype("<u4").tobytes(),
+        entries.crcs[order].astype("<u4").tobytes(),
+        directory.tobytes(),
+    ]
+    parts.append(bytes(-sum(map(len, parts)) % 8))
+    return b"".join(parts + uid_part)
+
+
+def write(path: Path, content: bytes, *, fsync: bool) -> bool:
+    """Create the segment file (never replacing one); whether it was created."""
+    try:
+        create_new(path, content, fsync=fsync)
+    except OSError:
+        return False  # a segment only saves work: its pair stays readable without it
+    return True
+
+
+def build_for_pair(
+    paths: sh.StorePaths, stem: str, file_id: bytes, end: int, *, fsync: bool, replace: bool
+) -> bool:
+    """Build the segment of this process's own pair ``stem`` covering its index up to ``end``.
+
+    ``replace``: remove a segment of the pair that exists (this process wrote it, covering less).
+    Never raises: a pair without a segment is read the old way."""
+    try:
+        shard_size = os.stat(paths.shard(stem)).st_size
+        entries = read_pair(paths.index(stem), end, shard_size)
+        if entries is None or len(entries.uids) < MIN_ENTRIES:
+            return False
+        max_end = sh.referenced_end(entries.offsets, entries.nbytes, entries.spans)
+        content = encode(entries, file_id, end, max_end)
+        path = paths.segment(stem)
+        if replace:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return write(path, content, fsync=fsync)
+    except (OSError, ValueError, TypeError, IndexError, KeyError, MemoryError):
+        return False
+    except msgspec.DecodeError:
+        return False
+
+
+__all__ = [
+    "MAGIC",
+    "MIN_ENTRIES",
+    "PARK_MIN_ENTRIES",
+    "SUFFIX",
+    "Entries",
+    "Segment",
+    "build_for_pair",
+    "encode",
+    "has_nul",
+    "hash_array",
+    "read_pair",
+    "uid_array",
+    "uid_hashes",
+]

@@ -1,0 +1,325 @@
+"""Segments (``store/segment.py``): a pair's index folded into mapped sorted columns.
+
+Real processes fill caches (their writers seal their pairs at exit, and write segments), fresh
+readers open them through the segments; every answer is compared with a plain dict model.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import typing as tp
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from exca_lite.store import MapStore
+from exca_lite.store import segment as sg
+from exca_lite.store import writer as writer_module
+
+ENV = {**os.environ, "EXCA_LITE_SEGMENT_MIN": "1"}
+
+FILL = textwrap.dedent(
+    """
+    import sys, json
+    import numpy as np
+    from exca_lite.store import MapStore
+    folder, spec = sys.argv[1], json.loads(sys.argv[2])
+    store = MapStore(folder)
+    with store.writer() as w:
+        for uid, value in spec:
+            w.write(uid, np.full(3, value, dtype=np.float64) if value >= 0 else {"v": value})
+    """
+)
+
+
+def fill_process(folder: Path, spec: list[tuple[str, float]], **env: str) -> None:
+    """A process writing ``spec`` (uid, value) and exiting: its pair is sealed, with a segment."""
+    import json
+
+    subprocess.run(
+        [sys.executable, "-c", FILL, str(folder), json.dumps(spec)],
+        check=True,
+        env={**ENV, **env},
+        timeout=60,
+    )
+
+
+def value(store: MapStore, uid: str) -> float:
+    got = store.load(uid)
+    return float(got[0]) if isinstance(got, np.ndarray) else float(got["v"])
+
+
+def check_all(store: MapStore, model: dict[str, float], absent: tp.Sequence[str] = ()) -> None:
+    """Every way of reading the store agrees with ``model``."""
+    uids = list(model)
+    assert len(store) == len(model)
+    assert sorted(store.item_uids()) == sorted(model)
+    for uid, expected in model.items():
+        assert value(store, uid) == expected, uid
+        assert uid in store
+    served = list(store.load_many(uids))
+    got = [float(v[0]) if isinstance(v, np.ndarray) else float(v["v"]) for v in served]
+    assert got == [model[u] for u in uids]
+    assert store.missing([*uids, *absent, *uids]) == list(dict.fromkeys(absent))
+    for uid in absent:
+        assert uid not in store
+        with pytest.raises(KeyError):
+            store.load(uid)
+    arrays = [u for u in uids if model[u] >= 0]
+    if arrays:
+        stacked = store.stack(arrays)
+        assert stacked[:, 0].tolist() == [model[u] for u in arrays]
+
+
+def segment_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.six"))
+
+
+@pytest.mark.timeout(120)
+def test_a_cache_sealed_by_its_process_is_read_through_its_segment(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    model = {f"item-{i}": float(i) for i in rng.permutation(3000).tolist()}
+    model.update({f"odd-{i}": -float(i) - 1 for i in range(20)})  # not arrays: pickled/msgpack
+    fill_process(tmp_path, list(model.items()))
+    assert len(segment_files(tmp_path)) == 1
+    store = MapStore(tmp_path)
+    assert len(store._ix.segs) == 1 and not store._ix.rows  # nothing decoded into the dict
+    check_all(store, model, absent=["item-3000", "", "nope"])
+    assert store.verify() == []
+    assert store.stats()["items"] == len(model)
+
+
+@pytest.mark.timeout(120)
+def test_duplicates_across_pairs_the_newest_wins_and_compaction_keeps_it(tmp_path: Path) -> None:
+    model: dict[str, float] = {}
+    for k, (lo, hi) in enumerate([(0, 400), (200, 600), (100, 300)]):
+        spec = [(f"u{i}", float(1000 * k + i)) for i in range(lo, hi)]
+        fill_process(tmp_path, spec)
+        model.update(spec)
+    assert len(segment_files(tmp_path)) == 3
+    store = MapStore(tmp_path)
+    assert len(store._ix.segs) == 3
+    check_all(store, model, absent=["u600"])
+    assert store.verify() == []
+    report = store.compact()
+    assert report["items"] == len(model)
+    files = segment_files(tmp_path)
+    assert len(files) == 1 and files[0].name.startswith("c-")  # the sources' segments went
+    fresh = MapStore(tmp_path)
+    assert len(fresh._ix.segs) == 1 and not fresh._ix.rows
+    check_all(fresh, model, absent=["u600"])
+    assert fresh.verify() == []
+    check_all(store, model)  # the store that compacted reloads its view
+
+
+@pytest.mark.timeout(120)
+def test_segments_and_live_writer_pairs_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer pair of this process (unsealed: read into the dict) holds copies older than a
+    sealed pair's segment for some uids, newer for others: every reader serves the newest."""
+    monkeypatch.setattr(sg, "MIN_ENTRIES", 1)
+    store = MapStore(tmp_path)
+    with store.writer() as w:  # older than what the process below writes
+        for i in range(50):
+            w.write(f"u{i}", np.full(3, float(i)))
+    fill_process(tmp_path, [(f"u{i}", 100.0 + i) for i in range(25, 80)])
+    with store.writer() as w:  # the same parked pair goes on: newer than the segment
+        for i in range(70, 90):
+            w.write(f"u{i}", np.full(3, 200.0 + i))
+    model = {f"u{i}": float(i) for i in range(25)}
+    model.update({f"u{i}": 100.0 + i for i in range(25, 70)})
+    model.update({f"u{i}": 200.0 + i for i in range(70, 90)})
+    store.refresh()  # its view had not listed the other process's pair yet
+    for reader in (MapStore(tmp_path), store):
+        check_all(reader, model, absent=["u90"])
+    fresh = MapStore(tmp_path)
+    assert len(fresh._ix.segs) == 1 and fresh._ix.rows  # both kinds in one view
+    # a segment added to a view that has rows already: a reader that read the writer pair first
+    late = MapStore(tmp_path)
+    fill_process(tmp_path, [(f"u{i}", 300.0 + i) for i in range(0, 10)])
+    model.update({f"u{i}": 300.0 + i for i in range(10)})
+    late.refresh()
+    check_all(late, model, absent=["u90"])
+    store.close()  # seals this process's pair: it gets a segment too
+    final = MapStore(tmp_path)
+    assert len(final._ix.segs) == 3
+    check_all(final, model, absent=["u90"])
+    assert final.verify() == []
+
+
+@pytest.mark.timeout(120)
+def test_a_forced_hash_collision_never_serves_another_item(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sg, "MIN_ENTRIES", 1)
+    constant = lambda arr: np.zeros(len(arr), dtype=np.uint64)  # noqa: E731
+    monkeypatch.setattr(sg, "hash_array", constant)
+    model = {f"k{i}": float(i) for i in range(300)}
+    model["k1\x00"] = 7777.0  # differs from "k1" only by a NUL (numpy's <U drops those)
+    model["x" * 40] = 8888.0  # longer than the fixed-width column
+    store = MapStore(tmp_path)
+    with store.writer() as w:
+        for uid, v in model.items():
+            w.write(uid, np.full(3, v))
+    store.close()
+    reader = MapStore(tmp_path)
+    assert len(reader._ix.segs) == 1
+    assert int(reader._ix.segs[0].hashes.max()) == 0  # every entry collides
+    check_all(reader, model, absent=["k300", "k1\x00\x00", "x" * 39, "x" * 41])
+    assert reader.verify() == []
+    # the real hash again: that segment's hashes are now wrong for every uid: misses, never a
+    # wrong item (verify says the segment is damaged)
+    monkeypatch.undo()
+    other = MapStore(tmp_path)
+    found = [u for u in model if u in other]
+    for uid in found:
+        assert value(other, uid) == model[uid]
+    assert any("differ" in p for p in other.verify())
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("damage", ["truncated", "other_pair", "garbage_meta", "empty"])
+def test_a_damaged_segment_is_ignored_and_the_pair_read_the_old_way(
+    tmp_path: Path, damage: str
+) -> None:
+    model = {f"u{i}": float(i) for i in range(500)}
+    fill_process(tmp_path, list(model.items()))
+    (path,) = segment_files(tmp_path)
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "other_pair":
+        data[8:24] = bytes(16)
+    elif damage == "garbage_meta":
+        data[70:80] = b"\xff" * 10
+    else:
+        data = bytearray()
+    path.unlink()
+    path.write_bytes(bytes(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an ignored segment is no warning
+        store = MapStore(tmp_path)
+        assert not store._ix.segs and len(store._ix.rows) == len(model)
+        check_all(store, model, absent=["u500"])
+    assert any(str(path) in p for p in store.verify())
+    store.compact()  # folds the pair, its segment goes with it
+    assert not path.exists()
+    fresh = MapStore(tmp_path)
+    assert fresh._ix.segs
+    check_all(fresh, model)
+    assert fresh.verify() == []
+
+
+PARKED = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from exca_lite.store import MapStore
+    store = MapStore(sys.argv[1])
+    for step in range(3):
+        with store.writer() as w:
+            for i in range(100 * step, 100 * step + 150):
+                w.write(f"u{i}", np.full(3, 1000.0 * step + i))
+        print("parked", flush=True)
+        sys.stdin.readline()
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_a_big_parked_pair_gets_a_segment_while_its_writer_lives(tmp_path: Path) -> None:
+    """A process keeping its writer (a notebook) writes a segment when a big pair goes idle;
+    later records of the same pair are read past it."""
+    env = {**ENV, "EXCA_LITE_SEGMENT_PARK_MIN": "100"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PARKED, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    model: dict[str, float] = {}
+    try:
+        for step in range(3):
+            assert proc.stdout.readline().strip() == "parked"
+            model.update({f"u{i}": 1000.0 * step + i for i in range(100 * step, 100 * step + 150)})
+            store = MapStore(tmp_path)
+            # a segment at 150 entries, rebuilt at 300 (doubled), kept at 450: its tail is read
+            assert len(store._ix.segs) == 1, step
+            assert not store._ix.segs[0].sealed
+            check_all(store, model, absent=["u999"])
+            assert store.verify() == []
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+    finally:
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    store = MapStore(tmp_path)
+    assert store._ix.segs and store._ix.pairs[0].sealed
+    check_all(store, model)
+
+
+@pytest.mark.timeout(60)
+def test_clear_removes_segments(tmp_path: Path) -> None:
+    fill_process(tmp_path, [(f"u{i}", float(i)) for i in range(10)])
+    assert segment_files(tmp_path)
+    store = MapStore(tmp_path)
+    store.clear()
+    assert not segment_files(tmp_path) and len(MapStore(tmp_path)) == 0
+
+
+uid_text = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=0, max_size=40
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    batches=st.lists(
+        st.tuples(
+            st.lists(st.tuples(uid_text, st.booleans()), min_size=1, max_size=30),
+            st.sampled_from(["seal", "park", "compact"]),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_lookups_match_a_dict_model(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    batches: list[tuple[list[tuple[str, bool]], str]],
+) -> None:
+    """Random uids (unicode, NUL, empty, long), overwrites across pairs, sealed pairs (segments),
+    a parked one (rows), folding in between: every reader agrees with a dict."""
+    monkeypatch.setattr(sg, "MIN_ENTRIES", 1)
+    folder = tmp_path_factory.mktemp("model")
+    model: dict[str, float] = {}
+    counter = 0
+    store = MapStore(folder)
+    for items, then in batches:
+        with store.writer() as w:
+            for uid, as_array in items:
+                counter += 1
+                w.write(uid, np.full(3, float(counter)) if as_array else {"v": -float(counter)})
+                model[uid] = float(counter) if as_array else -float(counter)
+        if then == "seal":
+            store.close()
+        elif then == "compact":
+            store.compact()
+        check_all(MapStore(folder), model, absent=["\x00absent"])
+    writer_module.release_parked(store)
+    fresh = MapStore(folder)
+    check_all(fresh, model, absent=["\x00absent"])
+    assert fresh.verify() == []
+    store.clear()
