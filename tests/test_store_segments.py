@@ -162,6 +162,7 @@ def test_a_forced_hash_collision_never_serves_another_item(
     monkeypatch.setattr(sg, "MIN_ENTRIES", 1)
     constant = lambda arr: np.zeros(len(arr), dtype=np.uint64)  # noqa: E731
     monkeypatch.setattr(sg, "hash_array", constant)
+    monkeypatch.setattr(sg, "hash_one", lambda uid: 0)  # its scalar twin (a few uids)
     model = {f"k{i}": float(i) for i in range(300)}
     model["k1\x00"] = 7777.0  # differs from "k1" only by a NUL (numpy's <U drops those)
     model["x" * 40] = 8888.0  # longer than the fixed-width column

@@ -802,6 +802,18 @@ class MapStore:
         segs = [(k, g) for k, g in enumerate(ix.segs) if g.count]
         if not segs or not n:
             return best, where
+        if n <= _FEW:  # a few uids (a call with one new item): plain Python
+            for i, uid in enumerate(uids):
+                if uid in ix.dropped:
+                    continue
+                h = sg.hash_one(uid)
+                newest: tuple[int, int] | None = None
+                for k, seg in segs:
+                    at = seg.find_one(uid, h)
+                    if at >= 0 and (newest is None or (int(seg.stamps[at]), seg.rank) > newest):
+                        newest = (int(seg.stamps[at]), seg.rank)
+                        best[i], where[i] = k, at
+            return best, where
         lowest = np.iinfo(np.int64).min
         for lo in range(0, n, sg.HASH_CHUNK):
             chunk = uids[lo : lo + sg.HASH_CHUNK]
@@ -966,7 +978,8 @@ class MapStore:
         ix = self._ix
         # dedup only what is missing (usually few): hashing every uid into a set costs as much
         # as the lookups themselves on a million items
-        rest = list(itertools.filterfalse(ix.rows.__contains__, item_uids))
+        rows = ix.rows
+        rest = list(itertools.filterfalse(rows.__contains__, item_uids) if rows else item_uids)
         if rest and ix.segs:  # one vectorized pass over the segments for the others
             best, _ = self._seg_find(ix, rest)
             rest = list(itertools.compress(rest, (best < 0).tolist()))
@@ -978,6 +991,8 @@ class MapStore:
         view of its array."""
         if not self._loaded:
             self.refresh()
+        if len(item_uids) <= _FEW:  # a call with a few items: no numpy round trip
+            return map(self.load, item_uids)
         return self._iter_many(item_uids)
 
     def _iter_many(self, item_uids: tp.Sequence[str]) -> tp.Iterator[tp.Any]:
@@ -1033,7 +1048,7 @@ class MapStore:
             number, offset, nbytes, meta, crc, _ = _ROW.unpack_from(ix.raw, row * _ROW.size)
             return number, offset, nbytes, meta, crc
         if ix.segs and item_uid not in ix.dropped:
-            h = int(sg.uid_hashes([item_uid])[0])
+            h = sg.hash_one(item_uid)
             best: tuple[tuple[int, int], sg.Segment, int] | None = None
             for seg in ix.segs:
                 pos = seg.find_one(item_uid, h)

@@ -64,7 +64,7 @@ PARK_MIN_ENTRIES = int(os.environ.get("EXCA_LITE_SEGMENT_PARK_MIN", str(1 << 17)
 """A writer parked with at least this many entries not in a segment yet (and as many as the
 segment it has holds) writes one: a notebook's writer stays unsealed for hours while other
 processes open its cache."""
-MAX_ENTRIES = 1 << 25
+MAX_ENTRIES = 1 << 23
 """Pairs of more entries are not folded into a segment by their writer (building one holds the
 decoded uids in memory)."""
 _HASH_CHUNK = 1 << 16
@@ -90,6 +90,7 @@ def _multipliers(count: int) -> np.ndarray:
 
 
 _MULTS = _multipliers(256)
+_MULT_INTS = [int(m) for m in _MULTS]
 
 
 def hash_array(arr: np.ndarray) -> np.ndarray:
@@ -109,6 +110,19 @@ def hash_array(arr: np.ndarray) -> np.ndarray:
     h *= np.uint64(0xD6E8FEB86659FD93)
     h ^= h >> np.uint64(32)
     return h
+
+
+_MASK = (1 << 64) - 1
+
+
+def hash_one(uid: str) -> int:
+    """``hash_array`` of one uid, in plain Python (a numpy round trip costs more for one)."""
+    if len(uid) > len(_MULT_INTS):
+        return int(uid_hashes([uid])[0])
+    h = sum(map(int.__mul__, map(ord, uid), _MULT_INTS)) & _MASK
+    h ^= h >> 31
+    h = (h * 0xD6E8FEB86659FD93) & _MASK
+    return h ^ (h >> 32)
 
 
 def uid_array(uids: tp.Sequence[str]) -> np.ndarray:
@@ -297,15 +311,16 @@ class Segment:
         if self.count == 0 or len(hashes) == 0:
             return out
         bucket = (hashes >> self.shift).astype(np.intp)
-        pos = self.directory[bucket].astype(np.int64)
-        end = self.directory[bucket + 1].astype(np.int64)
+        pos = self.directory.take(bucket).astype(np.int64)  # take: faster than indexing
+        bucket += 1
+        end = self.directory.take(bucket).astype(np.int64)
         act = np.flatnonzero(pos < end)  # queries whose bucket holds entries
-        pos, end = pos[act], end[act]
+        pos, end = pos.take(act), end.take(act)
         table = self.hashes
         same_uids = self._uid_checker(uids, arr)
         while len(act):
             # each round looks at the next entry of each query's bucket (sorted by hash)
-            found, wanted = table[pos], hashes[act]
+            found, wanted = table.take(pos), hashes.take(act)
             same = found == wanted
             onward = found < wanted
             hits = np.flatnonzero(same)
@@ -330,12 +345,14 @@ class Segment:
                 return np.array([self.uid_at(p) == uids[q] for p, q in pairs], dtype=bool)
 
             return one_by_one
-        mine = self.fixed.view(np.uint32).reshape(self.count, -1)
-        theirs = arr.view(np.uint32).reshape(len(arr), -1)
-        width = min(mine.shape[1], theirs.shape[1])
+        # rows as one opaque item each: np.take gathers them 3x faster than 2-d indexing
+        mine, theirs = self.fixed.view(f"V{self.fixed.itemsize}"), arr.view(f"V{arr.itemsize}")
+        mine_width, their_width = self.fixed.itemsize // 4, arr.itemsize // 4
+        width = min(mine_width, their_width)
 
         def codes(pos: np.ndarray, query: np.ndarray) -> np.ndarray:
-            a, b = mine[pos], theirs[query]
+            a = mine.take(pos).view(np.uint32).reshape(len(pos), mine_width)
+            b = theirs.take(query).view(np.uint32).reshape(len(query), their_width)
             same: np.ndarray = a[:, 0] == b[:, 0]
             for j in range(1, width):  # column by column: all(axis=1) costs 3x more
                 same &= a[:, j] == b[:, j]
