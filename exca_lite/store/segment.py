@@ -290,7 +290,7 @@ class Segment:
             return str(self.fixed[i])
         offs = tp.cast(np.ndarray, self.uid_offsets)
         blob = tp.cast(memoryview, self.uid_blob)
-        return str(blob[int(offs[i]) : int(offs[i + 1])], "utf-8")
+        return bytes(blob[int(offs[i]) : int(offs[i + 1])]).decode("utf-8", "surrogatepass")
 
     def uids_at(self, positions: np.ndarray) -> list[str]:
         if self.fixed is not None:
