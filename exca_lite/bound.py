@@ -10,12 +10,16 @@ config: the infra in effect (default heritage applied), the uid, the cache paths
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing as tp
+import warnings
 from pathlib import Path
 
+import msgspec
+
 from . import taskcache
-from .config import InfraMarker, check_owner, field_infos, infra_plain, to_dict
-from .errors import ConfigError
+from .config import InfraMarker, check_owner, field_infos, from_dict, infra_plain, to_dict
+from .errors import ConfigError, CorruptCacheWarning, ValidationError
 from .taskcache import TaskPaths
 from .uid import canonical_bytes, method_uid, uid_config
 
@@ -222,6 +226,82 @@ class BoundMethod:
 
     def _write_configs(self) -> None:
         taskcache.write_configs(tp.cast(TaskPaths, self._paths), self._full_config, self._uid_bytes)
+
+    # # # every cache of this method and version # # #
+
+    def _cached_owners(self) -> list[tp.Any]:
+        """The owner of every cache of this method and version under ``folder``, rebuilt from its
+        config.json with this owner's infra, in folder-name order.
+
+        Read eagerly (a list): the one warning about skipped folders is then raised at the call,
+        pointing at the caller, rather than whenever (or never, if not exhausted) a lazy walk ends.
+        A folder counts only if its rebuilt config gives exactly that folder's uid: a config.json
+        from another class definition (a default since changed, a field since added with a
+        value) would otherwise yield an owner whose calls read another folder.
+        """
+        self._prepare()
+        method = self._method
+        cls = type(self._owner)
+        what = f"{cls.__qualname__}.{method.name}"
+        if self._infra.folder is None:
+            raise ValueError(
+                f"{what}.iter_cached() lists the caches under the infra's folder, and this "
+                "infra has none: set folder=... on the infra of the object it is called on"
+            )
+        head = self._uid.split("/", 1)[0]
+        method_dir = Path(self._infra.folder) / head
+        try:
+            names = sorted(e.name for e in os.scandir(method_dir) if not e.name.startswith("."))
+        except FileNotFoundError:
+            return []
+        field = method.infra_field(cls)
+        infra = getattr(self._owner, field)
+        init_fields = {f.name for f in dataclasses.fields(cls) if f.init}
+        owners: list[tp.Any] = []
+        skipped: list[str] = []
+        for name in names:
+            config = method_dir / name / "config.json"
+            try:
+                data = msgspec.json.decode(config.read_bytes())
+                if not isinstance(data, dict):
+                    raise ValidationError(f"holds a {type(data).__name__}, not a mapping")
+                # fields that no longer exist are dropped, as the config check ignores them: if
+                # one counted in this cache's uid, the uid comparison below tells
+                data = {k: v for k, v in data.items() if k in init_fields}
+                data[field] = infra
+                owner = from_dict(cls, data)
+                uid = method_uid(
+                    cls,
+                    self._ref,
+                    self._infra.version,
+                    uid_config(owner, method.exclude),
+                    method.func,
+                )
+            except FileNotFoundError:
+                skipped.append(f"{name} (no config.json: not a cache)")
+                continue
+            except (OSError, msgspec.DecodeError, ConfigError, ValidationError) as e:
+                skipped.append(f"{name} ({type(e).__name__}: {e})")
+                continue
+            if uid != f"{head}/{name}":
+                skipped.append(
+                    f"{name} (its config.json gives the uid {uid.split('/', 1)[1]} with the class "
+                    "as defined now: a class default changed?)"
+                )
+                continue
+            owners.append(owner)
+        if skipped:
+            shown = "; ".join(skipped[:5]) + (
+                f"; and {len(skipped) - 5} more" if skipped[5:] else ""
+            )
+            warnings.warn(
+                f"{what}.iter_cached(): skipped {len(skipped)} folder(s) of {method_dir} that are "
+                f"not readable caches of this class: {shown}. Remove them if they are not caches "
+                "(or clear them with `exca-lite clear`); a changed class needs a version bump",
+                CorruptCacheWarning,
+                stacklevel=3,
+            )
+        return owners
 
 
 def _check_excluded_name(cls: type, dotted: str, method: str) -> None:

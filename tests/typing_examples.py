@@ -58,6 +58,8 @@ def task_examples(tmp_path: Path) -> None:
     )
     tp.reveal_type(task.process.infra)  # revealed: exca_lite.task.infra.TaskInfra
     tp.reveal_type(task.process.clear())  # revealed: None
+    tp.assert_type(task.process.iter_cached(), tp.Iterator[MyTask])
+    tp.reveal_type(next(task.process.iter_cached()).param)  # revealed: int
     tp.assert_type(task.infra.mode, tp.Literal["cached", "retry", "force", "read-only"])
     task.process(1)  # error: call-arg
     xl.TaskInfra(cluster="locale")  # error: arg-type
@@ -73,6 +75,7 @@ def map_examples(tmp_path: Path) -> None:
     tp.reveal_type(feat.embed.uid())  # revealed: str
     tp.reveal_type(feat.embed.folder())  # revealed: pathlib.Path | None
     tp.reveal_type(feat.embed.cached_uids())  # revealed: list[str]
+    tp.assert_type(feat.embed.iter_cached(), tp.Iterator[Featurizer])
     tp.assert_type(feat.embed, BoundMap[Featurizer, str, npt.NDArray[np.float32]])
     feat.embed([1, 2])  # error: list-item
 

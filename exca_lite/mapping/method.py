@@ -200,6 +200,12 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         self._store.refresh()
         return self._store.item_uids()
 
+    def iter_cached(self) -> tp.Iterator[Own]:
+        """The owner of every cache of this method and version under ``folder``, rebuilt from its
+        config.json with this owner's infra, whatever its other fields; folders that are not
+        readable caches of this class are skipped, with one warning naming them."""
+        return iter(self._cached_owners())
+
     def clear(self) -> None:
         """Remove every cached item of this method and config."""
         self._prepare()

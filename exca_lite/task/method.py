@@ -327,6 +327,13 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
             return "completed"
         return "failed"
 
+    def iter_cached(self) -> tp.Iterator[Own]:
+        """The owner of every cache of this method and version under ``folder``, rebuilt from its
+        config.json with this owner's infra, whatever its other fields (the rows of a sweep's
+        results table: ``run.lr``, ``run.process.status()``, ``run.process()``). Folders that
+        are not readable caches of this class are skipped, with one warning naming them."""
+        return iter(self._cached_owners())
+
     def job(self) -> tp.Any:
         """The submitit job computing this task (submitted now if needed, not waited for).
 
