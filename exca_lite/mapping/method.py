@@ -35,6 +35,7 @@ from ..pools import (
 from ..store import CacheType, Durability, MapStore
 from ..taskcache import TaskPaths
 from ..uid import item_uid_name
+from .view import MapView
 
 if tp.TYPE_CHECKING:
     from .infra import MapInfra
@@ -187,6 +188,21 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         if self._store is None:
             return np.stack([self._ram[uid] for uid in uids])
         return self._store.stack(uids)
+
+    def view(self, items: tp.Iterable[X]) -> MapView[R]:
+        """A read-only sequence over the outputs of ``items`` (missing ones computed first): ``len``,
+        ``view[i]`` (zero-copy), ``view[i:j]`` and ``view[index_array]`` (one stacked array). It
+        pickles as a reference to the cache, for worker processes (``mapping/view.py``)."""
+        self._prepare()
+        if self._store is None:
+            raise ValueError(
+                f"{self._uid}: view() reads its items from the cache folder, and this MapInfra "
+                "has none: set MapInfra(folder=...)"
+            )
+        seq = items if isinstance(items, tp.Sequence) else list(items)
+        uids = self._item_uids(seq)
+        self._ensure(seq, uids)
+        return MapView.create(self._store, uids, self._uid)
 
     def compute(self, items: tp.Iterable[X]) -> int:
         """Make sure every item is cached (loading nothing); returns how many were computed."""
