@@ -26,9 +26,9 @@ from benchmarks.common import RESULTS_DIR, ROOT, Scenario, Sizes, tempdir, write
 
 
 def _scenarios() -> dict[str, tp.Callable[[Sizes, Path], Scenario]]:
-    from benchmarks import bench_map, bench_task
+    from benchmarks import bench_map, bench_task, bench_view
 
-    return {**bench_task.SCENARIOS, **bench_map.SCENARIOS}
+    return {**bench_task.SCENARIOS, **bench_map.SCENARIOS, **bench_view.SCENARIOS}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
