@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from view_defs import Vectors, compute_more, expected, permuted, run_worker
+from view_defs import Ragged, Vectors, compute_more, expected, permuted, run_worker
 
 import exca_lite as xl
 from exca_lite.mapping.view import VIEWS_DIR, MapView
@@ -223,3 +223,18 @@ def test_view_errors(tmp_path: Path) -> None:
     assert len(empty) == 0 and empty[:].shape == (0,)
     with pytest.raises(IndexError):
         empty[0]
+
+
+def test_outputs_that_do_not_stack_are_served_one_by_one(tmp_path: Path) -> None:
+    view = Ragged(infra=xl.MapInfra(folder=tmp_path)).embed.view([1, 3, -2])
+    assert view[1].tolist() == [0.0, 1.0, 2.0] and view[-1] == {"item": -2}
+    with pytest.raises(xl.StoreError, match="one shape and dtype"):
+        view[:2]
+    with pytest.raises(xl.StoreError, match="needs arrays"):
+        view[[2, 0]]
+    batch = pickle.loads(pickle.dumps(view)).__getitems__([1, 0, 2])  # a DataLoader's batch
+    assert [x.tolist() if isinstance(x, np.ndarray) else x for x in batch] == [
+        [0.0, 1.0, 2.0],
+        [0.0],
+        {"item": -2},
+    ]

@@ -31,6 +31,18 @@ class Vectors:
             yield expected(item)
 
 
+@dataclasses.dataclass(frozen=True)
+class Ragged:
+    """Outputs of several shapes (``item`` values), or not arrays (negative items)."""
+
+    infra: xl.MapInfra = xl.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def embed(self, items: tp.Sequence[int]) -> tp.Iterator[tp.Any]:
+        for item in items:
+            yield np.arange(item, dtype=np.float32) if item >= 0 else {"item": item}
+
+
 def permuted(n: int) -> list[int]:
     """The items of the pool test: a permutation of ``0..n-1`` (positions differ from items),
     computable in a worker without sending the list."""

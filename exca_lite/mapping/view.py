@@ -303,9 +303,13 @@ class MapView(tp.Generic[R]):
         return self._stack(self._take(self._positions(index)))
 
     def __getitems__(self, indices: tp.Sequence[int]) -> list[R]:
-        """A batch as a list of outputs (rows of one ``stack``): what a torch DataLoader asks a
-        dataset defining it for, instead of one ``__getitem__`` per index."""
-        return list(self[indices])
+        """A batch as a list of outputs: what a torch DataLoader asks a dataset defining it for,
+        instead of one ``__getitem__`` per index. Rows of one ``stack`` when the outputs are arrays
+        of one shape and dtype; else the outputs one by one (a custom ``collate_fn`` pads them)."""
+        try:
+            return list(self[indices])
+        except StoreError:  # not arrays, or of several shapes or dtypes: stack() cannot
+            return [self[i] for i in indices]
 
     def __iter__(self) -> tp.Iterator[R]:
         for position in range(self._count):
