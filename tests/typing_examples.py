@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 import exca_lite as xl
 from exca_lite.mapping.method import BoundMap
+from exca_lite.mapping.view import MapView
 from exca_lite.task.method import BoundTask, TaskMethod
 
 
@@ -78,6 +79,14 @@ def map_examples(tmp_path: Path) -> None:
     tp.assert_type(feat.embed.iter_cached(), tp.Iterator[Featurizer])
     tp.assert_type(feat.embed, BoundMap[Featurizer, str, npt.NDArray[np.float32]])
     feat.embed([1, 2])  # error: list-item
+    view = feat.embed.view(["a", "bb"])
+    tp.assert_type(view, MapView[npt.NDArray[np.float32]])
+    tp.assert_type(view[-1], npt.NDArray[np.float32])
+    tp.assert_type(view[np.int64(0)], npt.NDArray[np.float32])
+    tp.assert_type(view[0:2], np.ndarray)
+    tp.assert_type(view[[1, 0]], np.ndarray)
+    tp.reveal_type(len(view))  # revealed: int
+    feat.embed.view([1])  # error: list-item
 
 
 def config_examples(path: Path) -> None:
