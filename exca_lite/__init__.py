@@ -17,7 +17,7 @@ from .errors import (
     ValidationError,
 )
 from .mapping import MapInfra
-from .task import TaskInfra
+from .task import TaskInfra, job_array
 
 __version__ = "0.1.0"
 
@@ -35,6 +35,7 @@ __all__ = [
     "UidMismatchError",
     "ValidationError",
     "from_dict",
+    "job_array",
     "load_config",
     "to_dict",
 ]

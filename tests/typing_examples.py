@@ -17,6 +17,7 @@ import numpy.typing as npt
 import exca_lite as xl
 from exca_lite.mapping.method import BoundMap
 from exca_lite.mapping.view import MapView
+from exca_lite.task import TaskJob
 from exca_lite.task.method import BoundTask, TaskMethod
 
 
@@ -61,6 +62,9 @@ def task_examples(tmp_path: Path) -> None:
     tp.reveal_type(task.process.clear())  # revealed: None
     tp.assert_type(task.process.iter_cached(), tp.Iterator[MyTask])
     tp.reveal_type(next(task.process.iter_cached()).param)  # revealed: int
+    tp.assert_type(xl.job_array([task.process], max_parallel=2), list[TaskJob[float]])
+    tp.reveal_type(xl.job_array([task.process])[0].result())  # revealed: float
+    xl.job_array([task.process()])  # error: arg-type
     tp.assert_type(task.infra.mode, tp.Literal["cached", "retry", "force", "read-only"])
     task.process(1)  # error: call-arg
     xl.TaskInfra(cluster="locale")  # error: arg-type

@@ -1,9 +1,12 @@
 """One cached result per config: ``TaskInfra`` (``infra.py``), its method and bound object, the
-job protocol and the RAM copies (``method.py``). The cache folder's files are ``taskcache.py``'s.
+job protocol and the RAM copies (``method.py``), sweeps submitted as one job array (``array.py``).
+The cache folder's files are ``taskcache.py``'s.
 
-Only ``TaskInfra`` is imported here: ``method.py`` needs numpy, which ``import exca_lite`` avoids.
+``method.py`` is not imported here: it needs numpy, which ``import exca_lite`` avoids (``array.py``
+imports it when ``job_array`` runs).
 """
 
+from .array import TaskJob, job_array
 from .infra import TaskInfra
 
-__all__ = ["TaskInfra"]
+__all__ = ["TaskInfra", "TaskJob", "job_array"]

@@ -44,6 +44,8 @@ _RAM: dict[str, list[tp.Any]] = {}
 # jobs submitted (or re-attached) by this process, keyed by uid
 _JOBS: dict[str, tp.Any] = {}
 _POLL_MAX_S = 0.2
+# what _claim returns when the task must be run (or submitted) by its caller
+SUBMIT: tp.Any = object()
 # submitit jobs warn from __del__ when collected during interpreter teardown: drop them first
 atexit.register(_JOBS.clear)
 
@@ -153,6 +155,13 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
             self._cell = cell
         return tp.cast(R, result)
 
+    def _forget_job(self) -> None:
+        """The outcome is on disk: the job this process submitted for it (``job_array``, ``job()``)
+        is done with; a local one is waited for, as ``_wait`` does."""
+        job = _JOBS.pop(self._uid, None)
+        if job is not None:
+            _let_local_job_exit(job)
+
     def _agrees_with(self, other: BoundTask[tp.Any, tp.Any]) -> bool:
         """Whether a RAM copy filled by ``other`` (same uid) may be served here: only if the two
         configs pass the check a cache folder's config.json gets."""
@@ -167,9 +176,13 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         self._check_configs()
         result = taskcache.load_result(paths)
         if result is not _MISSING:
+            if _JOBS:
+                self._forget_job()
             return result
         failure = taskcache.load_failure(paths)
         if failure is not None and not (self._infra.mode == "retry" and not self._retried):
+            if _JOBS:
+                self._forget_job()
             raise failure.error()
         if self._infra.mode == "read-only":
             raise CacheMissError(
@@ -192,6 +205,18 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
 
     def _claim_or_submit(self, paths: TaskPaths) -> tp.Any:
         """Under the task lock: the live job to wait for, or None when the outcome is on disk."""
+        claim = self._claim(paths)
+        if claim is not SUBMIT:
+            return claim
+        if self._infra.cluster is None:
+            run_task_job(self._owner, self._ref, str(paths.folder), self._uid)
+            return None
+        return self._submit(paths)
+
+    def _claim(self, paths: TaskPaths) -> tp.Any:
+        """Under the task lock: None when the outcome is on disk, the live job computing it (this
+        process's, or the one job.pkl records), else ``SUBMIT``: the caller must run it now
+        (``job_array`` submits many at once, each under its lock)."""
         force_now = self._infra.mode == "force" and not self._forced
         retry_now = self._infra.mode == "retry" and not self._retried
         if force_now:
@@ -209,11 +234,10 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
             _JOBS.pop(self._uid, None)
         self._forced = self._retried = True
         if self._infra.cluster is None:
-            run_task_job(self._owner, self._ref, str(paths.folder), self._uid)
-            return None
+            return SUBMIT
         job = self._recorded_job(paths)
         if job is None:
-            return self._submit(paths)
+            return SUBMIT
         if self._is_alive(job):
             return job
         if not taskcache.has_outcome(paths):
@@ -264,14 +288,27 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
     def _submit(self, paths: TaskPaths) -> tp.Any:
         from ..execution import make_executor
 
-        name = self._infra.job_name or f"{type(self._owner).__name__}.{self._method.name}"
-        executor = make_executor(self._infra, name)
-        job = executor.submit(run_task_job, self._owner, self._ref, str(paths.folder), self._uid)
-        if executor.cluster != "debug":  # a debug job runs in this process: no record to share
+        executor = make_executor(self._infra, self.job_name())
+        job = executor.submit(*self.job_call())
+        self._record(job, executor.cluster)
+        return job
+
+    def job_name(self) -> str:
+        """The name submitted jobs get: ``job_name``, else ``{Class}.{method}``."""
+        return self._infra.job_name or f"{type(self._owner).__name__}.{self._method.name}"
+
+    def job_call(self) -> tuple[tp.Any, ...]:
+        """What a job runs: ``run_task_job`` and its arguments (for ``executor.submit``)."""
+        paths = tp.cast(TaskPaths, self._paths)
+        return (run_task_job, self._owner, self._ref, str(paths.folder), self._uid)
+
+    def _record(self, job: tp.Any, cluster: str) -> None:
+        """Under the task lock, just submitted: record the job for every process to find."""
+        paths = tp.cast(TaskPaths, self._paths)
+        if cluster != "debug":  # a debug job runs in this process: no record to share
             atomic_write(Path(paths.job), pickle.dumps(job))
         _JOBS[self._uid] = job
         _link_logs(paths, job)
-        return job
 
     def _wait(self, job: tp.Any, paths: TaskPaths) -> tp.Any:
         import submitit
@@ -365,26 +402,38 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
 
 
 class InlineJob(tp.Generic[R]):
-    """A job-like handle for work done in this process: ``result()`` computes or loads."""
+    """A job-like handle for work done in this process: ``result()`` computes or loads.
 
-    def __init__(self, bound: BoundTask[tp.Any, R]) -> None:
+    ``error``: the failure of a computation already done here that no folder caches (a task
+    without a folder, run by ``job_array``): re-raised rather than computed again.
+    """
+
+    def __init__(self, bound: BoundTask[tp.Any, R], error: Exception | None = None) -> None:
         self._bound = bound
+        self._error = error
         self.job_id = "inline"
 
     def result(self) -> R:
+        if self._error is not None:
+            raise self._error
         return self._bound()
 
     def wait(self) -> None:
-        self._bound()
+        try:
+            self.result()
+        except Exception:  # as submitit's Job.wait(): waits, raises nothing
+            pass
 
     def done(self) -> bool:
+        if self._error is not None:
+            return True
         return self._bound.status() in ("completed", "failed")
 
     def exception(self) -> BaseException | None:
         """The job's error (computing or loading first), or None if it succeeded, as submitit's
         ``Job.exception()``."""
         try:
-            self._bound()
+            self.result()
         except Exception as e:
             return e
         return None
@@ -417,6 +466,15 @@ def _link_logs(paths: TaskPaths, job: tp.Any) -> None:
         pass
 
 
+def _job_id() -> str:
+    """The id of the job running here, as submitit and sacct name it (``{array}_{task}`` in an
+    array task: its own SLURM_JOB_ID is a number no one else shows)."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID") or ""
+
+
 def run_task_job(
     owner: tp.Any, method_name: str, folder: str, uid: str = "", reraise: bool = True
 ) -> tp.Any:
@@ -426,7 +484,7 @@ def run_task_job(
     try:
         value = method.func(owner)
     except Exception as e:
-        job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or ""
+        job_id = _job_id()
         failure = Failure(
             uid=uid or folder,
             type=type(e).__name__,
