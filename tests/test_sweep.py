@@ -246,6 +246,8 @@ def test_job_array_sweep(
         (run.lr, run.seed): 1 for run in runs
     }
     assert [run.train.status() for run in runs] == ["completed"] * 5 + ["failed"]
+    for job in jobs[3:]:
+        job.wait()  # local controllers reaped before the test ends
     # the failure is cached per task: a second sweep submits and computes nothing
     task_module._RAM.clear()
     task_module._JOBS.clear()

@@ -45,6 +45,8 @@ class TaskJob(tp.Protocol[R_co]):
 
     def done(self) -> bool: ...
 
+    def wait(self) -> None: ...
+
 
 def job_array(
     methods: tp.Sequence[BoundTask[tp.Any, R]], max_parallel: int | None = None
