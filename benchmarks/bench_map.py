@@ -350,7 +350,7 @@ def bench_map_one_new(sizes: Sizes, tmp: Path) -> Scenario:
         start = time.perf_counter()
         cache, out = hf_peer.add_one(cache, item, item_dim, tmp / f"part-{next(parts)}.arrow")
         seconds = time.perf_counter() - start
-        if float(out[0]) != item or out.shape != (item_dim,):
+        if float(out[0]) != float(np.float32(item)) or out.shape != (item_dim,):
             raise RuntimeError(f"HF read {out!r} for new item {item}")
         return cache, seconds
 
