@@ -17,7 +17,7 @@ from .errors import (
     ValidationError,
 )
 from .mapping import MapInfra
-from .task import TaskInfra, job_array
+from .task import TaskInfra, WorkDir, job_array
 
 __version__ = "0.1.0"
 
@@ -34,6 +34,7 @@ __all__ = [
     "TaskInfra",
     "UidMismatchError",
     "ValidationError",
+    "WorkDir",
     "from_dict",
     "job_array",
     "load_config",

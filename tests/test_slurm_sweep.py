@@ -1,4 +1,5 @@
-"""``xl.job_array`` on the project's SLURM test cluster (tests/slurm/cluster.sh): real arrays.
+"""``xl.job_array`` and code snapshots on the project's SLURM test cluster (tests/slurm/cluster.sh):
+real arrays, real held jobs.
 
 Run, skipped and failed exactly as test_slurm.py's tests (its ``slurm_cluster`` fixture): only
 against the project's own cluster, never skipped under ``CI=true``. Jobs wait at a gate file, so
@@ -157,3 +158,37 @@ def test_sweep_submits_only_new_configs_and_reattaches_to_a_running_one(tmp_path
     again = xl.job_array([r.train for r in runs])
     assert [job.job_id for job in again] == ["inline"] * 6
     assert [r.train.status() for r in runs] == ["completed"] * 5 + ["failed"]
+
+
+@pytest.mark.timeout(180)
+def test_held_job_runs_the_code_as_submitted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two jobs submitted held (sbatch --hold) with the same code share one copy of it; the
+    module is edited, then they are released: they run the code as it was at submission."""
+    from test_workdir import copies, snap_module, write_module
+
+    module, src, name = snap_module(tmp_path, monkeypatch)
+    cache = tmp_path / "cache"
+    workdir = xl.WorkDir(copied=(name,))
+    held = xl.TaskInfra(
+        folder=cache, cluster="slurm", workdir=workdir, slurm_additional_parameters={"hold": True}
+    )
+    snaps = [module.Snap(param=p, infra=held) for p in (1, 2)]
+    jobs = [snap.where.job() for snap in snaps]
+    for job in jobs:
+        info = scontrol_job(job.job_id)
+        assert (info["JobState"], info["Reason"]) == ("PENDING", "JobHeldUser"), info
+    (copy,) = copies(cache)  # the same code submitted twice is copied once
+    write_module(src, name, "v2")
+    run("scontrol", "release", *(job.job_id for job in jobs))
+    for snap in snaps:
+        assert snap.where() == {
+            "version": "v1",
+            "cwd": str(copy),
+            "file": str(copy / f"{name}.py"),
+        }
+    # submitted after the edit: the new code, in a copy of its own
+    now = xl.TaskInfra(folder=cache, cluster="slurm", workdir=workdir)
+    assert module.Snap(param=3, infra=now).where()["version"] == "v2"
+    assert len(copies(cache)) == 2

@@ -1,5 +1,5 @@
 """One cached result per config: ``TaskInfra`` (``infra.py``), its method and bound object, the
-job protocol and the RAM copies (``method.py``), sweeps submitted as one job array (``array.py``).
+job protocol and the RAM copies (``method.py``), sweeps submitted as one job array (``array.py``), code snapshots for jobs (``workdir.py``).
 The cache folder's files are ``taskcache.py``'s.
 
 ``method.py`` is not imported here: it needs numpy, which ``import exca_lite`` avoids (``array.py``
@@ -8,5 +8,6 @@ imports it when ``job_array`` runs).
 
 from .array import TaskJob, job_array
 from .infra import TaskInfra
+from .workdir import WorkDir
 
-__all__ = ["TaskInfra", "TaskJob", "job_array"]
+__all__ = ["TaskInfra", "TaskJob", "WorkDir", "job_array"]

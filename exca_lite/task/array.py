@@ -157,8 +157,10 @@ def _submit(
             executor = make_executor(head._infra, head.job_name())
             if max_parallel is not None and executor.cluster == "slurm":
                 executor.update_parameters(slurm_array_parallelism=max_parallel)
+            copies: dict[tp.Any, tp.Any] = {}  # one copy of the code (workdir) per array
+            calls = [bounds[k].job_call(copies) for k in members]
             with executor.batch():
-                array = [executor.submit(*bounds[k].job_call()) for k in members]
+                array = [executor.submit(*call) for call in calls]
             for k, job in zip(members, array, strict=True):
                 bounds[k]._record(job, executor.cluster)
                 jobs[k] = job

@@ -20,6 +20,7 @@ from ..infra import (
     exclude_tuple,
     track_explicit_fields,
 )
+from .workdir import WorkDir
 
 if tp.TYPE_CHECKING:
     from .method import TaskMethod
@@ -35,11 +36,19 @@ class TaskInfra(Infra):
 
     cluster: Cluster | None = None
     mode: Mode = "cached"
+    workdir: WorkDir | None = None
+    """Run submitted jobs from a copy of this code, made at submission (ignored for
+    ``cluster=None`` and ``"debug"``, which run in this process)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice(TaskInfra, "cluster", self.cluster, TASK_CLUSTERS)
         check_choice(TaskInfra, "mode", self.mode, TASK_MODES)
+        if self.workdir is not None and not isinstance(self.workdir, WorkDir):
+            raise TypeError(
+                f"TaskInfra.workdir must be an xl.WorkDir, got {self.workdir!r}: "
+                'e.g. workdir=xl.WorkDir(copied=("mypkg",))'
+            )
         if self.cluster is not None and self.folder is None:
             raise ValueError(
                 f"TaskInfra(cluster={self.cluster!r}) needs a folder: results come back through "

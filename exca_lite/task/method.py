@@ -297,10 +297,27 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         """The name submitted jobs get: ``job_name``, else ``{Class}.{method}``."""
         return self._infra.job_name or f"{type(self._owner).__name__}.{self._method.name}"
 
-    def job_call(self) -> tuple[tp.Any, ...]:
-        """What a job runs: ``run_task_job`` and its arguments (for ``executor.submit``)."""
+    def job_call(self, copies: dict[tp.Any, tp.Any] | None = None) -> tuple[tp.Any, ...]:
+        """What a job runs: ``run_task_job`` and its arguments (for ``executor.submit``), from a
+        copy of the code when the infra has a ``workdir`` (``copies``: the calls of one
+        submission share their copy, instead of hashing the code once per task)."""
         paths = tp.cast(TaskPaths, self._paths)
-        return (run_task_job, self._owner, self._ref, str(paths.folder), self._uid)
+        call = (run_task_job, self._owner, self._ref, str(paths.folder), self._uid)
+        infra = self._infra
+        if infra.workdir is None or infra.cluster in (None, "debug"):
+            return call
+        # submitit's own dependency, which pickles the classes of a script (__main__) by value
+        import cloudpickle  # type: ignore[import-untyped]
+
+        from .workdir import run_from_snapshot, snapshot
+
+        key = (infra.workdir, str(infra.folder))
+        copy = None if copies is None else copies.get(key)
+        if copy is None:
+            copy = snapshot(infra.workdir, tp.cast(Path, infra.folder))
+            if copies is not None:
+                copies[key] = copy
+        return (run_from_snapshot, str(copy), cloudpickle.dumps(call))
 
     def _record(self, job: tp.Any, cluster: str) -> None:
         """Under the task lock, just submitted: record the job for every process to find."""
