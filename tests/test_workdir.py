@@ -112,14 +112,17 @@ def test_a_copied_folder_keeps_python_sources_only(
     (lib / "data.csv").write_text("1,2\n")
     (lib / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
     (lib / ".hidden.py").write_text("")
+    (tmp_path / "extra").mkdir()
+    (tmp_path / "extra" / "c.py").write_text("C = 3\n")
     monkeypatch.chdir(tmp_path / "work")
     cache = tmp_path / "cache"
-    workdir = xl.WorkDir(copied=(name, "lib"))
+    # a path leaving the current directory is copied under its own name, inside the copy
+    workdir = xl.WorkDir(copied=(name, "lib", "../extra"))
     out = module.Snap(infra=xl.TaskInfra(folder=cache, cluster="local", workdir=workdir)).where()
     (copy,) = copies(cache)
     assert out["cwd"] == str(copy)
     files = sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file())
-    assert files == ["lib/a.py", "lib/sub/b.py", f"{name}.py"]
+    assert files == ["extra/c.py", "lib/a.py", "lib/sub/b.py", f"{name}.py"]
 
 
 def test_workdir_errors_name_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

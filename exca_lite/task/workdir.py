@@ -72,8 +72,10 @@ def _sources(workdir: WorkDir) -> list[tuple[Path, str]]:
                     f"WorkDir(copied=...) names {name!r}, which does not exist (relative paths "
                     f"are taken from the current directory, {os.getcwd()})"
                 )
-            target = name if not path.is_absolute() else path.name
-            out.append((path.resolve(), os.path.normpath(target)))
+            target = os.path.normpath(name)
+            if path.is_absolute() or target.startswith(os.pardir):
+                target = path.resolve().name  # kept inside the copy
+            out.append((path.resolve(), target))
             continue
         top = name.split(".")[0]
         spec = importlib.util.find_spec(top)
