@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import typing as tp
 
+import numpy as np
+
 import exca_lite as xl
 
 
@@ -39,6 +41,18 @@ class Experiment:
     @infra.apply
     def process(self) -> float:
         return score(self.seed, self.lr)
+
+
+@dataclasses.dataclass(frozen=True)
+class Embedding:
+    """A task whose result is a (256,) float32 array (task_hit_disk's array case)."""
+
+    seed: int = 0
+    infra: xl.TaskInfra = xl.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> np.ndarray:
+        return np.arange(256, dtype=np.float32) * self.seed
 
 
 def score(seed: int, lr: float) -> float:

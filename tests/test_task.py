@@ -684,3 +684,27 @@ def test_inline_job_has_exception_like_submitit(tmp_path: Path) -> None:
     ok = Task(param=1).process.job()
     assert ok.exception() is None
     assert ok.result() == Task(param=1).process()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.arange(256, dtype=np.float32),
+        np.asfortranarray(np.arange(12).reshape(3, 4)),
+        np.array(3.5),
+        np.zeros((0, 3)),
+        np.zeros(2, dtype=[("a", "<i4"), ("b", "<f8")]),
+        np.arange(5, dtype=">i2"),
+    ],
+)
+def test_a_small_array_result_reads_back_as_np_load_gives_it(tmp_path: Path, value: tp.Any) -> None:
+    from exca_lite import taskcache
+
+    path = tmp_path / "result.npy"
+    np.save(path, value)
+    for _ in range(2):  # the second read takes the parsed header from the cache
+        got = taskcache._read_small_npy(str(path), path.stat().st_size)
+        ref = np.load(path)
+        assert got.dtype == ref.dtype and got.shape == ref.shape and got.flags.writeable
+        assert got.flags.f_contiguous == ref.flags.f_contiguous
+        np.testing.assert_array_equal(got, ref)
