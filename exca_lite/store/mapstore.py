@@ -69,6 +69,8 @@ CHECK_YOUNG_NS = 600 * 10**9
 """Records of other processes published less than this long ago (by their stamp) have their bytes
 checked against their checksums before a reader takes them in: late visibility can show a reader
 zeros or stale pages at first. Older ones are settled: verify() checks those."""
+SEGMENT_TAIL_CHECK = 1 << 20
+"""A young writer segment on a local filesystem has the spans of this many last bytes checked."""
 AUTO_FOLD_PAIRS = 16
 """A new writer pair in a folder holding more pairs than this folds the sealed ones (and small
 compacted ones) into one: the number of files stays bounded whatever the history."""
@@ -382,7 +384,7 @@ class MapStore:
         if seg.max_end > _file_size(self.paths.shard(pair.name.stem)):
             return False  # late visibility: the records say when it can be read
         young = time.time_ns() - CHECK_YOUNG_NS
-        if pair.name.is_writer and seg.top > young and self.network and not self._seg_ok(seg):
+        if pair.name.is_writer and seg.top > young and not self._seg_ok(seg, whole=self.network):
             return False
         try:
             seg.meta_map = np.array([self._intern(m) for m in seg.metas] or [0], dtype=np.int64)
@@ -396,9 +398,15 @@ class MapStore:
         ix.add_segment(seg, pair)
         return True
 
-    def _seg_ok(self, seg: sg.Segment) -> bool:
-        """Whether the shard bytes of a young segment of another host match their checksums
-        (late visibility can show zeros or stale pages at first): its spans and large arrays."""
+    def _seg_ok(self, seg: sg.Segment, whole: bool) -> bool:
+        """Whether the shard bytes of a young writer segment match their checksums (late
+        visibility can show zeros or stale pages at first). ``whole`` (a network filesystem):
+        its spans and large arrays, as readers check young records; else the spans of its last
+        ``SEGMENT_TAIL_CHECK`` bytes only (bytes arriving late are the last written; a local
+        filesystem shows every byte written before the segment, so this costs a fresh open of a
+        big cache microseconds, not a read of its whole shard)."""
+        if not whole:
+            return self._seg_tail_ok(seg)
         try:
             with open(self.paths.shard(seg.path.name[: -len(sg.SUFFIX)]), "rb") as f:
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -417,6 +425,30 @@ class MapStore:
                 if not ok:
                     return False
         return True
+
+    def _seg_tail_ok(self, seg: sg.Segment) -> bool:
+        """``_seg_ok`` of the spans ending in the last ``SEGMENT_TAIL_CHECK`` bytes, read with one
+        ``pread`` (mapping them would cost a page fault per page in a fresh process)."""
+        last = max((b for _, b, _ in seg.spans), default=0)
+        spans = [span for span in seg.spans if span[1] > last - SEGMENT_TAIL_CHECK]
+        if not spans:
+            return True
+        low = max(min(a for a, _, _ in spans), last - 4 * SEGMENT_TAIL_CHECK)
+        spans = [span for span in spans if span[0] >= low] or [max(spans, key=lambda s: s[1])]
+        low = min(low, min(a for a, _, _ in spans))
+        try:
+            fd = os.open(self.paths.shard(seg.path.name[: -len(sg.SUFFIX)]), os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            data = memoryview(sh.pread_all(fd, last - low, low))
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        if len(data) < last - low:
+            return False
+        return all(enc.word_checksum(data[a - low : b - low]) == c for a, b, c in spans)
 
     def _read_new(self, ix: _Index, pair: _Pair) -> None:
         path = pair.index_path
