@@ -24,6 +24,8 @@ import threading
 import time
 import typing as tp
 
+from .execution import pid_is_alive
+
 WATCH_INTERVAL_S = 0.2
 
 
@@ -105,28 +107,12 @@ def init_worker(driver_pid: int) -> None:
 
 def _watch(driver_pid: int, parent: int) -> None:
     global _orphaned
-    while os.getppid() == parent and _pid_alive(driver_pid):
+    while os.getppid() == parent and pid_is_alive(driver_pid):
         time.sleep(WATCH_INTERVAL_S)
     with _state_lock:
         _orphaned = True
         if _busy == 0:
             _exit_worker()
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether ``pid`` runs: a zombie (killed, not yet reaped by its parent) does not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[-1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in (b"Z", b"X")
 
 
 @contextlib.contextmanager

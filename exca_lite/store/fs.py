@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from ..errors import StoreError
+from .format import write_all
 
 NO_LOCK_ERRNOS = frozenset(
     {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
@@ -76,9 +77,7 @@ def create_new(path: Path, content: bytes, *, fsync: bool) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         try:
-            view = memoryview(content)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, content)
             if fsync:
                 os.fsync(fd)
         finally:
@@ -103,9 +102,7 @@ def create_new(path: Path, content: bytes, *, fsync: bool) -> None:
 def _create_exclusive(path: Path, content: bytes, *, fsync: bool) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        view = memoryview(content)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, content)
         if fsync:
             os.fsync(fd)
     finally:
