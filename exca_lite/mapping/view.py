@@ -17,11 +17,9 @@ so the process that created the view keeps its list (it holds it already).
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import mmap
 import os
-import secrets
 import struct
 import threading
 import typing as tp
@@ -31,7 +29,7 @@ import numpy as np
 
 from ..errors import CacheMissError, StoreError
 from ..store import Durability, MapStore
-from ..store.fs import fsync_folder, store_error
+from ..store.fs import create_new, store_error
 
 R = tp.TypeVar("R")
 
@@ -40,7 +38,6 @@ _MAGIC = b"XLVIEW1\n"
 _HEADER = struct.Struct("<8sQQQ")  # magic, item count, bytes of the uid blob, flags
 _HAS_NUL = 1  # a flag: some uid holds a NUL byte
 _PAIR = struct.Struct("<2q")  # where uid i and uid i + 1 start in the blob
-_NO_LINK_ERRNOS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV)
 
 Index: tp.TypeAlias = "int | np.integer[tp.Any] | slice | tp.Sequence[int] | np.ndarray"
 
@@ -95,36 +92,13 @@ def write_uids(folder: str, uids: list[str], durability: Durability) -> str:
     path = views / name
     if path.is_file() and path.stat().st_size == len(content):
         return name  # the same items viewed before (here or by another process)
-    # a name of its own per writer: two threads or processes creating the same view at once
-    # never write into one temp file (a shared one could be linked half written)
-    tmp = views / f".{name}.{os.getpid()}-{secrets.token_hex(4)}.new"
     try:
         views.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(content)
-            if durability == "fsync":
-                f.flush()
-                os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # complete from its first appearance; never replaces a file
-        except FileExistsError:
-            pass  # another writer published the same content first
-        except OSError as exc:
-            if exc.errno not in _NO_LINK_ERRNOS:
-                raise
-            # no hard links here (some FUSE and SMB mounts): a rename replacing a file of the same
-            # name replaces it with the same bytes (the name is their hash), which readers
-            # holding the old file cannot tell apart
-            os.replace(tmp, path)
-        if durability == "fsync":
-            fsync_folder(views)
+        create_new(path, content, fsync=durability == "fsync")
+    except FileExistsError:
+        pass  # another writer published the same content (the name is its hash) first
     except OSError as exc:
         raise store_error("writing the view file", path, exc) from exc
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
     return name
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import secrets
 from pathlib import Path
 
 from ..errors import StoreError
@@ -73,7 +74,8 @@ def store_error(action: str, path: str | os.PathLike[str], exc: OSError) -> Stor
 def create_new(path: Path, content: bytes, *, fsync: bool) -> None:
     """Create ``path`` holding ``content``, complete from its first appearance; FileExistsError if
     something has that name (it is never replaced)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    # a temp name of its own per call: two threads creating the same file never share one
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.new")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         try:

@@ -1931,7 +1931,7 @@ class MapStore:
         }
 
 
-_TEMP_PAIR_FILE = re.compile(r"^\.(?:w|c)-[0-9a-f-]+\.(?:idx|bin|six)\.\d+\.new$")
+_TEMP_PAIR_FILE = re.compile(r"^\.(?:w|c)-[0-9a-f-]+\.(?:idx|bin|six)\.\d+(?:-[0-9a-f]+)?\.new$")
 
 
 def _is_data_file(name: str) -> bool:
