@@ -129,8 +129,10 @@ def test_pools_default_to_one_worker_per_cpu(tmp_path: Path) -> None:
     pids = feat.pid.stack([f"i{k}" for k in range(64)])[:, 0]
     assert 1 <= len(set(pids.tolist())) <= available_cpus()
     assert xl.MapInfra().max_jobs is None  # unset: the pool's size follows the machine
+    feat.pid._prepare()
     assert feat.pid._max_jobs() == available_cpus()  # (pids alone cannot tell 2 from 128 workers)
     array = Pids(infra=xl.MapInfra(folder=tmp_path, cluster="local"))
+    array.pid._prepare()
     assert array.pid._max_jobs() == 128
 
 
