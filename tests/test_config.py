@@ -471,3 +471,56 @@ def test_case9_an_unsupported_value_leaves_no_cache_folder(tmp_path: Path) -> No
     with pytest.raises(xl.ConfigError, match=r"values\[0\].*numpy.int64"):
         bad.total()
     assert list(tmp_path.iterdir()) == []
+
+
+# # # field annotations: the quick look-up agrees with typing.get_type_hints # # #
+
+Num = float  # an alias of a number: only the full resolution sees through it
+Ints = tuple[int, ...]
+Choice = tp.Literal["a", "b"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Annotated:
+    a: int = 1
+    b: float | None = None
+    c: Num = 1.0
+    d: Ints = (1,)
+    e: list[float] = dataclasses.field(default_factory=list)
+    f: Path | str | None = None
+    g: tuple[str, ...] = ()
+    h: Choice = "a"
+    i: tp.Optional[int] = None  # noqa: UP045
+    j: dict[str, Num] = dataclasses.field(default_factory=dict)
+    k: bool = False
+    m: Encoder | None = None
+    infra: xl.TaskInfra = xl.TaskInfra()
+
+    @infra.apply
+    def run(self) -> int:
+        return 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inherits(Encoder):  # inherited fields are annotated in task_defs' namespace
+    extra: Num = 2.0
+
+
+@pytest.mark.parametrize("cls", [_Annotated, _Inherits, xl.TaskInfra, xl.MapInfra])
+def test_field_numbers_match_the_full_annotation_resolution(cls: type) -> None:
+    from exca_lite import config
+
+    hints = tp.get_type_hints(cls)
+    for info in config.field_infos(cls):
+        hint = hints[info.name]
+        number = config._number_type(hint)
+        assert info.number is number, info.name
+        coerce = None if number is not None else config._coercer(hint)
+        assert (info.coerce is None) == (coerce is None), info.name
+
+
+def test_numbers_behind_an_alias_still_count_by_their_annotation() -> None:
+    a = _Annotated(c=2, j={"x": 3})
+    b = _Annotated(c=2.0, j={"x": 3.0})
+    assert a.run.uid() == b.run.uid()
+    assert a.run.uid() != _Annotated(c=2.5).run.uid()
