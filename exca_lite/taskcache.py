@@ -37,6 +37,7 @@ class TaskPaths:
 
     __slots__ = (
         "_folder",
+        "array_result",
         "base",
         "config",
         "error",
@@ -58,6 +59,7 @@ class TaskPaths:
         self.result_pkl = f"{base}/result.pkl"
         self.result_npy = f"{base}/result.npy"
         self.error = f"{base}/error.json"
+        self.array_result = False  # last found as result.npy: look there first next time
         self.job = f"{base}/job.pkl"
         self.logs = f"{base}/logs"
         self.lock = f"{base}/task.lock"
@@ -87,43 +89,61 @@ class Failure(msgspec.Struct):
 
 
 def load_result(paths: TaskPaths, warn: bool = True) -> tp.Any:
-    """The cached result, or ``_MISSING``; a damaged file warns and counts as missing."""
+    """The cached result, or ``_MISSING``; a damaged file warns and counts as missing.
+
+    Raw ``os`` calls rather than file objects, and no existence check before opening: a cached
+    result is read on every call of a task with ``keep_in_ram=False`` (~5 us saved per call).
+    """
+    path = paths.result_npy if paths.array_result else paths.result_pkl
     try:
-        # no exception for the kind of result that is not there (a raised FileNotFoundError
-        # costs microseconds): one of the two files exists
-        if os.access(paths.result_pkl, os.F_OK):
-            with open(paths.result_pkl, "rb") as f:
-                return pickle.load(f)
-    except FileNotFoundError:
-        pass
+        for _ in range(2):  # result.pkl and result.npy, the one last found first
+            if path == paths.result_pkl:
+                raw = _read_file(path)
+                if raw is not None:
+                    paths.array_result = False
+                    return pickle.loads(tp.cast(bytearray, raw))
+                path = paths.result_npy
+            else:
+                data = _read_file(path, mmap_min=MMAP_MIN_BYTES)
+                if data is not None:
+                    paths.array_result = True
+                    if isinstance(data, int):  # large: mapped, not read
+                        return np.load(path, mmap_mode="r")
+                    return _small_npy(data)
+                path = paths.result_pkl
+        return _MISSING
     except Exception as e:
         if not warn:
             return _MISSING
         warnings.warn(
-            f"unreadable cached result {paths.result_pkl} ({type(e).__name__}: {e}); "
+            f"unreadable cached result {path} ({type(e).__name__}: {e}); "
             "it is ignored and will be recomputed",
             CorruptCacheWarning,
             stacklevel=3,
         )
         return _MISSING
+
+
+def _read_file(path: str, mmap_min: int | None = None) -> bytearray | int | None:
+    """A whole file's bytes; None if it does not exist; its size if ``mmap_min`` bytes or more."""
     try:
-        size = os.stat(paths.result_npy).st_size
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return _MISSING
+        return None
     try:
-        if size >= MMAP_MIN_BYTES:
-            return np.load(paths.result_npy, mmap_mode="r")
-        return _read_small_npy(paths.result_npy, size)
-    except Exception as e:
-        if not warn:
-            return _MISSING
-        warnings.warn(
-            f"unreadable cached result {paths.result_npy} ({type(e).__name__}: {e}); "
-            "it is ignored and will be recomputed",
-            CorruptCacheWarning,
-            stacklevel=3,
-        )
-        return _MISSING
+        size = os.fstat(fd).st_size
+        if mmap_min is not None and size >= mmap_min:
+            return size
+        data = bytearray(size)
+        view, done = memoryview(data), 0
+        while done < size:  # one read, unless the file is over 2 GiB
+            got = os.readv(fd, [view[done:]])
+            if got == 0:
+                raise ValueError("file shorter than its size")
+            done += got
+        return data
+    finally:
+        os.close(fd)
 
 
 _NPY_HEADERS: dict[bytes, tuple[np.dtype[tp.Any], tuple[int, ...], bool]] = {}
@@ -131,12 +151,8 @@ _NPY_HEADERS: dict[bytes, tuple[np.dtype[tp.Any], tuple[int, ...], bool]] = {}
 (``ast.literal_eval`` and friends: most of a 60 us load of a small array)."""
 
 
-def _read_small_npy(path: str, size: int) -> np.ndarray:
-    """A small .npy file as a writable array, as ``np.load`` gives it, in one read."""
-    data = bytearray(size)
-    with open(path, "rb", buffering=0) as f:
-        if f.readinto(data) != size:
-            raise ValueError("file shorter than its size")
+def _small_npy(data: bytes | bytearray) -> np.ndarray:
+    """A small .npy file's bytes as a writable array, as ``np.load`` gives it."""
     if data[:6] != b"\x93NUMPY":
         raise ValueError("not a .npy file")
     if data[6] == 1:

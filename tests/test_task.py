@@ -703,7 +703,7 @@ def test_a_small_array_result_reads_back_as_np_load_gives_it(tmp_path: Path, val
     path = tmp_path / "result.npy"
     np.save(path, value)
     for _ in range(2):  # the second read takes the parsed header from the cache
-        got = taskcache._read_small_npy(str(path), path.stat().st_size)
+        got = taskcache.load_result(taskcache.TaskPaths(tmp_path))
         ref = np.load(path)
         assert got.dtype == ref.dtype and got.shape == ref.shape and got.flags.writeable
         assert got.flags.f_contiguous == ref.flags.f_contiguous
