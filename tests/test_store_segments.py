@@ -7,6 +7,7 @@ readers open them through the segments; every answer is compared with a plain di
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -156,16 +157,24 @@ def test_segments_and_live_writer_pairs_together(
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("column", ["blob", "fixed"])
 def test_a_forced_hash_collision_never_serves_another_item(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, column: str
 ) -> None:
     monkeypatch.setattr(sg, "MIN_ENTRIES", 1)
     constant = lambda arr: np.zeros(len(arr), dtype=np.uint64)  # noqa: E731
     monkeypatch.setattr(sg, "hash_array", constant)
     monkeypatch.setattr(sg, "hash_one", lambda uid: 0)  # its scalar twin (a few uids)
+    # and its twin on code point columns (lookups of uids without NUL)
+    monkeypatch.setattr(sg, "hash_codes", lambda codes, starts, ends, width: constant(starts))
     model = {f"k{i}": float(i) for i in range(300)}
-    model["k1\x00"] = 7777.0  # differs from "k1" only by a NUL (numpy's <U drops those)
-    model["x" * 40] = 8888.0  # longer than the fixed-width column
+    absent = ["k300", "k1\x00\x00", "x" * 39, "x" * 41, "k", "k1000", "k10\x00", "", "j1"]
+    if column == "blob":  # uids the fixed-width column cannot hold: stored as utf-8
+        model["k1\x00"] = 7777.0  # differs from "k1" only by a NUL (numpy's <U drops those)
+        model["x" * 40] = 8888.0  # longer than the fixed-width column
+    else:  # lookups compare code point columns: prefixes and extensions of stored uids
+        model["x" * 32] = 8888.0
+        absent += ["k1\x00", "x" * 31, "x" * 33, "x" * 40]
     store = MapStore(tmp_path)
     with store.writer() as w:
         for uid, v in model.items():
@@ -174,7 +183,13 @@ def test_a_forced_hash_collision_never_serves_another_item(
     reader = MapStore(tmp_path)
     assert len(reader._ix.segs) == 1
     assert int(reader._ix.segs[0].hashes.max()) == 0  # every entry collides
-    check_all(reader, model, absent=["k300", "k1\x00\x00", "x" * 39, "x" * 41])
+    assert (reader._ix.segs[0].fixed is not None) == (column == "fixed")
+    check_all(reader, model, absent=absent)
+    # a batch without NUL compares code point columns (one NUL sends a batch one by one)
+    clean = [u for u in absent if "\x00" not in u]
+    assert reader.missing([*model, *clean]) == clean
+    narrow = [u for u in model if len(u) < 32]  # a batch narrower than the stored column
+    assert reader.missing([*narrow, "x" * 31, "k"]) == ["x" * 31, "k"]
     assert reader.verify() == []
     # the real hash again: that segment's hashes are now wrong for every uid: misses, never a
     # wrong item (verify says the segment is damaged)
@@ -324,3 +339,24 @@ def test_lookups_match_a_dict_model(
     check_all(fresh, model, absent=["\x00absent"])
     assert fresh.verify() == []
     store.clear()
+
+
+def test_lookups_hash_uids_as_segments_do() -> None:
+    """``Query`` hashes uids from a column of code points; segments were written with
+    ``hash_array`` of a ``<U`` array: both must agree on every uid (surrogates, astral
+    characters, empty and long uids), and a uid with a NUL falls back to ``hash_array``."""
+    rng = random.Random(0)
+    alphabet = "ab\u00e9\u4e2d\U0001f600\ud800x9"
+    for trial in range(200):
+        longest = 300 if trial % 4 == 0 else 20
+        uids = [
+            "".join(rng.choice(alphabet) for _ in range(rng.randrange(longest)))
+            for _ in range(rng.randrange(1, 60))
+        ]
+        if trial % 10 == 0:
+            uids.append(uids[0] + "\x00")
+        query = sg.Query(uids)
+        assert (query.matrix is None) == any("\x00" in u for u in uids)
+        assert np.array_equal(query.hashes, sg.uid_hashes(uids)), uids
+        assert [sg.hash_one(u) for u in uids] == query.hashes.tolist()
+    assert len(sg.Query([]).hashes) == 0

@@ -199,7 +199,7 @@ class _Index:
         if not len(cand):
             return
         sub = [keys[i] for i in cand.tolist()]
-        pos = seg.find(sg.uid_hashes(sub), sub, None if sg.has_nul(sub) else sg.uid_array(sub))
+        pos = seg.find(sg.Query(sub))
         stem = pair.name.stem
         for i, p in zip(cand[pos >= 0].tolist(), pos[pos >= 0].tolist(), strict=True):
             stamp, theirs = int(seg.stamps[p]), int(stamps[i])
@@ -848,20 +848,17 @@ class MapStore:
             return best, where
         lowest = np.iinfo(np.int64).min
         for lo in range(0, n, sg.HASH_CHUNK):
-            chunk = uids[lo : lo + sg.HASH_CHUNK]
-            arr = sg.uid_array(chunk)
-            hashes = sg.hash_array(arr)
-            check = None if sg.has_nul(chunk) else arr
+            chunk = sg.Query(uids[lo : lo + sg.HASH_CHUNK])
             b, w = best[lo : lo + len(chunk)], where[lo : lo + len(chunk)]
             if len(segs) == 1:
                 k, seg = segs[0]
-                w[:] = seg.find(hashes, chunk, check)
+                w[:] = seg.find(chunk)
                 b[w >= 0] = k
                 continue
             top = np.full(len(chunk), lowest, dtype=np.int64)
             rank = np.full(len(chunk), -1, dtype=np.int64)
             for k, seg in segs:
-                pos = seg.find(hashes, chunk, check)
+                pos = seg.find(chunk)
                 found = pos >= 0
                 stamps = np.where(found, seg.stamps[np.maximum(pos, 0)], lowest)
                 better = found & ((stamps > top) | ((stamps == top) & (seg.rank > rank)))
@@ -1011,10 +1008,14 @@ class MapStore:
         # dedup only what is missing (usually few): hashing every uid into a set costs as much
         # as the lookups themselves on a million items
         rows = ix.rows
-        rest = list(itertools.filterfalse(rows.__contains__, item_uids) if rows else item_uids)
+        if rows:
+            rest = list(itertools.filterfalse(rows.__contains__, item_uids))
+        else:
+            rest = item_uids if isinstance(item_uids, list) else list(item_uids)
         if rest and ix.segs:  # one vectorized pass over the segments for the others
             best, _ = self._seg_find(ix, rest)
-            rest = list(itertools.compress(rest, (best < 0).tolist()))
+            absent = np.flatnonzero(best < 0)
+            rest = [rest[i] for i in absent.tolist()] if len(absent) < len(rest) else rest
         return list(dict.fromkeys(rest))
 
     def load_many(self, item_uids: tp.Sequence[str]) -> tp.Iterator[tp.Any]:

@@ -146,6 +146,83 @@ def has_nul(uids: tp.Sequence[str]) -> bool:
     return "\x00" in "".join(uids)
 
 
+def hash_codes(codes: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
+    """``hash_array`` of uids given as one column of code points (``codes[starts[i]:ends[i]]``
+    is uid ``i``, ``codes[ends[i]]`` a 0, ``width`` the longest): one gather per character
+    position. A ``(n, width)`` matrix of the code points (what ``hash_array`` takes) costs twice
+    as much to build from Python strings, and so does summing per-code products with reduceat."""
+    global _MULTS
+    if width >= len(_MULTS):
+        _MULTS = _multipliers(max(width + 1, 2 * len(_MULTS)))
+    h = np.zeros(len(starts), dtype=np.uint64)
+    at = starts.copy()
+    for j in range(width):  # past its end, a uid reads its terminating 0: it adds nothing
+        h += codes.take(at).astype(np.uint64) * _MULTS[j]
+        at += 1
+        np.minimum(at, ends, out=at)
+    h ^= h >> np.uint64(31)
+    h *= np.uint64(0xD6E8FEB86659FD93)
+    h ^= h >> np.uint64(32)
+    return h
+
+
+class Query:
+    """Uids to look up, hashed once for every segment. Without a NUL in any uid, they are also
+    a matrix of code points (a row per uid, 0-padded, as many columns as the widest fixed-width
+    segment can need), so hits are checked against the stored uids with integer comparisons;
+    else one by one."""
+
+    __slots__ = ("hashes", "matrix", "uids")
+
+    def __init__(self, uids: tp.Sequence[str]) -> None:
+        self.uids = uids
+        self.matrix: np.ndarray | None = None
+        n = len(uids)
+        if n == 0:
+            self.hashes = np.zeros(0, dtype=np.uint64)
+            return
+        # a join and one encode run in C: ~8x cheaper than numpy building a <U array of the uids
+        joined = "\x00".join([*uids, ""]).encode("utf-32-le", "surrogatepass")
+        codes = np.frombuffer(joined, dtype="<u4")
+        ends = np.flatnonzero(codes == 0)
+        if len(ends) != n:  # some uid holds a NUL: its end is not the first 0 after its start
+            self.hashes = uid_hashes(uids)
+            return
+        starts = np.empty(n, dtype=np.intp)
+        starts[0] = 0
+        starts[1:] = ends[:-1] + 1
+        width = int((ends - starts).max())
+        self.hashes = hash_codes(codes, starts, ends, width)
+        # a fixed-width column is FIXED_MAX_CHARS wide at most: one more column tells a longer
+        # query from the stored uid it starts with
+        self.matrix = matrix = np.zeros((n, min(width, FIXED_MAX_CHARS + 1)), dtype=np.uint32)
+        at = starts
+        for j in range(matrix.shape[1]):
+            matrix[:, j] = codes.take(at)
+            at = np.minimum(at + 1, ends)  # past its end a uid reads its 0: padding
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def same_as(self, fixed: np.ndarray, pos: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """Whether the stored uids ``fixed[pos]`` (a ``<U`` column without NULs) are the uids of
+        queries ``query``; requires ``self.matrix``."""
+        width = fixed.itemsize // 4
+        # rows as one opaque item each: np.take gathers them 3x faster than 2-d indexing
+        stored = fixed.view(f"V{fixed.itemsize}").take(pos).view(np.uint32)
+        stored = stored.reshape(len(pos), width)
+        theirs = tp.cast(np.ndarray, self.matrix).take(query, axis=0)
+        common = min(width, theirs.shape[1])
+        same = np.ones(len(pos), dtype=bool)
+        for j in range(common):  # column by column: all(axis=1) costs 3x more
+            same &= stored[:, j] == theirs[:, j]
+        for j in range(common, width):  # the stored uid goes on: the query must not
+            same &= stored[:, j] == 0
+        if theirs.shape[1] > width:  # the query goes on: the stored uid must not
+            same &= theirs[:, width] == 0
+        return same
+
+
 def _align8(size: int) -> int:
     return (size + 7) // 8 * 8
 
@@ -302,67 +379,58 @@ class Segment:
             return tp.cast(list[str], self.fixed.tolist())
         return self.uids_at(np.arange(self.count))
 
-    def find(
-        self, hashes: np.ndarray, uids: tp.Sequence[str], arr: np.ndarray | None
-    ) -> np.ndarray:
-        """The position of each uid in this segment, -1 where absent. ``hashes`` are theirs;
-        ``arr`` their ``<U`` array when none holds a NUL (a vectorized check), else None."""
+    def find(self, q: Query) -> np.ndarray:
+        """The position of each uid of ``q`` in this segment, -1 where absent."""
+        hashes = q.hashes
         out = np.full(len(hashes), -1, dtype=np.int64)
         if self.count == 0 or len(hashes) == 0:
             return out
         bucket = (hashes >> self.shift).astype(np.intp)
-        pos = self.directory.take(bucket).astype(np.int64)  # take: faster than indexing
+        pos = self.directory.take(bucket).astype(np.intp)  # take: faster than indexing
         bucket += 1
-        end = self.directory.take(bucket).astype(np.int64)
+        end = self.directory.take(bucket).astype(np.intp)
         act = np.flatnonzero(pos < end)  # queries whose bucket holds entries
-        pos, end = pos.take(act), end.take(act)
+        if len(act) < len(pos):
+            pos, end = pos.take(act), end.take(act)
         table = self.hashes
-        same_uids = self._uid_checker(uids, arr)
+        same_uids = self._uid_checker(q)
         while len(act):
             # each round looks at the next entry of each query's bucket (sorted by hash)
             found, wanted = table.take(pos), hashes.take(act)
             same = found == wanted
-            onward = found < wanted
             hits = np.flatnonzero(same)
             if len(hits):
-                match = same_uids(pos[hits], act[hits])
-                out[act[hits[match]]] = pos[hits[match]]
-                onward[hits[~match]] = True  # a hash collision: look on
-            go = onward & (pos + 1 < end)
-            act, pos, end = act[go], pos[go] + 1, end[go]
+                hit_pos, hit_act = pos.take(hits), act.take(hits)
+                match = same_uids(hit_pos, hit_act)
+                out[hit_act[match]] = hit_pos[match]
+                if match.all():  # no collision: only entries of smaller hashes go on
+                    onward = found < wanted
+                else:
+                    onward = (found < wanted) | same
+                    onward[hits[match]] = False
+            else:
+                onward = found < wanted
+            pos += 1
+            go = onward & (pos < end)
+            if not go.all():
+                keep = np.flatnonzero(go)
+                act, pos, end = act.take(keep), pos.take(keep), end.take(keep)
         return out
 
-    def _uid_checker(
-        self, uids: tp.Sequence[str], arr: np.ndarray | None
-    ) -> tp.Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    def _uid_checker(self, q: Query) -> tp.Callable[[np.ndarray, np.ndarray], np.ndarray]:
         """A function telling, for segment positions and query numbers, whether the stored uid
         is the query's: code points compared as integer columns when both are fixed-width
         (a string comparison costs 5x more), else one by one."""
-        if arr is None or self.fixed is None or len(arr) == 0:
+        fixed = self.fixed
+        if q.matrix is None or fixed is None:
+            uids = q.uids
 
             def one_by_one(pos: np.ndarray, query: np.ndarray) -> np.ndarray:
                 pairs = zip(pos.tolist(), query.tolist(), strict=True)
                 return np.array([self.uid_at(p) == uids[q] for p, q in pairs], dtype=bool)
 
             return one_by_one
-        # rows as one opaque item each: np.take gathers them 3x faster than 2-d indexing
-        mine, theirs = self.fixed.view(f"V{self.fixed.itemsize}"), arr.view(f"V{arr.itemsize}")
-        mine_width, their_width = self.fixed.itemsize // 4, arr.itemsize // 4
-        width = min(mine_width, their_width)
-
-        def codes(pos: np.ndarray, query: np.ndarray) -> np.ndarray:
-            a = mine.take(pos).view(np.uint32).reshape(len(pos), mine_width)
-            b = theirs.take(query).view(np.uint32).reshape(len(query), their_width)
-            same: np.ndarray = a[:, 0] == b[:, 0]
-            for j in range(1, width):  # column by column: all(axis=1) costs 3x more
-                same &= a[:, j] == b[:, j]
-            for j in range(width, a.shape[1]):  # the stored uid goes on: the query must not
-                same &= a[:, j] == 0
-            for j in range(width, b.shape[1]):
-                same &= b[:, j] == 0
-            return same
-
-        return codes
+        return lambda pos, query: q.same_as(fixed, pos, query)
 
     def find_one(self, uid: str, h: int) -> int:
         """The position of ``uid`` (whose hash is ``h``), -1 if absent."""
@@ -385,9 +453,7 @@ class Segment:
         out = np.empty(len(uids), dtype=np.int64)
         for lo in range(0, len(uids), _HASH_CHUNK):
             chunk = uids[lo : lo + _HASH_CHUNK]
-            arr = uid_array(chunk)
-            check = None if has_nul(chunk) else arr
-            out[lo : lo + len(chunk)] = self.find(hash_array(arr), chunk, check)
+            out[lo : lo + len(chunk)] = self.find(Query(chunk))
         return out
 
 
@@ -610,8 +676,10 @@ __all__ = [
     "Segment",
     "build_for_pair",
     "encode",
+    "Query",
     "has_nul",
     "hash_array",
+    "hash_codes",
     "read_pair",
     "uid_array",
     "uid_hashes",
