@@ -1013,10 +1013,28 @@ class MapStore:
         else:
             rest = item_uids if isinstance(item_uids, list) else list(item_uids)
         if rest and ix.segs:  # one vectorized pass over the segments for the others
-            best, _ = self._seg_find(ix, rest)
-            absent = np.flatnonzero(best < 0)
-            rest = [rest[i] for i in absent.tolist()] if len(absent) < len(rest) else rest
+            absent = self._seg_absent(ix, rest)
+            rest = [rest[i] for i in absent] if len(absent) < len(rest) else rest
         return list(dict.fromkeys(rest))
+
+    def _seg_absent(self, ix: _Index, uids: tp.Sequence[str]) -> list[int]:
+        """The positions of the uids no segment holds (or found damaged): membership only, so
+        no copy is ranked, and nothing is allocated per uid beyond a batch."""
+        segs = [g for g in ix.segs if g.count]
+        if len(uids) <= _FEW or not segs:
+            best, _ = self._seg_find(ix, uids)
+            return np.flatnonzero(best < 0).tolist()
+        absent: list[int] = []
+        for lo in range(0, len(uids), sg.HASH_CHUNK):
+            chunk = sg.Query(uids[lo : lo + sg.HASH_CHUNK])
+            found = segs[0].find(chunk) >= 0
+            for seg in segs[1:]:
+                found |= seg.find(chunk) >= 0
+            absent += (np.flatnonzero(~found) + lo).tolist()
+        if ix.dropped:
+            kept = set(absent)
+            absent = [i for i, uid in enumerate(uids) if i in kept or uid in ix.dropped]
+        return absent
 
     def load_many(self, item_uids: tp.Sequence[str]) -> tp.Iterator[tp.Any]:
         """``load`` of each uid in turn, lazily; their rows are found a batch at a time (one
