@@ -105,6 +105,30 @@ def test_a_series_of_same_shape_arrays_round_trips_whatever_their_layout(tmp_pat
     np.testing.assert_array_equal(pickled, base + 5)
 
 
+
+@pytest.mark.timeout(60)
+@_SETTINGS
+@given(arr=arrays())
+def test_a_batch_of_arrays_reads_back_as_written_views(tmp_path: Path, arr: np.ndarray) -> None:
+    # load_many serves a batch of one shard and one meta as rows of one strided view of the map:
+    # each must be the array written, read-only, whatever its dtype and shape (0-d, empty,
+    # datetime64 and structured included), with or without other items in the batch
+    folder = tmp_path / f"c{next(_counter)}"
+    values = {f"i{k}": arr for k in range(40)}
+    values.update({f"j{k}": np.full(3, k, dtype=np.int16) for k in range(3)})
+    store = MapStore(folder)
+    with store.writer() as writer:
+        for uid, value in values.items():
+            writer.write(uid, value)
+    reader = MapStore(folder)
+    for batch in (list(values)[:40], list(values), list(values)[::-1]):
+        for uid, got in zip(batch, reader.load_many(batch), strict=True):
+            want = values[uid]
+            assert type(got) is np.ndarray, uid
+            assert got.dtype == want.dtype and got.shape == want.shape, uid
+            assert not got.flags.writeable, uid
+            assert got.tobytes() == np.ascontiguousarray(want).tobytes(), uid
+
 plain = st.recursive(
     st.none()
     | st.booleans()
