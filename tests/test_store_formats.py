@@ -105,7 +105,6 @@ def test_a_series_of_same_shape_arrays_round_trips_whatever_their_layout(tmp_pat
     np.testing.assert_array_equal(pickled, base + 5)
 
 
-
 @pytest.mark.timeout(60)
 @_SETTINGS
 @given(arr=arrays())
@@ -128,6 +127,7 @@ def test_a_batch_of_arrays_reads_back_as_written_views(tmp_path: Path, arr: np.n
             assert got.dtype == want.dtype and got.shape == want.shape, uid
             assert not got.flags.writeable, uid
             assert got.tobytes() == np.ascontiguousarray(want).tobytes(), uid
+
 
 plain = st.recursive(
     st.none()
