@@ -159,6 +159,20 @@ def chunk_sizes(n_items: int, max_jobs: int, min_samples_per_job: int) -> list[i
     return [base + 1 if i < extra else base for i in range(n_jobs)]
 
 
+PIECES_PER_WORKER = 8
+PIECE_MIN_ITEMS = 32
+
+
+def piece_size(n_items: int, workers: int, min_samples_per_job: int) -> int:
+    """Items per piece when work is claimed piece by piece (inline and in pools): up to
+    ``PIECES_PER_WORKER`` pieces per worker, so a process started later finds free pieces to
+    share; at least ``min_samples_per_job`` and ``PIECE_MIN_ITEMS`` items each (a piece is one
+    call of the method, with whatever setup it does), but never fewer pieces than workers."""
+    floor = max(1, min_samples_per_job)
+    size = max(PIECE_MIN_ITEMS, floor, math.ceil(n_items / (max(1, workers) * PIECES_PER_WORKER)))
+    return max(1, min(size, max(floor, math.ceil(n_items / max(1, workers)))))
+
+
 def chunks(items: tp.Sequence[tp.Any], sizes: list[int]) -> list[list[tp.Any]]:
     out = []
     start = 0
@@ -217,4 +231,5 @@ __all__ = [
     "logs_folder",
     "make_executor",
     "pid_is_alive",
+    "piece_size",
 ]

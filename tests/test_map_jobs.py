@@ -85,6 +85,40 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_SHARE_DRIVER = """
+import sys
+import exca_lite as xl
+from map_jobs_defs import Pids
+folder, counter, cluster = sys.argv[1:4]
+feat = Pids(counter=counter, delay_s=0.02, infra=xl.MapInfra(
+    folder=folder, cluster=None if cluster == "none" else cluster, max_jobs=2))
+print("computed", feat.pid.compute([f"i{k}" for k in range(400)]), flush=True)
+"""
+
+
+def _computed(proc: subprocess.Popen[str]) -> int:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    return int(out.split("computed")[-1])
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("cluster", ["none", "processpool"])
+def test_a_second_driver_computes_a_share_of_what_is_left(tmp_path: Path, cluster: str) -> None:
+    counter = tmp_path / "counter"
+    first = _driver(_SHARE_DRIVER, tmp_path / "cache", counter, cluster)
+    _wait_for_lines(counter, 10, first)  # the first is under way: it holds its first pieces
+    second = _driver(_SHARE_DRIVER, tmp_path / "cache", counter, cluster)
+    a, b = _computed(first), _computed(second)
+    seen = counts(str(counter))
+    twice = [u for u, n in seen.items() if n > 1]
+    assert twice == [], f"{len(twice)} items computed twice: {twice[:5]}"
+    assert len(seen) == 400 and a + b == 400, (a, b)
+    # the second did not wait for all of it: it took pieces nobody held yet
+    assert a > 0 and b > 0, (a, b)
+    print(f"{cluster}: first computed {a}, second {b}, 0 twice")
+
+
 _CTRL_C = """
 import sys
 import exca_lite as xl

@@ -38,6 +38,7 @@ from ..uid import item_uid_name
 from .view import MapView
 
 if tp.TYPE_CHECKING:
+    from ..store.claims import Claim
     from .infra import MapInfra
 
 logger = logging.getLogger("exca_lite")
@@ -270,27 +271,117 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
             return len(todo)
         self._write_configs()
         store = self._store
-        computed = 0
-        forced = infra.mode == "force"
-        with store.claim(todo, missing_as_of=as_of) as claim:
-            mine = todo if forced else claim.mine
-            if mine:
-                with claim.computing():  # a nested call needing these items is an error
-                    self._run(items_of(mine), mine, claim.token)
-                computed += len(mine)
-            while True:
-                freed = claim.wait_others(poll_max_s=_POLL_MAX_S)
-                if not freed:
-                    break
-                logger.info("%s: taking over %d items of a dead process", self._uid, len(freed))
-                with claim.computing():
-                    self._run(items_of(freed), freed, claim.token)
-                computed += len(freed)
+        if infra.mode == "force":
+            computed = self._compute_forced(todo, items_of, as_of)
+        else:
+            computed = self._compute_free(todo, items_of, as_of)
         if infra.cluster is not None:
             # workers wrote through their own writers: read their index records (inline, this
             # store's writer handed its records to the store as it published them)
             store.refresh()
         return computed
+
+    def _compute_free(
+        self,
+        todo: list[str],
+        items_of: tp.Callable[[list[str]], list[X]],
+        as_of: object,
+    ) -> int:
+        """Compute the items of ``todo`` no live owner holds, claimed piece by piece as each piece
+        starts, then wait for those others hold (taking over the items of owners that die)."""
+        store = tp.cast(MapStore, self._store)
+        computed = 0
+        with store.claim((), missing_as_of=as_of) as claim:  # an owner, holding nothing yet
+            with claim.computing():  # a nested call needing these items is an error
+                computed += self._run_pieces(claim, todo, items_of, as_of)
+            computed += self._wait_and_take_over(claim, items_of)
+        return computed
+
+    def _compute_forced(
+        self, todo: list[str], items_of: tp.Callable[[list[str]], list[X]], as_of: object
+    ) -> int:
+        """mode="force": compute every item once more, holding them all meanwhile."""
+        store = tp.cast(MapStore, self._store)
+        with store.claim(todo, missing_as_of=as_of) as claim:
+            with claim.computing():
+                self._run(items_of(todo), todo, claim.token)
+            return len(todo) + self._wait_and_take_over(claim, items_of)
+
+    def _wait_and_take_over(self, claim: Claim, items_of: tp.Callable[[list[str]], list[X]]) -> int:
+        computed = 0
+        while True:
+            freed = claim.wait_others(poll_max_s=_POLL_MAX_S)
+            if not freed:
+                return computed
+            logger.info("%s: taking over %d items of a dead process", self._uid, len(freed))
+            with claim.computing():
+                self._run(items_of(freed), freed, claim.token)
+            computed += len(freed)
+
+    def _run_pieces(
+        self,
+        claim: Claim,
+        todo: list[str],
+        items_of: tp.Callable[[list[str]], list[X]],
+        as_of: object,
+    ) -> int:
+        """Claim and compute the free items of ``todo``: one job array for submitit clusters;
+        piece by piece inline and in pools (each piece claimed when it starts)."""
+        from ..execution import piece_size
+
+        infra = self._infra
+        if infra.cluster not in (None, "threadpool", "processpool"):
+            mine = claim.take(todo, len(todo), missing_as_of=as_of)
+            if mine:
+                self._run(items_of(mine), mine, claim.token)
+            return len(mine)
+        workers = 1 if infra.cluster is None else self._max_jobs()
+        size = piece_size(len(todo), workers, infra.min_samples_per_job)
+        remaining = todo
+        first_as_of = [as_of]  # the first take may trust the caller's view of what is missing
+        computed = 0
+
+        def next_piece() -> list[str]:
+            nonlocal remaining, computed
+            piece = claim.take(
+                remaining, size, missing_as_of=first_as_of.pop() if first_as_of else None
+            )
+            if piece:
+                taken = set(piece)
+                remaining = [u for u in remaining if u not in taken]
+                computed += len(piece)
+            return piece
+
+        if infra.cluster is None:
+            while piece := next_piece():
+                self._run(items_of(piece), piece)
+        else:
+            n_pieces = -(-len(todo) // size)
+            self._run_pool(self._pool_args(next_piece, items_of, claim.token), n_pieces)
+        return computed
+
+    def _pool_args(
+        self,
+        next_piece: tp.Callable[[], list[str]],
+        items_of: tp.Callable[[list[str]], list[X]],
+        token: str,
+    ) -> tp.Iterator[tuple[tp.Any, ...]]:
+        """The arguments of ``run_map_chunk`` for each piece, claimed only when pulled."""
+        infra = self._infra
+        folder = tp.cast(TaskPaths, self._paths).base
+        while piece := next_piece():
+            items = items_of(piece)
+            yield (
+                self._owner,
+                self._ref,
+                folder,
+                items,
+                piece,
+                infra.durability,
+                False,
+                None,
+                token,
+            )
 
     def _missing(self, uids: list[str]) -> list[str]:
         if self._store is None:
@@ -343,7 +434,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
             for c_items, c_uids in zip(item_chunks, uid_chunks, strict=True)
         ]
         if infra.cluster in ("threadpool", "processpool"):
-            self._run_pool(args)
+            self._run_pool(iter(args), len(args))
         else:
             self._run_submitit(args)
 
@@ -354,15 +445,16 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
             return infra.max_jobs
         return available_cpus() if infra.cluster in ("threadpool", "processpool") else 128
 
-    def _run_pool(self, args: list[tuple[tp.Any, ...]]) -> None:
+    def _run_pool(self, pieces: tp.Iterator[tuple[tp.Any, ...]], n_pieces: int) -> None:
+        """Run ``run_map_chunk`` on each piece's arguments in a pool, pulling the next piece only
+        when a worker is free: a piece is claimed when it starts, not before."""
         infra = self._infra
-        workers = min(self._max_jobs(), len(args))
+        workers = min(self._max_jobs(), n_pieces)
         pool: concurrent.futures.Executor
         stop: StopFlag | None = None
         if infra.cluster == "threadpool":
             pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
             stop = StopFlag()
-            args = [(*a, stop) for a in args]
         else:
             # the same start method every time (forkserver): the workers never depend on which
             # threads this process runs; each watches this process and ends after its chunk if
@@ -375,14 +467,40 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
                 initargs=(os.getpid(),),
             )
         errors: list[str] = []
+        n_run = 0
         with pool:
-            futures = {pool.submit(run_map_chunk, *a): i for i, a in enumerate(args)}
+            futures: dict[concurrent.futures.Future[int], tuple[int, int]] = {}
+
+            def submit_next() -> bool:
+                nonlocal n_run
+                args = next(pieces, None)
+                if args is None:
+                    return False
+                if stop is not None:
+                    args = (*args, stop)
+                futures[pool.submit(run_map_chunk, *args)] = (n_run, len(args[4]))
+                n_run += 1
+                return True
+
             try:
-                with _progress(len(args), f"{self._method.name} jobs") as bar:
-                    self._collect(futures, args, bar, errors)
+                with _progress(n_pieces, f"{self._method.name} jobs") as bar:
+                    while len(futures) < workers and submit_next():
+                        pass
+                    while futures:
+                        done, _ = concurrent.futures.wait(
+                            futures, return_when=concurrent.futures.FIRST_COMPLETED
+                        )
+                        for future in done:
+                            k, n_items = futures.pop(future)
+                            exc = future.exception()
+                            if exc is not None:
+                                errors.append(f"job {k} ({n_items} items): {exc}")
+                            bar.update(1)
+                        while len(futures) < workers and submit_next():
+                            pass
             except BaseException:
-                # interrupted (Ctrl-C): threads stop at their next item, queued chunks never
-                # start, process workers got the same SIGINT from the terminal
+                # interrupted (Ctrl-C): threads stop at their next item, no further piece
+                # starts, process workers got the same SIGINT from the terminal
                 if stop is not None:
                     stop.set()
                 for future in futures:
@@ -390,37 +508,25 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
                 raise
         if errors:
             raise JobError(
-                f"{self._uid}: {len(errors)} of {len(args)} {infra.cluster} jobs failed (items "
+                f"{self._uid}: {len(errors)} of {n_run} {infra.cluster} jobs failed (items "
                 "completed before the failure stay cached):\n" + "\n".join(errors)
             )
 
-    @staticmethod
-    def _collect(
-        futures: dict[concurrent.futures.Future[int], int],
-        args: list[tuple[tp.Any, ...]],
-        bar: tp.Any,
-        errors: list[str],
-    ) -> None:
-        for future in concurrent.futures.as_completed(futures):
-            k = futures[future]
-            exc = future.exception()
-            if exc is not None:
-                errors.append(f"job {k} ({len(args[k][3])} items): {exc}")
-            bar.update(1)
-
     def _run_submitit(self, args: list[tuple[tp.Any, ...]]) -> None:
-        from ..execution import (
-            closing_debug_log_handlers,
-            is_alive,
-            job_failure_text,
-            make_executor,
-        )
+        from ..execution import make_executor
 
         infra = self._infra
         name = infra.job_name or f"{type(self._owner).__name__}.{self._method.name}"
         executor = make_executor(infra, name)
         with executor.batch():
-            jobs = [executor.submit(run_map_chunk, *a) for a in args]
+            submitted = [executor.submit(run_map_chunk, *a) for a in args]
+        self._wait_jobs(executor, submitted, args)
+
+    def _wait_jobs(
+        self, executor: tp.Any, jobs: list[tp.Any], args: list[tuple[tp.Any, ...]]
+    ) -> None:
+        from ..execution import closing_debug_log_handlers, is_alive, job_failure_text
+
         logger.info(
             "%s: submitted %d jobs to %s (first id %s)",
             self._uid,

@@ -63,6 +63,8 @@ class Claim:
         self._adopt = adopt
         self.token = uuid.uuid4().hex
         self.mine: list[str] = []
+        self._taken: set[str] = set()  # mine, as a set (take() skips what this claim holds)
+        self._locks_work = True
         self._others: dict[str, str] = {}  # uid -> owner token
         self._owner: locks.FdLock | None = None
         self._lock_path = store.paths.owner_lock(self.token)
@@ -104,6 +106,8 @@ class Claim:
             # harmfully: each writes its own files, and every reader serves the same copy
             _warn_no_locks(self.store.paths.claims, cause)
             self.mine, self._others = self.store.missing(self.item_uids), {}
+            self._taken = set(self.mine)
+            self._locks_work = False
 
     def _acquire(self) -> None:
         paths = self.store.paths
@@ -134,9 +138,10 @@ class Claim:
         try:
             with self._globally():
                 store = self.store
-                if self._adopt is not None:
-                    # a worker taking over its driver's items: the driver found them missing
+                if self._adopt is not None and self._is_live(self._adopt):
+                    # a worker taking over its live driver's items: the driver found them missing
                     # moments ago, and a worker must not read the whole index to check again
+                    # (a dead driver's items may have been computed by a rerun since: checked)
                     wanted = list(dict.fromkeys(self.item_uids))
                 else:
                     store.refresh()  # under the lock: what others published until now
@@ -150,18 +155,8 @@ class Claim:
                 claimed = self._read_claims()
                 if self._adopt is not None:
                     claimed = {u: t for u, t in claimed.items() if t != self._adopt}
-                if claimed:
-                    self.mine = [uid for uid in wanted if uid not in claimed]
-                    self._others = {uid: claimed[uid] for uid in wanted if uid in claimed}
-                else:
-                    self.mine, self._others = wanted, {}
-                if _nested(self._others):
-                    # this thread's own computation may have written them already, unpublished
-                    flush_thread_writers()
-                    store.refresh()
-                    still = set(store.missing(list(self._others)))
-                    self._others = {u: t for u, t in self._others.items() if u in still}
-                _refuse_nested(self._others)
+                self.mine = self._split(wanted, claimed)
+                self._taken = set(self.mine)
                 self._append(self.mine)
         except OSError as exc:
             self.release()  # a claim that failed to form holds nothing
@@ -169,6 +164,61 @@ class Claim:
         except BaseException:
             self.release()
             raise
+
+    def _split(self, wanted: list[str], claimed: dict[str, str]) -> list[str]:
+        """Under the global lock: the wanted uids free for this claim; sets ``_others`` to those
+        other live owners hold (raising if this very thread's computation holds some)."""
+        if claimed:
+            free = [uid for uid in wanted if uid not in claimed]
+            self._others = {uid: claimed[uid] for uid in wanted if uid in claimed}
+        else:
+            free, self._others = wanted, {}
+        if _nested(self._others):
+            # this thread's own computation may have written them already, unpublished
+            flush_thread_writers()
+            self.store.refresh()
+            still = set(self.store.missing(list(self._others)))
+            self._others = {u: t for u, t in self._others.items() if u in still}
+        _refuse_nested(self._others)
+        return free
+
+    def take(
+        self, item_uids: tp.Sequence[str], limit: int, missing_as_of: object = None
+    ) -> list[str]:
+        """Claim up to ``limit`` more of ``item_uids`` (in order): those not stored, not held by
+        another live owner and not already this claim's. Returns them (also added to ``mine``);
+        ``others`` becomes what other owners hold among ``item_uids``.
+
+        A driver takes one piece of work at a time, just before running it: a process started
+        later on the same items finds the rest free and computes a share of it, instead of
+        waiting for one owner holding everything. ``missing_as_of``: as for the constructor.
+        """
+        if limit <= 0:
+            return []
+        if not self._locks_work or self._owner is None:
+            # no locks here (or no claim): nobody holds anything for anyone
+            self._others = {}
+            piece = self._missing(item_uids, missing_as_of)[:limit]
+        else:
+            try:
+                with self._globally():
+                    wanted = self._missing(item_uids, missing_as_of)
+                    piece = self._split(wanted, self._read_claims())[:limit]
+                    self._append(piece)
+            except OSError as exc:
+                raise store_error("claiming items in", self.store.paths.claims, exc) from exc
+        self.mine.extend(piece)
+        self._taken.update(piece)
+        return piece
+
+    def _missing(self, item_uids: tp.Sequence[str], missing_as_of: object) -> list[str]:
+        """The uids not stored (as of now) and not already this claim's."""
+        store = self.store
+        store.refresh()
+        if missing_as_of is None or store.view_state() != missing_as_of:
+            item_uids = store.missing(item_uids)
+        taken = self._taken
+        return [u for u in item_uids if u not in taken] if taken else list(item_uids)
 
     @contextlib.contextmanager
     def computing(self) -> tp.Iterator[None]:
@@ -258,6 +308,8 @@ class Claim:
                     else:
                         self._others[uid] = owner  # another waiter took it over first
                 self._append(taken)
+            self.mine.extend(taken)
+            self._taken.update(taken)
             freed.extend(taken)
             delay_s = 0.01
 
