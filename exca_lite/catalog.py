@@ -22,19 +22,17 @@ import datetime
 import errno
 import io
 import os
-import pickle
 import pickletools
 import stat
 import time
 import typing as tp
-import warnings
 from pathlib import Path
 
 import msgspec
 import numpy as np
 
 from . import taskcache
-from .errors import CorruptCacheWarning, NotACacheError
+from .errors import NotACacheError
 from .store.format import pairs_from_listing
 from .store.locks import probe_lock
 from .taskcache import TaskPaths
@@ -364,39 +362,11 @@ def last_write_age_s(summary: CacheSummary) -> float:
     return max(0.0, time.time() - summary.last_write)
 
 
-class _JobRecordUnpickler(pickle.Unpickler):
-    """Builds only what a submitit job record holds (job classes, their paths), so that reading
-    a ``job.pkl`` from a shared folder cannot run arbitrary code."""
-
-    def find_class(self, module: str, name: str, /) -> tp.Any:
-        if module.split(".")[0] in ("submitit", "pathlib"):
-            import submitit
-            from submitit.core.utils import JobPaths
-
-            found = super().find_class(module, name)
-            if isinstance(found, type) and issubclass(
-                found, (submitit.core.core.Job, JobPaths, os.PathLike)
-            ):
-                return found
-        raise pickle.UnpicklingError(f"{module}.{name} is not part of a submitit job record")
-
-
 def load_job(paths: TaskPaths) -> tp.Any:
     """The submitit job recorded in ``job.pkl``, or None (none, or unreadable: warned)."""
-    try:
-        with open(paths.job, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None
-    try:
-        return _JobRecordUnpickler(io.BytesIO(data)).load()
-    except Exception as e:  # garbage, a truncated file, a foreign class: no job to follow
-        warnings.warn(
-            f"unreadable job record {paths.job} ({type(e).__name__}: {e}); ignored",
-            CorruptCacheWarning,
-            stacklevel=2,
-        )
-        return None
+    from .execution import load_job_record
+
+    return load_job_record(paths.job)
 
 
 def _has_result(paths: TaskPaths) -> bool:

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import io
 import logging
 import math
 import os
+import pickle
 import threading
 import typing as tp
+import warnings
 from pathlib import Path
+
+from .errors import CorruptCacheWarning
+from .fsio import atomic_write
 
 if tp.TYPE_CHECKING:
     import submitit
@@ -99,6 +105,48 @@ def is_alive(job: tp.Any) -> bool:
         return not job.done(force_check=False)
     except Exception:  # the scheduler cannot tell (job too old for sacct): treat as gone
         return False
+
+
+def save_job_record(path: Path, record: object) -> None:
+    """Write a record of submitted jobs (submitit job objects, plain data) whole, for any process
+    to find while the jobs run: the jobs outlive the process that submitted them."""
+    atomic_write(path, pickle.dumps(record))
+
+
+class _JobRecordUnpickler(pickle.Unpickler):
+    """Builds only what a job record holds (submitit job classes, their paths, plain data), so
+    that reading a record from a shared folder cannot run arbitrary code."""
+
+    def find_class(self, module: str, name: str, /) -> tp.Any:
+        if module.split(".")[0] in ("submitit", "pathlib"):
+            import submitit
+            from submitit.core.utils import JobPaths
+
+            found = super().find_class(module, name)
+            if isinstance(found, type) and issubclass(
+                found, (submitit.core.core.Job, JobPaths, os.PathLike)
+            ):
+                return found
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a submitit job record")
+
+
+def load_job_record(path: str | Path) -> tp.Any:
+    """The record at ``path``, or None if there is none; an unreadable one (garbage, truncated,
+    a foreign class) is warned about and counts as none: there is no job to follow."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    try:
+        return _JobRecordUnpickler(io.BytesIO(data)).load()
+    except Exception as e:
+        warnings.warn(
+            f"unreadable job record {path} ({type(e).__name__}: {e}); ignored",
+            CorruptCacheWarning,
+            stacklevel=3,
+        )
+        return None
 
 
 def pid_is_alive(pid: int) -> bool:
@@ -228,8 +276,10 @@ __all__ = [
     "chunks",
     "is_alive",
     "job_failure_text",
+    "load_job_record",
     "logs_folder",
     "make_executor",
     "pid_is_alive",
     "piece_size",
+    "save_job_record",
 ]

@@ -15,17 +15,15 @@ from __future__ import annotations
 import atexit
 import inspect
 import os
-import pickle
 import time
 import traceback
 import typing as tp
-import warnings
 from pathlib import Path
 
 from .. import taskcache
 from ..bound import BoundMethod, InfraMethod, find_method
-from ..errors import CacheMissError, CorruptCacheWarning
-from ..fsio import atomic_write, file_lock
+from ..errors import CacheMissError
+from ..fsio import file_lock
 from ..taskcache import _MISSING, Failure, TaskPaths
 
 if tp.TYPE_CHECKING:
@@ -249,21 +247,10 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
 
     def _recorded_job(self, paths: TaskPaths) -> tp.Any:
         """The job of this process, else the one recorded in job.pkl (None if none)."""
+        from ..execution import load_job_record
+
         job = _JOBS.get(self._uid)
-        if job is None:
-            try:
-                with open(paths.job, "rb") as f:
-                    job = pickle.load(f)
-            except FileNotFoundError:
-                return None
-            except Exception as e:
-                warnings.warn(
-                    f"unreadable job record {paths.job} ({type(e).__name__}: {e}); ignored",
-                    CorruptCacheWarning,
-                    stacklevel=3,
-                )
-                return None
-        return job
+        return load_job_record(paths.job) if job is None else job
 
     def _is_alive(self, job: tp.Any) -> bool:
         from ..execution import is_alive
@@ -321,9 +308,11 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
 
     def _record(self, job: tp.Any, cluster: str) -> None:
         """Under the task lock, just submitted: record the job for every process to find."""
+        from ..execution import save_job_record
+
         paths = tp.cast(TaskPaths, self._paths)
         if cluster != "debug":  # a debug job runs in this process: no record to share
-            atomic_write(Path(paths.job), pickle.dumps(job))
+            save_job_record(Path(paths.job), job)
         _JOBS[self._uid] = job
         _link_logs(paths, job)
 
