@@ -4,6 +4,7 @@ real signals throughout."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+import typing as tp
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from map_defs import counts
 from map_jobs_defs import Chain, Pids
 
 import exca_lite as xl
+from exca_lite.execution import is_alive, load_job_record, pid_is_alive
 from exca_lite.pools import available_cpus
 
 
@@ -158,6 +161,15 @@ def test_a_nested_call_needing_its_own_items_is_an_error_not_a_hang(tmp_path: Pa
         list(other.value([3, 2, 1, 0]))  # item 3 needs 2, which this very call holds
 
 
+@pytest.mark.timeout(120)
+def test_a_nested_call_in_a_recorded_job_does_not_wait_for_its_own_job(tmp_path: Path) -> None:
+    chain = Chain(infra=xl.MapInfra(folder=tmp_path, cluster="local", max_jobs=1))
+    assert [float(v[0]) for v in chain.value([0, 1, 2, 3])] == [1.0, 2.0, 3.0, 4.0]
+    other = Chain(infra=xl.MapInfra(folder=tmp_path / "other", cluster="local", max_jobs=1))
+    with pytest.raises(xl.JobError, match=r"nested .*'2'"):
+        list(other.value([3, 2, 1, 0]))  # the job's record holds item 2: an error, not a wait
+
+
 def test_pools_default_to_one_worker_per_cpu(tmp_path: Path) -> None:
     feat = Pids(infra=xl.MapInfra(folder=tmp_path, cluster="processpool"))
     pids = feat.pid.stack([f"i{k}" for k in range(64)])[:, 0]
@@ -243,3 +255,107 @@ def test_a_notebook_class_in_a_processpool_says_how_to_fix_it(tmp_path: Path) ->
     )
     assert done.returncode != 0 and "interactive session" in done.stderr, done.stderr[-2000:]
     assert "Move Feat into a module" in done.stderr
+
+
+_JOBS_DRIVER = """
+import sys
+import exca_lite as xl
+from map_jobs_defs import Pids
+folder, counter = sys.argv[1:3]
+feat = Pids(counter=counter, delay_s=0.3,
+            infra=xl.MapInfra(folder=folder, cluster="local", max_jobs=2))
+feat.pid.compute([f"i{k}" for k in range(40)])
+print("done", flush=True)
+"""
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a local job: its submitit controller and the task processes it started."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        children = []
+    for p in [pid, *children]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while any(pid_is_alive(p) for p in [pid, *children]):
+        assert time.monotonic() < deadline, f"job {pid} did not die"
+        time.sleep(0.01)
+
+
+@pytest.mark.timeout(300)
+def test_a_rerun_waits_for_the_live_jobs_of_a_killed_driver_and_takes_over_dead_ones(
+    tmp_path: Path,
+) -> None:
+    cache, counter = tmp_path / "cache", tmp_path / "counter"
+    with open(tmp_path / "driver.log", "w") as log:  # not a pipe: the jobs inherit it
+        driver = subprocess.Popen(
+            [sys.executable, "-c", _JOBS_DRIVER, cache, counter], stdout=log, stderr=log
+        )
+    first, second = {f"i{k}" for k in range(20)}, {f"i{k}" for k in range(20, 40)}
+    deadline = time.monotonic() + 120
+    while not (len(set(counts(str(counter))) & first) > 2 and set(counts(str(counter))) & second):
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the two local jobs did not start"
+        time.sleep(0.01)
+    driver.kill()  # kill -9 of the driver: its two local jobs run on
+    driver.wait()
+    rerun = Pids(counter=str(counter), infra=xl.MapInfra(folder=cache, cluster="local", max_jobs=2))
+    folder = rerun.pid.folder()
+    assert folder is not None
+    (record,) = (folder / "jobs").glob("*.pkl")
+    data = load_job_record(record)
+    live, dead = (
+        data["jobs"][data["uids"].index(sorted(c, key=lambda u: int(u[1:])))]
+        for c in (first, second)
+    )
+    _kill_tree(int(dead.job_id))  # a job that dies (cancelled, killed) before its end
+    stored = set(Pids(infra=xl.MapInfra(folder=cache, mode="read-only")).pid.cached_uids())
+    lost = {u for u in counts(str(counter)) if u in second} - stored  # computed, never stored
+    assert is_alive(live), "the first job ended before the rerun: nothing to wait for"
+    items = [f"i{k}" for k in range(60)]  # 20 more than the killed driver asked for
+    computed = rerun.pid.compute(items)
+    seen = counts(str(counter))
+    assert sorted(seen) == sorted(items)
+    twice = {u for u, n in seen.items() if n > 1}
+    # only the dead job's work in flight is done again; the live job's items were waited for
+    assert twice <= lost, sorted(twice - lost)
+    assert computed == 20 + len(second - stored)
+    # the record of jobs that all ended goes at the next look (a call with missing items)
+    deadline = time.monotonic() + 60
+    while is_alive(live):
+        assert time.monotonic() < deadline, "the live job did not end"
+        time.sleep(0.05)
+    assert rerun.pid.compute(["one more"]) == 1
+    assert not list((folder / "jobs").glob("*.pkl"))
+    print(
+        f"rerun computed {computed}: 20 new, {len(second - stored)} of the dead job, "
+        f"{len(twice)} twice (lost in the kill: {len(lost)})"
+    )
+
+
+@pytest.mark.timeout(300)
+def test_a_rerun_waits_for_jobs_a_killed_driver_submitted_before_they_claim_anything(
+    tmp_path: Path,
+) -> None:
+    cache, counter = tmp_path / "cache", tmp_path / "counter"
+    rerun = Pids(counter=str(counter), infra=xl.MapInfra(folder=cache, cluster="local", max_jobs=2))
+    records = tp.cast(Path, rerun.pid.folder()) / "jobs"
+    with open(tmp_path / "driver.log", "w") as log:  # not a pipe: the jobs inherit it
+        driver = subprocess.Popen(
+            [sys.executable, "-c", _JOBS_DRIVER, cache, counter], stdout=log, stderr=log
+        )
+    deadline = time.monotonic() + 120
+    while not list(records.glob("*.pkl")):  # submitted: the jobs may not even run yet
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no job record"
+        time.sleep(0.005)
+    driver.kill()
+    driver.wait()
+    items = [f"i{k}" for k in range(40)]
+    computed = rerun.pid.compute(items)  # the jobs hold every item: nothing to submit
+    seen = counts(str(counter))
+    assert sorted(seen) == sorted(items)
+    assert computed == 0 and all(n == 1 for n in seen.values()), (computed, seen)

@@ -19,6 +19,7 @@ import os
 import time
 import traceback
 import typing as tp
+import uuid
 
 import numpy as np
 
@@ -33,12 +34,13 @@ from ..pools import (
     working,
 )
 from ..store import CacheType, Durability, MapStore
+from ..store.claims import Claim, is_computing
 from ..taskcache import TaskPaths
 from ..uid import item_uid_name
+from . import jobs
 from .view import MapView
 
 if tp.TYPE_CHECKING:
-    from ..store.claims import Claim
     from .infra import MapInfra
 
 logger = logging.getLogger("exca_lite")
@@ -274,7 +276,25 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         if infra.mode == "force":
             computed = self._compute_forced(todo, items_of, as_of)
         else:
-            computed = self._compute_free(todo, items_of, as_of)
+            computed = 0
+            while todo:
+                # items that live jobs of an earlier submission (its driver maybe dead) will
+                # compute: waited for, never submitted again
+                # (not from inside a computation: a job's nested call must not wait for the
+                # items its own job holds; its claims say which those are)
+                held = {} if is_computing() else jobs.live_holders(store.folder, todo)
+                free = [u for u in todo if u not in held] if held else todo
+                if free:
+                    computed += self._compute_free(free, items_of, as_of if not held else None)
+                if not held:
+                    break
+                logger.info(
+                    "%s: waiting for %d items that live jobs of another submission compute",
+                    self._uid,
+                    len(held),
+                )
+                jobs.wait_for(held, store.missing, _POLL_MAX_S)
+                todo, as_of = store.missing(todo), None  # a dead job's items are free again
         if infra.cluster is not None:
             # workers wrote through their own writers: read their index records (inline, this
             # store's writer handed its records to the store as it published them)
@@ -520,7 +540,22 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         executor = make_executor(infra, name)
         with executor.batch():
             submitted = [executor.submit(run_map_chunk, *a) for a in args]
-        self._wait_jobs(executor, submitted, args)
+        record = None
+        if executor.cluster != "debug":  # debug jobs run in this process, inside result()
+            # before waiting: if this process dies, a rerun learns from the record which items
+            # the jobs (queued ones too, which hold no claim yet) will compute
+            record = jobs.record_path(tp.cast(TaskPaths, self._paths).base, uuid.uuid4().hex)
+            jobs.save(record, submitted, [a[4] for a in args])
+        try:
+            self._wait_jobs(executor, submitted, args)
+        except JobError:  # raised once every job ended
+            if record is not None:
+                jobs.remove(record)
+            raise
+        # (interrupted, the record stays: the jobs run on, holding their items for a rerun;
+        # readers remove it once they all ended)
+        if record is not None:
+            jobs.remove(record)
 
     def _wait_jobs(
         self, executor: tp.Any, jobs: list[tp.Any], args: list[tuple[tp.Any, ...]]

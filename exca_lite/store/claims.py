@@ -339,6 +339,11 @@ def _computing_stack() -> list[str]:
     return stack
 
 
+def is_computing() -> bool:
+    """Whether this thread runs inside the computation of claimed items (a nested map call)."""
+    return bool(getattr(_computing, "tokens", None))
+
+
 def _nested(others: dict[str, str]) -> list[str]:
     """The items held by a computation this very thread is in."""
     stack = getattr(_computing, "tokens", None)
@@ -376,4 +381,4 @@ def _warn_no_locks(where: Path, exc: OSError) -> None:
         )
 
 
-__all__ = ["Claim"]
+__all__ = ["Claim", "is_computing"]
