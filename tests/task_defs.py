@@ -161,3 +161,19 @@ class Dying:
     def process(self) -> int:
         print("about to die", flush=True)
         os._exit(self.code)
+
+
+@dataclasses.dataclass(frozen=True)
+class Gated:
+    """Runs until the file ``gate`` exists: a test looks at the running task, then opens it."""
+
+    gate: str = ""
+    counter: str = ""
+    infra: xl.TaskInfra = xl.TaskInfra()
+
+    @infra.apply(exclude_from_cache_uid=("gate", "counter"))
+    def process(self) -> float:
+        record(self.counter)
+        while not os.path.exists(self.gate):
+            time.sleep(0.01)
+        return float(np.random.rand())

@@ -8,12 +8,13 @@ import json
 import pickle
 import subprocess
 import sys
+import time
 import typing as tp
 from pathlib import Path
 
 import numpy as np
 import pytest
-from task_defs import Arrays, Dying, Failing, Flaky, Task, Versioned, count
+from task_defs import Arrays, Dying, Failing, Flaky, Gated, Task, Versioned, count
 
 import exca_lite as xl
 from exca_lite.task import method as task_module
@@ -708,3 +709,63 @@ def test_a_small_array_result_reads_back_as_np_load_gives_it(tmp_path: Path, val
         assert got.dtype == ref.dtype and got.shape == ref.shape and got.flags.writeable
         assert got.flags.f_contiguous == ref.flags.f_contiguous
         np.testing.assert_array_equal(got, ref)
+
+
+# # # a submitted job is the one computing its task, for every object of every process # # #
+
+
+def test_force_with_a_submitted_job_never_serves_the_old_ram_copy(tmp_path: Path) -> None:
+    counter, gate = tmp_path / "counter", tmp_path / "gate"
+    folder = tmp_path / "cache"
+    gate.touch()
+    old = Gated(gate=str(gate), counter=str(counter), infra=xl.TaskInfra(folder=folder)).process()
+    gate.unlink()
+    forced = Gated(
+        gate=str(gate),
+        counter=str(counter),
+        infra=xl.TaskInfra(folder=folder, cluster="local", mode="force"),
+    )
+    job = forced.process.job()
+    # the old result is gone from the folder and from RAM while the forced job runs
+    plain = Gated(gate=str(gate), infra=xl.TaskInfra(folder=folder, cluster="local"))
+    assert plain.process.status() == "running"
+    gate.touch()
+    new = forced.process()  # waits for the job
+    assert new != old and job.result() == new
+    assert plain.process() == new  # another object of this process: not the old RAM copy
+    assert forced.process() == new  # forced once per object
+    assert count(counter) == 2
+
+
+def test_cluster_none_waits_for_a_job_another_process_submitted(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    counter, gate = tmp_path / "counter", tmp_path / "gate"
+    folder = tmp_path / "cache"
+    script = (
+        "import exca_lite as xl, task_defs as d\n"
+        f"infra = xl.TaskInfra(folder={str(folder)!r}, cluster='local')\n"
+        f"d.Gated(gate={str(gate)!r}, counter={str(counter)!r}, infra=infra).process.job()\n"
+    )
+    log = tmp_path / "submit.log"
+    with log.open("w") as out:  # not a pipe: the job inherits it and outlives the submitter
+        submit = subprocess.run(
+            [sys.executable, "-c", script], env=subprocess_env, stdout=out, stderr=out, timeout=60
+        )
+    assert submit.returncode == 0, log.read_text()
+    # the submitting process has exited; its job runs (held by the closed gate)
+    reader = Gated(gate=str(gate), counter=str(counter), infra=xl.TaskInfra(folder=folder))
+    assert reader.process.status() == "running"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(reader.process)
+        uid = reader.process.uid()
+        # the reader either adopts the recorded job (the fix) or runs the method itself (a
+        # second line in the counter): wait for whichever happens first
+        while uid not in task_module._JOBS and count(counter) < 2 and not future.done():
+            time.sleep(0.01)
+        assert count(counter) <= 1
+        gate.touch()
+        result = future.result(timeout=60)
+    assert count(counter) == 1
+    assert reader.process.status() == "completed"
+    assert Gated(infra=xl.TaskInfra(folder=folder, keep_in_ram=False)).process() == result

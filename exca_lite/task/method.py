@@ -24,6 +24,7 @@ from .. import taskcache
 from ..bound import BoundMethod, InfraMethod, find_method
 from ..errors import CacheMissError
 from ..fsio import file_lock
+from ..store.locks import probe_lock
 from ..taskcache import _MISSING, Failure, TaskPaths
 
 if tp.TYPE_CHECKING:
@@ -218,8 +219,7 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         force_now = self._infra.mode == "force" and not self._forced
         retry_now = self._infra.mode == "retry" and not self._retried
         if force_now:
-            taskcache.clear(paths)
-            _JOBS.pop(self._uid, None)
+            self._clear_outcome(paths)
         elif taskcache.has_outcome(paths):
             failure = taskcache.load_failure(paths)
             if failure is not None and not retry_now:
@@ -228,11 +228,10 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
             # by _from_disk) is recomputed, not served as "no outcome"
             if failure is None and taskcache.load_result(paths, warn=False) is not _MISSING:
                 return None
-            taskcache.clear(paths)
-            _JOBS.pop(self._uid, None)
+            self._clear_outcome(paths)
         self._forced = self._retried = True
-        if self._infra.cluster is None:
-            return SUBMIT
+        # a job recorded by any process (cluster=None included: a notebook reading a sweep that
+        # is still running waits for its job instead of computing the task a second time)
         job = self._recorded_job(paths)
         if job is None:
             return SUBMIT
@@ -244,6 +243,16 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
             taskcache.save_failure(paths, self._death(job))
         _JOBS.pop(self._uid, None)
         return None
+
+    def _clear_outcome(self, paths: TaskPaths) -> None:
+        """Under the task lock: drop the outcome (forced or retried) on disk and in RAM, so that
+        no object of this process serves the old result while the new one is computed."""
+        taskcache.clear(paths)
+        _JOBS.pop(self._uid, None)
+        cell = _RAM.pop(self._ram_key, None)
+        if cell is not None:
+            cell[0] = _MISSING
+        self._cell = [_MISSING, self]
 
     def _recorded_job(self, paths: TaskPaths) -> tp.Any:
         """The job of this process, else the one recorded in job.pkl (None if none)."""
@@ -360,7 +369,9 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
             return "completed"
         if os.path.exists(paths.error):
             return "failed"
-        job = None if self._infra.cluster is None else self._recorded_job(paths)
+        if probe_lock(Path(paths.lock)):
+            return "running"  # computed inline, or being submitted, by a live process
+        job = self._recorded_job(paths)
         if job is None:
             return "not submitted"
         if self._is_alive(job):
