@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exca_lite.store import MapStore
+from exca_lite.store import mapstore as mapstore_module
 from exca_lite.store import segment as sg
 from exca_lite.store import writer as writer_module
 
@@ -282,6 +283,41 @@ def test_a_big_parked_pair_gets_a_segment_while_its_writer_lives(tmp_path: Path)
     store = MapStore(tmp_path)
     assert store._ix.segs and store._ix.pairs[0].sealed
     check_all(store, model)
+
+
+@pytest.mark.timeout(120)
+def test_a_writer_past_rotate_entries_seals_its_pair_and_its_store_maps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process writing a huge cache keeps a bounded view: every ROTATE_ENTRIES entries its
+    writer seals its pair (into a segment) and goes on in a new one, and its store maps the
+    segment instead of holding the pair's entries as rows. Items written again later win."""
+    monkeypatch.setattr(writer_module, "ROTATE_ENTRIES", 2500)
+    # such pairs are mapped already: automatic folds leave them alone (a fold of many would
+    # hold all their uids in memory)
+    monkeypatch.setattr(mapstore_module, "AUTO_FOLD_PAIRS", 1)
+    monkeypatch.setattr(mapstore_module, "AUTO_FOLD_MAX_ENTRIES", 2000)
+    store = MapStore(tmp_path)
+    model: dict[str, float] = {}
+    most_rows = 0
+    with store.writer() as w:
+        for i in range(9000):
+            uid = f"u{i % 7000}"  # the last 2000 write again items of the first pairs
+            w.write(uid, np.full(3, float(i)))
+            model[uid] = float(i)
+            if i % 250 == 0:
+                most_rows = max(most_rows, len(store._ix.rows))
+        w.flush()
+        check_all(store, model, absent=["u7000"])
+    assert most_rows <= 2500 + writer_module.FLUSH_MAX_ITEMS, most_rows
+    assert len(store._ix.rows) <= 2500 + writer_module.FLUSH_MAX_ITEMS
+    assert len(store._ix.segs) == 2  # pairs of 3000 (records of 1000): 2 sealed, the 3rd open
+    store.close()
+    fresh = MapStore(tmp_path)
+    assert len(fresh._ix.segs) == 3 and not fresh._ix.rows
+    assert all(pair.name.is_writer for pair in fresh._ix.pairs)  # none folded
+    check_all(fresh, model, absent=["u7000"])
+    assert fresh.verify() == []
 
 
 @pytest.mark.timeout(60)

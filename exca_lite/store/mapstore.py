@@ -74,6 +74,11 @@ SEGMENT_TAIL_CHECK = 1 << 20
 AUTO_FOLD_PAIRS = 16
 """A new writer pair in a folder holding more pairs than this folds the sealed ones (and small
 compacted ones) into one: the number of files stays bounded whatever the history."""
+AUTO_FOLD_MAX_ENTRIES = 1 << 20
+"""A sealed writer pair whose segment holds this many entries is left out of automatic folds:
+it is mapped already, and folding (say) 16 pairs of 4M entries would hold all their uids in
+memory. A 100M-item cache thus keeps one pair per ``writer.ROTATE_ENTRIES`` entries until an
+explicit ``compact()``."""
 
 
 _open_stores: weakref.WeakSet[MapStore] = weakref.WeakSet()
@@ -308,10 +313,11 @@ class MapStore:
 
     # ----------------------------------------------------------------- reading the index
 
-    def refresh(self) -> None:
-        """Read the index bytes appended since the last call, and pick up new index files."""
+    def refresh(self, rebuild: bool = False) -> None:
+        """Read the index bytes appended since the last call, and pick up new index files
+        (``rebuild``: read a new view from scratch, mapping the segments there are now)."""
         with self._lock:
-            ix = self._ix
+            ix = _Index(frozenset()) if rebuild else self._ix
             for attempt in range(50):
                 try:
                     # a rebuilt view is published only once complete: threads reading without
@@ -1399,6 +1405,14 @@ class MapStore:
     def _pair_state(self, stem: str) -> _Pair | None:
         return self._ix.by_stem.get(stem)
 
+    def _own_sealed(self) -> None:
+        """A writer of this store sealed its pair into a segment: a new view maps the segment,
+        and the rows this view took in from that writer's flushes are freed (``_own_flush``
+        appends them as they come: without this, a process writing 100M items runs out of
+        memory)."""
+        if self._loaded:
+            self.refresh(rebuild=True)
+
     def _own_flush(
         self, stem: str, start: int, end: int, obj: list[tp.Any], shard_size: int
     ) -> None:
@@ -1699,6 +1713,8 @@ class MapStore:
             ]
             writers = [p for p in foldable if p.name.is_writer]
             if auto:
+                big = {g.number for g in ix.segs if g.count >= AUTO_FOLD_MAX_ENTRIES}
+                writers = [p for p in writers if p.number not in big]
                 # size-tiered: a few sealed writer pairs fold into a new pair, together with the
                 # compacted pairs not much bigger than them (big ones are left until many)
                 small = 4 * sum(max(0, _file_size(self.paths.shard(p.name.stem))) for p in writers)

@@ -62,6 +62,11 @@ one: compaction folds and removes a pair whose writer looks dead (lock free or u
 STALE_WRITER_S = float(os.environ.get("EXCA_LITE_STALE_WRITER_S", "3600"))
 """An unsealed pair not written for this long (by the filesystem's clock) counts as abandoned by
 compaction, well past ``ROTATE_IDLE_S``."""
+ROTATE_ENTRIES = int(os.environ.get("EXCA_LITE_ROTATE_ENTRIES", str(1 << 22)))
+"""A writer past this many entries seals its pair (which gets a segment: below
+``sg.MAX_ENTRIES``) and goes on in a new one, and its store maps that segment instead of holding
+the pair's entries in memory (~500 bytes each: ~2 GiB at most): a process writing 100M items
+keeps a bounded view of them."""
 PARK_MAX = 4
 """Idle writers kept per folder in this process (one per thread of a thread pool, typically)."""
 
@@ -448,10 +453,12 @@ class MapWriter:
             pass
 
     def _rotate_pair(self) -> None:
-        """Seal the pair this writer left idle too long and go on in a new one."""
+        """Seal the pair this writer left idle too long (or filled up to ROTATE_ENTRIES) and go on
+        in a new one."""
         self.flush()
         self._shutdown()
         self._reset()
+        self.store._own_sealed()
         self.open()
 
     def _end_run(self) -> None:
@@ -581,6 +588,8 @@ class MapWriter:
         job = (b"", self._buf_start, obj, False, self._pending_sums)
         self._pending_sums = []
         self._entries += len(self._uids)
+        if self._entries >= ROTATE_ENTRIES:
+            self._rotate = True  # the next write seals this pair (_end_run sent it to _write_any)
         if inline:
             self._do_io(*job)
         else:
@@ -857,4 +866,11 @@ class MapWriter:
         self._bin_fd = self._idx_fd = -1
 
 
-__all__ = ["FLUSH_MAX_AGE_S", "FLUSH_MAX_BYTES", "FLUSH_MAX_ITEMS", "LARGE_ITEM_BYTES", "MapWriter"]
+__all__ = [
+    "FLUSH_MAX_AGE_S",
+    "FLUSH_MAX_BYTES",
+    "FLUSH_MAX_ITEMS",
+    "LARGE_ITEM_BYTES",
+    "ROTATE_ENTRIES",
+    "MapWriter",
+]
