@@ -215,9 +215,10 @@ def uid_config(
         else:
             sub = _canon(value, where)  # raises on unsupported values, defaults included
             canon_default = field.canon_default
-        if type(value) is type(default) and sub == canon_default:
+        if (not is_config or type(value) is type(default)) and sub == canon_default:
             # equal to the default (infra fields aside, but for their versions): counts only by
-            # the versions of the infras inside it
+            # the versions of the infras inside it. Plain data by its plain form, as everywhere
+            # in the uid: [] is the default () (from_dict builds a list for a Sequence field)
             if _has_infra(value) if sub_excluded else field.kept_default is not None:
                 out[name] = sub
             continue

@@ -627,3 +627,28 @@ def test_case1_a_notebook_class_warns_once_and_says_so_in_its_uid() -> None:
     with pytest.warns(xl.InteractiveClassWarning, match="move the class into a module"):
         assert cls(a=1).process.uid().startswith("__interactive__.Cell.process,0/a=1-")
     assert cls(a=2).process.uid().startswith("__interactive__.Cell.process,0/a=2-")  # once
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sequences:
+    seq: tp.Sequence[str] = ()
+    anything: tp.Any = ()
+    pair: tp.Sequence[int] = (1, 2)
+    infra: xl.TaskInfra = xl.TaskInfra()
+
+    @infra.apply
+    def run(self) -> int:
+        return len(self.seq)
+
+
+def test_a_value_with_its_defaults_plain_form_is_the_default(tmp_path: Path) -> None:
+    default = _Sequences().run.uid()
+    assert _Sequences(seq=[], anything=[], pair=[1, 2]).run.uid() == default
+    assert _Sequences(pair=[2, 1]).run.uid() != default
+    # a config read back from its own files keeps its uid (from_dict builds lists for these)
+    for obj in (_Sequences(), _Sequences(seq=("a",), pair=(3,))):
+        again = xl.from_dict(_Sequences, xl.to_dict(obj))
+        assert again.run.uid() == obj.run.uid()
+    run = _Sequences(seq=("a",), infra=xl.TaskInfra(folder=tmp_path))
+    assert run.run() == 1
+    assert [tuple(owner.seq) for owner in run.run.iter_cached()] == [("a",)]
