@@ -201,7 +201,9 @@ def has_outcome(paths: TaskPaths) -> bool:
 
 
 def save_result(paths: TaskPaths, value: tp.Any) -> None:
-    if isinstance(value, np.ndarray) and value.dtype != object:
+    # a plain array (or a file-backed one) as .npy; a subclass (masked, record array, matrix)
+    # pickled, or it would come back as a plain array that means something else
+    if (type(value) is np.ndarray or type(value) is np.memmap) and value.dtype != object:
         tmp, publish = atomic_writer(Path(paths.result_npy))
         try:
             with open(tmp, "wb") as f:

@@ -177,3 +177,22 @@ class Gated:
         while not os.path.exists(self.gate):
             time.sleep(0.01)
         return float(np.random.rand())
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySubclass:
+    """Returns an instance of a numpy array subclass (masked, record array, memmap)."""
+
+    kind: str = "masked"
+    folder: str = ""
+    infra: xl.TaskInfra = xl.TaskInfra()
+
+    @infra.apply(exclude_from_cache_uid=("folder",))
+    def process(self) -> tp.Any:
+        if self.kind == "masked":
+            return np.ma.array([1.0, 2.0, 3.0], mask=[False, True, False])
+        if self.kind == "record":
+            return np.rec.fromarrays([np.arange(3), np.ones(3)], names="a,b")
+        mm = np.memmap(os.path.join(self.folder, "mm.bin"), dtype=np.float32, mode="w+", shape=(3,))
+        mm[:] = 7
+        return mm

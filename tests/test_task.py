@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from task_defs import Arrays, Dying, Failing, Flaky, Gated, Task, Versioned, count
+from task_defs import Arrays, ArraySubclass, Dying, Failing, Flaky, Gated, Task, Versioned, count
 
 import exca_lite as xl
 from exca_lite.task import method as task_module
@@ -769,3 +769,19 @@ def test_cluster_none_waits_for_a_job_another_process_submitted(
     assert count(counter) == 1
     assert reader.process.status() == "completed"
     assert Gated(infra=xl.TaskInfra(folder=folder, keep_in_ram=False)).process() == result
+
+
+@pytest.mark.parametrize("kind", ["masked", "record", "memmap"])
+def test_array_subclass_results_come_back_as_their_class(tmp_path: Path, kind: str) -> None:
+    infra = xl.TaskInfra(folder=tmp_path / "cache", keep_in_ram=False)
+    task = ArraySubclass(kind=kind, folder=str(tmp_path), infra=infra)
+    first, again = task.process(), task.process()
+    for got in (first, again):
+        if kind == "masked":
+            assert isinstance(got, np.ma.MaskedArray) and got.mask.tolist() == [False, True, False]
+            assert float(got.sum()) == 4.0
+        elif kind == "record":
+            assert isinstance(got, np.recarray) and got.b.tolist() == [1.0, 1.0, 1.0]
+        else:
+            assert got.tolist() == [7.0, 7.0, 7.0]
+    assert task.process.status() == "completed"
