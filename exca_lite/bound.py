@@ -40,6 +40,7 @@ class InfraMethod(tp.Generic[B]):
         self.__doc__ = func.__doc__
         self.__wrapped__ = func
         self._infra_field: dict[type, str] = {}
+        self._class_default: dict[type, Infra] = {}
         self._dict_keys: dict[type, str] = {}
         self._refs: dict[type, str] = {}
         self.owner_qualname = ""
@@ -103,15 +104,47 @@ class InfraMethod(tp.Generic[B]):
                     name = info.name
                     break
             else:
-                kind = type(self.infra).__name__
-                raise TypeError(
-                    f"{cls.__qualname__}.{self.name}: the infra whose apply decorates it must be "
-                    f"the default of one of its dataclass fields (infra: {kind} = {kind}())"
-                )
+                name = self._redeclared_field(cls)
             for excluded in self.exclude:
                 _check_excluded_name(cls, excluded, self.name)
             self._infra_field[cls] = name
         return name
+
+    def _redeclared_field(self, cls: type) -> str:
+        """The field of a subclass that re-declares the infra field of the class defining this
+        method (``infra: TaskInfra = TaskInfra(version="2")``, to bump an inherited method's
+        version): its default completes the decorator's infra for this subclass."""
+        kind = type(self.infra).__name__
+        for base in cls.__mro__[1:]:
+            if base is object or not dataclasses.is_dataclass(base):
+                continue
+            for info in field_infos(base):
+                if info.default is self.infra:
+                    mine = {i.name: i for i in field_infos(cls)}.get(info.name)
+                    if mine is not None and isinstance(mine.default, type(self.infra)):
+                        return info.name
+                    raise TypeError(
+                        f"{cls.__qualname__}.{self.name}: inherited from {base.__qualname__}, "
+                        f"whose field {info.name!r} holds its infra; {cls.__qualname__} must "
+                        f"keep that field a {kind} (re-declaring it with another {kind} "
+                        "default is fine)"
+                    )
+        raise TypeError(
+            f"{cls.__qualname__}.{self.name}: the infra whose apply decorates it must be the "
+            f"default of one of its dataclass fields (infra: {kind} = {kind}())"
+        )
+
+    def class_default(self, cls: type) -> Infra:
+        """The infra an instance's infra is completed by: the decorator's, or, in a subclass
+        re-declaring the field, that field's default completed by the decorator's."""
+        default = self._class_default.get(cls)
+        if default is None:
+            name = self.infra_field(cls)
+            default = next(i.default for i in field_infos(cls) if i.name == name)
+            if default is not self.infra:
+                default = default.merged_into(self.infra)
+            self._class_default[cls] = default
+        return default
 
 
 def rebind(owner: tp.Any, ref: str) -> BoundMethod:
@@ -162,7 +195,7 @@ class BoundMethod:
             raise TypeError(
                 f"{cls.__qualname__}.{field} must be a {type(method.infra).__name__}, got {given!r}"
             )
-        self._infra = given.merged_into(method.infra)
+        self._infra = given.merged_into(method.class_default(cls))
         self._uid_config = uid_config(self._owner, method.exclude)
         self._ref = method.ref(cls)
         self._uid = method_uid(cls, self._ref, self._infra.version, self._uid_config, method.func)

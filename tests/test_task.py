@@ -785,3 +785,26 @@ def test_array_subclass_results_come_back_as_their_class(tmp_path: Path, kind: s
         else:
             assert got.tolist() == [7.0, 7.0, 7.0]
     assert task.process.status() == "completed"
+
+
+def test_a_subclass_redeclaring_the_infra_field_bumps_the_inherited_version(
+    tmp_path: Path,
+) -> None:
+    from uid_defs import Base, Bumped, BumpedOverride
+
+    infra = xl.TaskInfra(folder=tmp_path)
+    assert Base(k=2, infra=infra).process.uid().startswith("uid_defs.Base.process,1/")
+    bumped = Bumped(k=2, infra=infra)  # the caller's infra sets no version: the subclass's counts
+    assert bumped.process.uid().startswith("uid_defs.Bumped.process,2/")
+    assert bumped.process() == 20
+    assert Bumped(k=2).process.uid().startswith("uid_defs.Bumped.process,2/")
+    assert (
+        Bumped(k=2, infra=xl.TaskInfra(version="7"))
+        .process.uid()
+        .startswith("uid_defs.Bumped.process,7/")
+    )
+    override = BumpedOverride(k=2, infra=infra)
+    assert override.process() == 23
+    assert override.process.uid().startswith("uid_defs.BumpedOverride.process,3/")
+    parent = Base.process.__get__(override)
+    assert parent.uid().startswith("uid_defs.BumpedOverride.process@Base,3/")

@@ -124,6 +124,24 @@ class Redecorated(Base):
 
 
 @dataclasses.dataclass(frozen=True)
+class Bumped(Base):
+    """Re-declares the infra field to bump the version of the inherited method."""
+
+    infra: xl.TaskInfra = xl.TaskInfra(version="2")
+
+
+@dataclasses.dataclass(frozen=True)
+class BumpedOverride(Base):
+    """Re-declares the infra field and overrides the method with it, calling the parent's."""
+
+    infra: xl.TaskInfra = xl.TaskInfra(version="3")
+
+    @infra.apply
+    def process(self) -> int:
+        return super().process() + 3  # type: ignore[no-any-return]
+
+
+@dataclasses.dataclass(frozen=True)
 class ArrayMap:
     infra: xl.MapInfra = xl.MapInfra()
 
