@@ -147,6 +147,16 @@ class InfraMethod(tp.Generic[B]):
         return default
 
 
+def refuse_read_only_clear(mode: str, uid: str, paths: TaskPaths | None) -> None:
+    """``clear()`` under mode "read-only" would otherwise do nothing, silently."""
+    if mode == "read-only":
+        where = "" if paths is None else f" (or: exca-lite clear {paths.base})"
+        raise ValueError(
+            f"{uid}: clear() with mode='read-only', which never modifies a cache: clear it "
+            f"through an infra of another mode{where}"
+        )
+
+
 def rebind(owner: tp.Any, ref: str) -> BoundMethod:
     """Unpickle a bound method (it travels inside its owner's __dict__) without its caches."""
     bound: BoundMethod = find_method(type(owner), ref).new_bound(owner)

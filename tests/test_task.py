@@ -154,7 +154,8 @@ def test_mode_read_only_never_computes_nor_writes(tmp_path: Path) -> None:
     assert task.process.status() == "not submitted"
     with pytest.raises(xl.CacheMissError):
         task.process.job().result()
-    task.process.clear()
+    with pytest.raises(ValueError, match="read-only"):
+        task.process.clear()  # refused, never silently ignored
     assert list(tmp_path.iterdir()) == []  # no folder, no file, no counter: nothing ran
     with pytest.raises(xl.CacheMissError):
         Task(param=8, infra=xl.TaskInfra(mode="read-only")).process()  # no folder at all
@@ -808,3 +809,20 @@ def test_a_subclass_redeclaring_the_infra_field_bumps_the_inherited_version(
     assert override.process.uid().startswith("uid_defs.BumpedOverride.process,3/")
     parent = Base.process.__get__(override)
     assert parent.uid().startswith("uid_defs.BumpedOverride.process@Base,3/")
+
+
+def test_clear_in_read_only_mode_is_refused_not_ignored(tmp_path: Path) -> None:
+    from map_defs import Featurizer
+
+    task = Task(param=31, infra=xl.TaskInfra(folder=tmp_path))
+    value = task.process()
+    reader = Task(param=31, infra=xl.TaskInfra(folder=tmp_path, mode="read-only"))
+    with pytest.raises(ValueError, match=r"read-only.*exca-lite clear"):
+        reader.process.clear()
+    assert reader.process() == value and task.process.status() == "completed"
+    feat = Featurizer(infra=xl.MapInfra(folder=tmp_path))
+    feat.embed.compute(["a", "bb"])
+    frozen = Featurizer(infra=xl.MapInfra(folder=tmp_path, mode="read-only"))
+    with pytest.raises(ValueError, match="read-only"):
+        frozen.embed.clear()
+    assert sorted(frozen.embed.cached_uids()) == ["a", "bb"]

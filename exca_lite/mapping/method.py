@@ -23,7 +23,7 @@ import uuid
 
 import numpy as np
 
-from ..bound import BoundMethod, InfraMethod, find_method
+from ..bound import BoundMethod, InfraMethod, find_method, refuse_read_only_clear
 from ..errors import CacheMissError, JobError
 from ..pools import (
     StopFlag,
@@ -227,8 +227,9 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
     def clear(self) -> None:
         """Remove every cached item of this method and config."""
         self._prepare()
+        refuse_read_only_clear(self._infra.mode, self._uid, self._paths)
         self._ram.clear()
-        if self._store is not None and self._infra.mode != "read-only":
+        if self._store is not None:
             self._store.clear()
 
     # # # computing what is missing # # #

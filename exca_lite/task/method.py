@@ -21,7 +21,7 @@ import typing as tp
 from pathlib import Path
 
 from .. import taskcache
-from ..bound import BoundMethod, InfraMethod, find_method
+from ..bound import BoundMethod, InfraMethod, find_method, refuse_read_only_clear
 from ..errors import CacheMissError
 from ..fsio import file_lock
 from ..store.locks import probe_lock
@@ -409,12 +409,13 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
     def clear(self) -> None:
         """Remove the cached result, failure and job record (and the RAM copy)."""
         self._prepare()
+        refuse_read_only_clear(self._infra.mode, self._uid, self._paths)
         cell = _RAM.pop(self._ram_key, None)
         if cell is not None:
             cell[0] = _MISSING
         self._cell = [_MISSING, self]
         _JOBS.pop(self._uid, None)
-        if self._paths is not None and self._infra.mode != "read-only":
+        if self._paths is not None:
             taskcache.clear(self._paths)
 
 
