@@ -15,6 +15,7 @@ process worker starts, when it stops.
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import multiprocessing.context
 import os
@@ -45,32 +46,50 @@ def process_context() -> multiprocessing.context.BaseContext:
 
 
 def check_importable(owner: object) -> None:
-    """Raise before any worker starts if process workers cannot import the owner's class: a
-    class of a notebook (no file to import), or of a script whose top-level code is not guarded
-    (each worker would run the whole script again, and die)."""
+    """Raise before any worker starts if process workers cannot import the owner's class, or
+    would run the caller's script again: a class of a notebook (no file to import) or defined in
+    a function, or a script whose top-level code is not guarded (forkserver workers import the
+    main script, whatever module the class is in: each would run it again, and fail or hang)."""
     cls = type(owner)
-    if cls.__module__ != "__main__":
-        return
+    name = cls.__qualname__
+    if "<locals>" in name:
+        raise RuntimeError(
+            f"{name} is defined inside a function: processpool workers cannot import it. Define "
+            'it at the top level of a module, or use cluster="threadpool"'
+        )
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    name = cls.__qualname__
     if path is None:
-        raise RuntimeError(
-            f"{name} is defined in an interactive session (a notebook): processpool workers "
-            f"cannot import it. Move {name} into a module (a .py file) and import it, or use "
-            'cluster="threadpool"'
-        )
+        if cls.__module__ == "__main__":
+            raise RuntimeError(
+                f"{name} is defined in an interactive session (a notebook): processpool workers "
+                f"cannot import it. Move {name} into a module (a .py file) and import it, or use "
+                'cluster="threadpool"'
+            )
+        return  # python -c, a notebook: workers have no main script to run again
+    if _has_main_guard(path):
+        return
+    what = (
+        f"{name} is defined in the script {path}, which processpool workers import"
+        if cls.__module__ == "__main__"
+        else f"processpool workers import the script {path} that runs this map"
+    )
+    raise RuntimeError(
+        f"{what}: its top-level code would run again in each worker. Put the code that runs "
+        'the script under `if __name__ == "__main__":`'
+        + (" (or move the class into a module)" if cls.__module__ == "__main__" else "")
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _has_main_guard(path: str) -> bool:
+    """Whether a script guards its top-level code (an unreadable one is given the benefit)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             source = f.read()
     except OSError:
-        return
-    if not _MAIN_GUARD.search(source):
-        raise RuntimeError(
-            f"{name} is defined in the script {path}, which processpool workers import: its "
-            "top-level code would run again in each worker. Put the code that runs the script "
-            'under `if __name__ == "__main__":` (or move the class into a module)'
-        )
+        return True
+    return _MAIN_GUARD.search(source) is not None
 
 
 _MAIN_GUARD = re.compile(r"""^\s*if\s+__name__\s*==\s*['"]__main__['"]\s*:""", re.MULTILINE)

@@ -5,6 +5,7 @@ real signals throughout."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -243,6 +244,56 @@ def test_a_script_class_in_a_processpool_works_or_says_how_to_fix_it(
         assert done.returncode != 0
         assert 'if __name__ == "__main__":' in done.stderr and "featurize.py" in done.stderr
         assert "terminated abruptly" not in done.stderr
+
+
+_MODULE_SCRIPT = """
+import sys
+import exca_lite as xl
+from map_defs import Featurizer
+
+print("top-level code ran", file=sys.stderr)
+feat = Featurizer(infra=xl.MapInfra(folder=sys.argv[1], cluster="processpool", max_jobs=2))
+print(feat.embed.stack(["a", "bb", "ccc"]).shape)
+"""
+
+
+def test_an_unguarded_script_using_a_module_class_in_a_processpool_says_how_to_fix_it(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    script = tmp_path / "extract.py"
+    script.write_text(_MODULE_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env,
+    )
+    # before any worker starts (each would run the script again: hangs or crashes)
+    assert done.returncode != 0
+    assert done.stderr.count("top-level code ran") == 1, done.stderr[-2000:]
+    assert 'if __name__ == "__main__":' in done.stderr and "extract.py" in done.stderr
+
+
+def test_a_class_defined_in_a_function_in_a_processpool_says_how_to_fix_it(
+    tmp_path: Path,
+) -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Local:
+        infra: xl.MapInfra = xl.MapInfra()
+
+        @infra.apply(item_uid=str)
+        def embed(self, items: tp.Sequence[str]) -> tp.Iterator[np.ndarray]:
+            for _ in items:
+                yield np.zeros(1)
+
+    feat = Local(infra=xl.MapInfra(folder=tmp_path, cluster="processpool", max_jobs=2))
+    with pytest.raises(RuntimeError, match="inside a function"):
+        feat.embed.compute(["a", "b"])
+    assert (
+        Local(infra=xl.MapInfra(folder=tmp_path, cluster="threadpool")).embed.compute(["a", "b"])
+        == 2
+    )
 
 
 def test_a_notebook_class_in_a_processpool_says_how_to_fix_it(tmp_path: Path) -> None:
