@@ -129,8 +129,10 @@ def test_count_mismatch_is_an_error_and_keeps_completed_items(tmp_path: Path) ->
         fewer.embed.compute(["a", "b", "c"])
     assert sorted(fewer.embed.cached_uids()) == ["a", "b"]
     more = Miscounted(extra=2, infra=xl.MapInfra(folder=tmp_path / "more"))
-    with pytest.raises(RuntimeError, match="more outputs than the 3 items"):
+    with pytest.raises(RuntimeError, match=r"more than 3 outputs \(at least 4\)") as info:
         more.embed.compute(["a", "b", "c"])
+    # the user is told that what was cached may be misaligned, and how to clear it
+    assert "may belong to other items" in str(info.value) and "embed.clear()" in str(info.value)
 
 
 @pytest.mark.parametrize("cluster", [None, "processpool", "local"], ids=lambda c: str(c))

@@ -695,14 +695,25 @@ def _check_output_count(
     ``n_items`` items (consumed by zipping them with the items), yields nothing more."""
     if n == n_items and next(outputs, _END) is _END:
         return
+    name = f"{type(owner).__qualname__}.{method.name}"
+    # the outputs were stored as they came, each under the next item's uid: once one item was
+    # skipped (or an output added), the later ones may belong to other items
+    stored = (
+        f" The {n} outputs it gave were cached under the first {n} item uids and may belong to "
+        f"other items: after fixing the method, clear this cache ({method.name}.clear(), or "
+        "exca-lite clear FOLDER) so that they are computed again."
+        if n
+        else ""
+    )
     if n == n_items:
-        raise RuntimeError(
-            f"{type(owner).__qualname__}.{method.name} yielded more outputs than the "
-            f"{n_items} items it was given"
+        raise RuntimeError(  # not drained further: each output may cost a computation
+            f"{name} yielded more than {n_items} outputs (at least {n_items + 1}) for the "
+            f"{n_items} items it was given: a map method must yield exactly one output per item, "
+            f"in order.{stored}"
         )
     raise RuntimeError(
-        f"{type(owner).__qualname__}.{method.name} yielded {n} outputs for {n_items} "
-        "items: a map method must yield exactly one output per item, in order"
+        f"{name} yielded {n} outputs for {n_items} items: a map method must yield exactly one "
+        f"output per item, in order.{stored}"
     )
 
 
