@@ -137,7 +137,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
                 f"item_uid must return a str, got {type(uids[i]).__name__} for item #{i} "
                 f"({items[i]!r:.80})"
             ) from None
-        if longest > ITEM_UID_MAX_CHARS:
+        if longest > ITEM_UID_MAX_CHARS:  # maybe: each uid tells
             uids = [u if len(u) <= ITEM_UID_MAX_CHARS else item_uid_name(u) for u in uids]
         return uids
 
@@ -614,19 +614,19 @@ def _items_param(func: tp.Callable[..., tp.Any]) -> str:
 
 
 def _longest(uids: list[str]) -> int:
-    """The length of the longest uid; TypeError if one is not a str. Joined with NULs and
-    encoded as UTF-32 (C loops), the uids' lengths are the gaps between the NULs: 3x cheaper
-    than a ``len`` call per uid on a million."""
+    """At least the length of the longest uid (the most UTF-8 bytes of one: the same for ASCII
+    uids); TypeError if one is not a str. Joined with NULs and encoded (C loops), the uids'
+    sizes are the gaps between the NULs: 3-4x cheaper than a ``len`` call per uid."""
     longest = 0
     step = 1 << 16  # bounded temporaries, whatever the uids
     for lo in range(0, len(uids), step):
         chunk = uids[lo : lo + step]
-        codes = np.frombuffer("\x00".join(chunk).encode("utf-32-le", "surrogatepass"), np.uint32)
-        ends = np.flatnonzero(codes == 0)
+        raw = np.frombuffer("\x00".join(chunk).encode("utf-8", "surrogatepass"), np.uint8)
+        ends = np.flatnonzero(raw == 0)
         if len(ends) != len(chunk) - 1:  # a uid holds a NUL
             longest = max(longest, max(map(str.__len__, chunk)))
         else:
-            gaps = np.diff(ends, prepend=-1, append=len(codes))
+            gaps = np.diff(ends, prepend=-1, append=len(raw))
             longest = max(longest, int(gaps.max()) - 1)
     return longest
 
