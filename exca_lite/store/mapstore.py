@@ -896,6 +896,9 @@ class MapStore:
         """The table rows of ``uids`` (the newest copy of each, from the rows or the segments)
         and which were found: one vectorized pass over the segments for those not in rows."""
         n = len(uids)
+        if not ix.rows and ix.segs:  # every entry in segments (a cache opened, not written)
+            best, where = self._seg_find(ix, uids)
+            return self._seg_rows(ix, best, where), best >= 0
         rows = np.fromiter(map(ix.rows.get, uids, itertools.repeat(-1)), dtype=np.int64, count=n)
         table = ix.table[rows]
         missing = rows < 0
