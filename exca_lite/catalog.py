@@ -375,7 +375,10 @@ def _has_result(paths: TaskPaths) -> bool:
 
 def _job_id(paths: TaskPaths) -> str | None:
     """The submitit job id recorded in ``job.pkl``, without unpickling it (that imports submitit
-    and runs code): the id is the folder name of the ``logs`` link, else unknown."""
+    and runs code): the id is the folder name of the ``logs`` link, else unknown. None once the
+    record is gone (a cleared task keeps its ``logs`` link, to an older job)."""
+    if not os.path.exists(paths.job):
+        return None
     try:
         return Path(os.readlink(paths.logs)).name or None
     except OSError:

@@ -181,7 +181,7 @@ def _verify_one(path: Path) -> list[str]:
     with _heartbeat("verify"):
         problems = catalog.verify(path)
     if not problems:
-        print(f"ok: {summary.uid}: {summary.items:,} item(s) checked, no damage")
+        print(f"ok: {path}: {summary.items:,} item(s) checked, no damage")
         return problems
     for problem in problems:
         print(f"damaged: {problem}")

@@ -310,6 +310,10 @@ def test_ls_status_of_tasks(tmp_path: Path, env: dict[str, str]) -> None:
         gate.touch()
     assert job.result() == {"param": 4}
     assert ls_json(env, root)[running.process.uid()]["status"] == "completed"
+    folder = tp.cast(Path, running.process.folder())
+    assert info_json(env, folder)["job_id"] == str(job.job_id)
+    running.process.clear()  # the logs link stays; the job id it names is no longer this task's
+    assert info_json(env, folder)["job_id"] is None
 
 
 # # # info # # #
