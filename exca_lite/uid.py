@@ -300,6 +300,8 @@ def _main_module_name(cls: type, func: tp.Any) -> str:
     source = code.co_filename if code is not None else None
     main = sys.modules.get("__main__")
     main_file = getattr(main, "__file__", None)
+    if main_file and main_file.startswith("<"):  # python - < script.py: "<stdin>", no file
+        main_file = None
     if source and main_file and os.path.realpath(source) == os.path.realpath(main_file):
         spec = getattr(main, "__spec__", None)
         if spec is not None and spec.name and spec.name != "__main__":

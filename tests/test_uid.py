@@ -427,13 +427,15 @@ def test_case1_a_script_and_an_import_of_it_share_one_cache(
     assert _run(["-m", "featurize"], tmp_path, env) == as_script
 
 
+@pytest.mark.parametrize("how", ["-c", "stdin"])
 def test_case1_no_file_names_the_class_the_uid_says_so(
-    tmp_path: Path, subprocess_env: dict[str, str]
+    tmp_path: Path, subprocess_env: dict[str, str], how: str
 ) -> None:
-    code = _FEATURIZE.replace('if __name__ == "__main__":\n    main()', "main()")
+    code = "SCALE = 1\n" + _FEATURIZE.replace('if __name__ == "__main__":\n    main()', "main()")
     env = dict(subprocess_env, FOLDER=str(tmp_path / "c"), COUNTER=str(tmp_path / "n"))
-    res = subprocess.run(
-        [sys.executable, "-c", "SCALE = 1\n" + code],
+    res = subprocess.run(  # python -c CODE, or python - < script.py ("<stdin>" is no file)
+        [sys.executable, "-c", code] if how == "-c" else [sys.executable, "-"],
+        input=None if how == "-c" else code,
         cwd=tmp_path,
         env=env,
         capture_output=True,
