@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import threading
 import time
 import typing as tp
 from pathlib import Path
@@ -196,3 +197,16 @@ class ArraySubclass:
         mm = np.memmap(os.path.join(self.folder, "mm.bin"), dtype=np.float32, mode="w+", shape=(3,))
         mm[:] = 7
         return mm
+
+
+@dataclasses.dataclass(frozen=True)
+class Unpicklable:
+    """Returns an object pickle refuses (a lock)."""
+
+    counter: str = ""
+    infra: xl.TaskInfra = xl.TaskInfra()
+
+    @infra.apply(exclude_from_cache_uid=("counter",))
+    def process(self) -> tp.Any:
+        record(self.counter)
+        return threading.Lock()

@@ -826,3 +826,17 @@ def test_clear_in_read_only_mode_is_refused_not_ignored(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="read-only"):
         frozen.embed.clear()
     assert sorted(frozen.embed.cached_uids()) == ["a", "bb"]
+
+
+def test_a_result_that_cannot_be_saved_is_a_cached_failure(tmp_path: Path) -> None:
+    from task_defs import Unpicklable
+
+    counter = tmp_path / "counter"
+    task = Unpicklable(counter=str(counter), infra=xl.TaskInfra(folder=tmp_path))
+    with pytest.raises(TypeError, match="pickle"):
+        task.process()
+    assert task.process.status() == "failed"
+    again = Unpicklable(counter=str(counter), infra=xl.TaskInfra(folder=tmp_path))
+    with pytest.raises(xl.JobError, match="the result could not be saved"):
+        again.process()  # as a local job's failure: cached, not computed again
+    assert count(counter) == 1

@@ -502,21 +502,32 @@ def run_task_job(
     try:
         value = method.func(owner)
     except Exception as e:
-        job_id = _job_id()
-        failure = Failure(
-            uid=uid or folder,
-            type=type(e).__name__,
-            message=str(e),
-            traceback=traceback.format_exc(),
-            job_id=job_id,
-        )
-        taskcache.save_failure(paths, failure)
-        if reraise:
-            raise
-        return None
-    taskcache.save_result(paths, value)
+        return _cache_failure(paths, uid or folder, e, "", reraise)
+    try:
+        taskcache.save_result(paths, value)
+    except OSError:
+        raise  # the filesystem failed, not the task: nothing to cache
+    except Exception as e:  # a result that cannot be pickled: as a local job's failure would be
+        return _cache_failure(paths, uid or folder, e, "the result could not be saved: ", reraise)
     # returned too, so that job().result() gives the value (the caller itself reads the cache)
     return value
+
+
+def _cache_failure(
+    paths: TaskPaths, uid: str, error: Exception, prefix: str, reraise: bool
+) -> None:
+    """Write the failure of a task into its folder, then re-raise it (or return None)."""
+    failure = Failure(
+        uid=uid,
+        type=type(error).__name__,
+        message=prefix + str(error),
+        traceback=traceback.format_exc(),
+        job_id=_job_id(),
+    )
+    taskcache.save_failure(paths, failure)
+    if reraise:
+        raise error
+    return None
 
 
 __all__ = ["BoundTask", "InlineJob", "TaskMethod", "run_task_job"]
