@@ -28,7 +28,7 @@ import pytest
 from slurm_defs import START_HINT, Gated, JobFeaturizer, project_cluster_problem, read_records
 
 import exca_lite as xl
-from exca_lite.execution import pid_is_alive
+from exca_lite.execution import load_job_record, pid_is_alive
 
 pytestmark = [pytest.mark.slurm]
 
@@ -538,3 +538,46 @@ def test_two_processes_same_map_compute_each_item_once(tmp_path: Path) -> None:
     arrays = {w[0].split("_")[0] for w in by_item.values()}
     assert all("_" in w[0] for w in by_item.values())
     assert len(arrays) == sum(1 for c in computed if c)
+
+
+@pytest.mark.timeout(180)
+def test_map_rerun_after_a_killed_driver_waits_for_its_queued_jobs(tmp_path: Path) -> None:
+    """Queued (held) array tasks hold no claim: only the job record tells a rerun they will
+    compute their items. The driver is killed (kill -9) while its array waits in the queue; the
+    rerun submits only new items, waits for the live task, takes over the cancelled one's."""
+    counter, cache = tmp_path / "counter", tmp_path / "cache"
+    items = ITEMS[:8]
+    script = textwrap.dedent(
+        f"""
+        import exca_lite as xl
+        from slurm_defs import JobFeaturizer
+        feat = JobFeaturizer(counter={str(counter)!r}, infra=xl.MapInfra(
+            folder={str(cache)!r}, cluster="slurm", max_jobs=2,
+            slurm_additional_parameters={{"hold": True}}))
+        feat.embed.compute({items!r})
+        """
+    )
+    with open(tmp_path / "driver.log", "w") as log:  # not a pipe: nobody reads it
+        driver = subprocess.Popen([sys.executable, "-c", script], stdout=log, stderr=log)
+    rerun = JobFeaturizer(counter=str(counter), infra=map_infra(cache, max_jobs=2))
+    records = tp.cast(Path, rerun.embed.folder()) / "jobs"
+    record = wait_until(lambda: list(records.glob("*.pkl")), 60, "the driver's job record")[0]
+    assert driver.poll() is None, (tmp_path / "driver.log").read_text()
+    driver.kill()
+    driver.wait()
+    data = load_job_record(record)
+    first, second = (str(job.job_id) for job in data["jobs"])
+    assert squeue_state(first) == squeue_state(second) == "PENDING"
+    extra = ITEMS[8:]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(rerun.embed.compute, [*items, *extra])
+        # the rerun computes the new items only (its own array) while the held ones wait
+        wait_until(lambda: len(read_records(counter)) >= len(extra), 60, "the new items")
+        assert sorted(tasks_by_item(counter)) == sorted(extra)
+        run("scontrol", "release", first)
+        run("scancel", second)  # a job that dies without computing: taken over
+        computed = future.result(timeout=120)
+    by_item = tasks_by_item(counter)
+    assert {item: len(w) for item, w in by_item.items()} == {i: 1 for i in ITEMS}, by_item
+    assert computed == len(extra) + len(data["uids"][1])  # new items + the cancelled task's
+    assert all(by_item[item] == [first] for item in data["uids"][0])  # the released task's
