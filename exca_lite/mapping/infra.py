@@ -24,6 +24,7 @@ from ..infra import (
     exclude_tuple,
     track_explicit_fields,
 )
+from ..workdir import WorkDir, check_workdir
 
 if tp.TYPE_CHECKING:
     from .method import MapMethod
@@ -45,12 +46,16 @@ class MapInfra(Infra):
     min_samples_per_job: int = 1
     forbid_single_item_computation: bool = False
     durability: Durability = "flush"
+    workdir: WorkDir | None = None
+    """Run submitted jobs from a copy of this code, made at submission (one copy per job array;
+    ignored in this process, in pools and for ``"debug"``)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice(MapInfra, "cluster", self.cluster, MAP_CLUSTERS)
         check_choice(MapInfra, "mode", self.mode, MAP_MODES)
         check_choice(MapInfra, "durability", self.durability, DURABILITIES)
+        check_workdir(MapInfra, self.workdir)
         if self.cluster in TASK_CLUSTERS and self.cluster is not None and self.folder is None:
             raise ValueError(
                 f"MapInfra(cluster={self.cluster!r}) needs a folder: workers write their results "

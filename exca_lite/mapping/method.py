@@ -20,6 +20,7 @@ import time
 import traceback
 import typing as tp
 import uuid
+from pathlib import Path
 
 import numpy as np
 
@@ -539,8 +540,14 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         infra = self._infra
         name = infra.job_name or f"{type(self._owner).__name__}.{self._method.name}"
         executor = make_executor(infra, name)
+        calls: list[tuple[tp.Any, ...]] = [(run_map_chunk, *a) for a in args]
+        if infra.workdir is not None and executor.cluster != "debug":
+            from ..workdir import snapshot, snapshot_call
+
+            copy = snapshot(infra.workdir, tp.cast(Path, infra.folder))  # one for the array
+            calls = [snapshot_call(copy, call) for call in calls]
         with executor.batch():
-            submitted = [executor.submit(run_map_chunk, *a) for a in args]
+            submitted = [executor.submit(*call) for call in calls]
         record = None
         if executor.cluster != "debug":  # debug jobs run in this process, inside result()
             # before waiting: if this process dies, a rerun learns from the record which items

@@ -20,7 +20,7 @@ from ..infra import (
     exclude_tuple,
     track_explicit_fields,
 )
-from .workdir import WorkDir
+from ..workdir import WorkDir, check_workdir
 
 if tp.TYPE_CHECKING:
     from .method import TaskMethod
@@ -44,11 +44,7 @@ class TaskInfra(Infra):
         super().__post_init__()
         check_choice(TaskInfra, "cluster", self.cluster, TASK_CLUSTERS)
         check_choice(TaskInfra, "mode", self.mode, TASK_MODES)
-        if self.workdir is not None and not isinstance(self.workdir, WorkDir):
-            raise TypeError(
-                f"TaskInfra.workdir must be an xl.WorkDir, got {self.workdir!r}: "
-                'e.g. workdir=xl.WorkDir(copied=("mypkg",))'
-            )
+        check_workdir(TaskInfra, self.workdir)
         if self.cluster is not None and self.folder is None:
             raise ValueError(
                 f"TaskInfra(cluster={self.cluster!r}) needs a folder: results come back through "

@@ -302,10 +302,7 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         infra = self._infra
         if infra.workdir is None or infra.cluster in (None, "debug"):
             return call
-        # submitit's own dependency, which pickles the classes of a script (__main__) by value
-        import cloudpickle  # type: ignore[import-untyped]
-
-        from .workdir import run_from_snapshot, snapshot
+        from ..workdir import snapshot, snapshot_call
 
         key = (infra.workdir, str(infra.folder))
         copy = None if copies is None else copies.get(key)
@@ -313,7 +310,7 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
             copy = snapshot(infra.workdir, tp.cast(Path, infra.folder))
             if copies is not None:
                 copies[key] = copy
-        return (run_from_snapshot, str(copy), cloudpickle.dumps(call))
+        return snapshot_call(copy, call)
 
     def _record(self, job: tp.Any, cluster: str) -> None:
         """Under the task lock, just submitted: record the job for every process to find."""

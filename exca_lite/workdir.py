@@ -150,6 +150,24 @@ def snapshot(workdir: WorkDir, root: Path | str) -> Path:
     return copy
 
 
+def check_workdir(infra_class: type, workdir: object) -> None:
+    """Raise unless ``workdir`` (an infra's field) is None or a ``WorkDir``, saying how to write one."""
+    if workdir is not None and not isinstance(workdir, WorkDir):
+        raise TypeError(
+            f"{infra_class.__name__}.workdir must be an xl.WorkDir, got {workdir!r}: "
+            'e.g. workdir=xl.WorkDir(copied=("mypkg",))'
+        )
+
+
+def snapshot_call(copy: Path, call: tuple[tp.Any, ...]) -> tuple[tp.Any, ...]:
+    """What to submit so that ``call`` (``(function, *args)``) runs from ``copy``: its arguments
+    as bytes, loaded only once the copy leads ``sys.path`` (cloudpickle, submitit's own
+    dependency, pickles the classes of a script, ``__main__``, by value)."""
+    import cloudpickle  # type: ignore[import-untyped]
+
+    return (run_from_snapshot, str(copy), cloudpickle.dumps(call))
+
+
 def run_from_snapshot(copy: str, payload: bytes) -> tp.Any:
     """What a job runs: from the copy of the code, the pickled ``(function, *args)``."""
     import pickle
@@ -163,4 +181,4 @@ def run_from_snapshot(copy: str, payload: bytes) -> tp.Any:
     return function(*args)
 
 
-__all__ = ["WorkDir", "run_from_snapshot", "snapshot"]
+__all__ = ["WorkDir", "check_workdir", "run_from_snapshot", "snapshot", "snapshot_call"]
