@@ -369,8 +369,11 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
                 remaining, size, missing_as_of=first_as_of.pop() if first_as_of else None
             )
             if piece:
-                taken = set(piece)
-                remaining = [u for u in remaining if u not in taken]
+                if remaining[: len(piece)] == piece:  # the usual case: nobody else holds any
+                    remaining = remaining[len(piece) :]
+                else:
+                    taken = set(piece)
+                    remaining = [u for u in remaining if u not in taken]
                 computed += len(piece)
             return piece
 

@@ -37,6 +37,7 @@ if tp.TYPE_CHECKING:
     from .mapstore import MapStore
 
 logger = logging.getLogger("exca_lite")
+_TAKE_WINDOW = 4096  # uids looked up at once by take()
 _process_claims_lock = threading.Lock()
 """Threads of this process queue here before the file lock: correct even where flock is per
 process (NFS), and cheaper than contending on the file."""
@@ -197,13 +198,11 @@ class Claim:
             return []
         if not self._locks_work or self._owner is None:
             # no locks here (or no claim): nobody holds anything for anyone
-            self._others = {}
-            piece = self._missing(item_uids, missing_as_of)[:limit]
+            piece = self._first_free(item_uids, limit, missing_as_of, {})
         else:
             try:
                 with self._globally():
-                    wanted = self._missing(item_uids, missing_as_of)
-                    piece = self._split(wanted, self._read_claims())[:limit]
+                    piece = self._first_free(item_uids, limit, missing_as_of, self._read_claims())
                     self._append(piece)
             except OSError as exc:
                 raise store_error("claiming items in", self.store.paths.claims, exc) from exc
@@ -211,14 +210,36 @@ class Claim:
         self._taken.update(piece)
         return piece
 
-    def _missing(self, item_uids: tp.Sequence[str], missing_as_of: object) -> list[str]:
-        """The uids not stored (as of now) and not already this claim's."""
+    def _first_free(
+        self,
+        item_uids: tp.Sequence[str],
+        limit: int,
+        missing_as_of: object,
+        claimed: dict[str, str],
+    ) -> list[str]:
+        """The first ``limit`` uids not stored, not in ``claimed`` and not this claim's, looked up
+        window by window: a piece costs about its own size, not a pass over every item. Sets
+        ``_others`` to the claimed uids among those looked at: all of them when fewer than
+        ``limit`` are free (a driver's last take, before it waits for the others)."""
         store = self.store
         store.refresh()
-        if missing_as_of is None or store.view_state() != missing_as_of:
-            item_uids = store.missing(item_uids)
+        trusted = missing_as_of is not None and store.view_state() == missing_as_of
         taken = self._taken
-        return [u for u in item_uids if u not in taken] if taken else list(item_uids)
+        piece: list[str] = []
+        others: dict[str, str] = {}
+        window = max(limit, _TAKE_WINDOW)
+        for start in range(0, len(item_uids), window):
+            chunk = item_uids[start : start + window]
+            wanted = list(chunk) if trusted else store.missing(chunk)
+            if taken:
+                wanted = [u for u in wanted if u not in taken]
+            free = self._split(wanted, claimed)
+            others.update(self._others)
+            piece.extend(free[: limit - len(piece)])
+            if len(piece) >= limit:
+                break
+        self._others = others
+        return piece
 
     @contextlib.contextmanager
     def computing(self) -> tp.Iterator[None]:
