@@ -378,8 +378,11 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
             return piece
 
         if infra.cluster is None:
-            while piece := next_piece():
-                self._run(items_of(piece), piece)
+            # one bar for the call, not one per piece
+            big = len(todo) >= PROGRESS_MIN_ITEMS
+            with _progress(len(todo), self._method.name) if big else _NoBar() as bar:
+                while piece := next_piece():
+                    self._run(items_of(piece), piece, bar=bar)
         else:
             n_pieces = -(-len(todo) // size)
             self._run_pool(self._pool_args(next_piece, items_of, claim.token), n_pieces)
@@ -423,9 +426,12 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
             n += 1
         _check_output_count(self._map_method, self._owner, outputs, n, len(items))
 
-    def _run(self, items: list[X], uids: list[str], token: str | None = None) -> None:
+    def _run(
+        self, items: list[X], uids: list[str], token: str | None = None, bar: tp.Any = None
+    ) -> None:
         """Compute these items (in this process, a pool or jobs); ``token``: the caller's claim,
-        which each worker adopts, so its items stay held by the worker if the caller dies."""
+        which each worker adopts, so its items stay held by the worker if the caller dies;
+        ``bar``: inline, the progress bar of the whole call (else one for these items)."""
         from ..execution import chunk_sizes, chunks
 
         infra = self._infra
@@ -441,6 +447,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
                 infra.durability,
                 progress=True,
                 store=self._store,
+                bar=bar,
             )
             return
         sizes = chunk_sizes(len(items), self._max_jobs(), infra.min_samples_per_job)
@@ -738,6 +745,7 @@ def run_map_chunk(
     store: MapStore | None = None,
     adopt: str | None = None,
     stop: StopFlag | None = None,
+    bar: tp.Any = None,
 ) -> int:
     """What a worker runs: compute a chunk and write each output into the store itself.
 
@@ -745,7 +753,8 @@ def run_map_chunk(
     keeps every item completed before it. ``adopt``: the driver's claim token; the worker claims
     the chunk's items itself (they stay held while it lives, even if the driver dies) and
     computes only those no other live process holds. ``stop``: set when the caller is
-    interrupted (thread pools): the worker stops at the next item.
+    interrupted (thread pools): the worker stops at the next item. ``bar``: a progress bar the
+    caller shows for more than this chunk (inline pieces).
     """
     method = find_method(type(owner), method_name)
     if not isinstance(method, MapMethod):
@@ -768,11 +777,12 @@ def run_map_chunk(
                     items, uids = [i for i, _ in picked], [u for _, u in picked]
             if not uids:
                 return 0
-            bar = stack.enter_context(
-                _progress(len(uids), method_name)
-                if progress and len(uids) >= PROGRESS_MIN_ITEMS
-                else _NoBar()
-            )
+            if bar is None:
+                bar = stack.enter_context(
+                    _progress(len(uids), method_name)
+                    if progress and len(uids) >= PROGRESS_MIN_ITEMS
+                    else _NoBar()
+                )
             writer = stack.enter_context(store.writer(method.cache_type))
             write = writer.write
             outputs = iter(method.func(owner, items))
