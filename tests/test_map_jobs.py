@@ -154,6 +154,73 @@ def test_ctrl_c_stops_a_threadpool_at_the_next_item(tmp_path: Path) -> None:
     assert len(feat.pid.cached_uids()) >= 20
 
 
+_CTRL_C_ANY = """
+import sys
+import exca_lite as xl
+from map_jobs_defs import Pids
+folder, counter, cluster = sys.argv[1:4]
+feat = Pids(counter=counter, delay_s=0.05, infra=xl.MapInfra(
+    folder=folder, cluster=None if cluster == "none" else cluster, max_jobs=2))
+try:
+    feat.pid.compute([f"i{k}" for k in range(400)])
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(130)
+"""
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` now (from /proc: forkserver workers are its grandchildren)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", ["none", "processpool"])
+def test_ctrl_c_stops_the_caller_and_its_pool_workers(tmp_path: Path, cluster: str) -> None:
+    counter = tmp_path / "counter"
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _CTRL_C_ANY, str(tmp_path / "cache"), str(counter), cluster],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    _wait_for_lines(counter, 10, driver)
+    workers = _descendants(driver.pid)
+    assert (len(workers) >= 2) == (cluster == "processpool"), workers  # forkserver + workers
+    os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+    out, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130 and "interrupted" in out, err[-2000:]
+    # no worker is left running (reaped by the pool, or exiting on their own)
+    deadline = time.monotonic() + 30
+    while any(pid_is_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p for p in workers if pid_is_alive(p)] == []
+    done = sum(counts(str(counter)).values())
+    assert done < 400  # stopped, not run to the end
+    # what was stored before the interrupt reads back; the rest is computed by the next call
+    feat = Pids(infra=xl.MapInfra(folder=tmp_path / "cache"))
+    stored = len(feat.pid.cached_uids())
+    assert feat.pid.compute([f"i{k}" for k in range(400)]) == 400 - stored
+
+
 def test_a_nested_call_needing_its_own_items_is_an_error_not_a_hang(tmp_path: Path) -> None:
     chain = Chain(infra=xl.MapInfra(folder=tmp_path))
     assert [float(v[0]) for v in chain.value([0, 1, 2, 3])] == [1.0, 2.0, 3.0, 4.0]
