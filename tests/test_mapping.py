@@ -254,3 +254,11 @@ def test_four_processes_compute_each_item_once(tmp_path: Path) -> None:
         assert proc.returncode == 0, err
         assert out.strip() == "ok 200"
     assert counts(counter) == {f"item{i:04d}": 1 for i in range(200)}
+
+
+def test_an_item_uid_that_is_not_valid_text_is_a_clear_error(tmp_path: Path) -> None:
+    feat = Featurizer(infra=xl.MapInfra(folder=tmp_path))
+    name = b"caf\xe9.jpg".decode("utf-8", "surrogateescape")  # str() of a latin-1 file name
+    with pytest.raises(ValueError, match=r"item #1.*not valid text.*fsencode"):
+        feat.embed.stack(["ok", name])
+    assert feat.embed.compute(["ok", "café.jpg"]) == 2  # real text, accents included

@@ -138,6 +138,14 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
                 f"item_uid must return a str, got {type(uids[i]).__name__} for item #{i} "
                 f"({items[i]!r:.80})"
             ) from None
+        except UnicodeEncodeError:
+            i = next(k for k, uid in enumerate(uids) if not _is_text(uid))
+            raise ValueError(
+                f"item_uid returned {uids[i]!r:.80} for item #{i}, which is not valid text (a "
+                "lone surrogate: str() of a path whose name is not UTF-8 gives these); return "
+                "a text name instead, e.g. os.fsencode(path).hex(), or "
+                "os.fsencode(path).decode('utf-8', 'backslashreplace')"
+            ) from None
         if longest > ITEM_UID_MAX_CHARS:  # maybe: each uid tells
             uids = [u if len(u) <= ITEM_UID_MAX_CHARS else item_uid_name(u) for u in uids]
         return uids
@@ -638,7 +646,8 @@ def _longest(uids: list[str]) -> int:
     step = 1 << 16  # bounded temporaries, whatever the uids
     for lo in range(0, len(uids), step):
         chunk = uids[lo : lo + step]
-        raw = np.frombuffer("\x00".join(chunk).encode("utf-8", "surrogatepass"), np.uint8)
+        # strict: a lone surrogate (no UTF-8 form) is refused here, not deep in the store
+        raw = np.frombuffer("\x00".join(chunk).encode("utf-8"), np.uint8)
         ends = np.flatnonzero(raw == 0)
         if len(ends) != len(chunk) - 1:  # a uid holds a NUL
             longest = max(longest, max(map(str.__len__, chunk)))
@@ -646,6 +655,14 @@ def _longest(uids: list[str]) -> int:
             gaps = np.diff(ends, prepend=-1, append=len(raw))
             longest = max(longest, int(gaps.max()) - 1)
     return longest
+
+
+def _is_text(uid: str) -> bool:
+    try:
+        uid.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _refuse_str_of_arrays(
