@@ -95,3 +95,16 @@ class PidFeaturizer:
     def pid(self, items: tp.Sequence[str]) -> tp.Iterator[np.ndarray]:
         for _ in items:
             yield np.array(os.getpid(), dtype=np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shifted:
+    """len(item) + shift: two objects of one cache (shift is not in the uid) write different values."""
+
+    shift: float = 0.0
+    infra: xl.MapInfra = xl.MapInfra(version="1")
+
+    @infra.apply(item_uid=str, exclude_from_cache_uid=("shift",))
+    def embed(self, items: tp.Sequence[str]) -> tp.Iterator[np.ndarray]:
+        for item in items:
+            yield np.array([len(item) + self.shift])

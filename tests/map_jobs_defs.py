@@ -41,3 +41,22 @@ class Pids:
                 time.sleep(self.delay_s)
             record_items(self.counter, [item])
             yield np.array([os.getpid()], dtype=np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ahead:
+    """Item i < n/2 needs item i + n/2, asked of its own cache (a nested call); each output is
+    [value, pid of the process that computed it]."""
+
+    n: int = 128
+    infra: xl.MapInfra = xl.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def value(self, items: tp.Sequence[int]) -> tp.Iterator[np.ndarray]:
+        for i in items:
+            time.sleep(0.002)
+            if i < self.n // 2:
+                (dep,) = list(self.value([i + self.n // 2]))
+                yield np.array([dep[0] + 1, os.getpid()])
+            else:
+                yield np.array([float(i), os.getpid()])

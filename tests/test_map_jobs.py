@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from map_defs import counts
-from map_jobs_defs import Chain, Pids
+from map_jobs_defs import Ahead, Chain, Pids
 
 import exca_lite as xl
 from exca_lite.execution import is_alive, load_job_record, pid_is_alive
@@ -477,3 +477,27 @@ def test_a_rerun_waits_for_jobs_a_killed_driver_submitted_before_they_claim_anyt
     seen = counts(str(counter))
     assert sorted(seen) == sorted(items)
     assert computed == 0 and all(n == 1 for n in seen.values()), (computed, seen)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("cluster", ["threadpool", "processpool"])
+def test_a_nested_call_waits_for_an_item_another_worker_computes(
+    tmp_path: Path, cluster: str
+) -> None:
+    # every input first: pieces of 32 go to two workers, and a worker's nested call needs items
+    # of the other worker's piece (held by that worker and listed by the driver too)
+    order = [*range(64, 96), *range(0, 32), *range(96, 128), *range(32, 64)]
+    feat = Ahead(infra=xl.MapInfra(folder=tmp_path, cluster=cluster, max_jobs=2))
+    values = feat.value.stack(order)[:, 0]
+    assert values.tolist() == [float(i + 65 if i < 64 else i) for i in order]
+
+
+def test_a_nested_call_in_a_pool_worker_computes_in_that_worker(tmp_path: Path) -> None:
+    # only the first half is asked: each item's input is free, and its nested call computes it
+    feat = Ahead(n=16, infra=xl.MapInfra(folder=tmp_path, cluster="processpool", max_jobs=2))
+    out = feat.value.stack(list(range(8)))
+    assert out[:, 0].tolist() == [float(i + 9) for i in range(8)]
+    inputs = Ahead(n=16, infra=xl.MapInfra(folder=tmp_path, mode="read-only"))
+    deps = inputs.value.stack(list(range(8, 16)))
+    # in the worker computing the item (a pool per nested call took seconds per item)
+    assert deps[:, 1].tolist() == out[:, 1].tolist()

@@ -262,3 +262,17 @@ def test_an_item_uid_that_is_not_valid_text_is_a_clear_error(tmp_path: Path) -> 
     with pytest.raises(ValueError, match=r"item #1.*not valid text.*fsencode"):
         feat.embed.stack(["ok", name])
     assert feat.embed.compute(["ok", "café.jpg"]) == 2  # real text, accents included
+
+
+def test_stack_serves_what_others_published_since_it_last_looked(tmp_path: Path) -> None:
+    from map_defs import Shifted
+
+    items = ["a", "bb", "ccc"]
+    reader = Shifted(infra=xl.MapInfra(folder=tmp_path))
+    assert reader.embed.stack(items)[:, 0].tolist() == [1, 2, 3]
+    # another object (as another process) overwrites them: the newest copy wins
+    Shifted(shift=1000, infra=xl.MapInfra(folder=tmp_path, mode="force")).embed.compute(items)
+    assert reader.embed.stack(items)[:, 0].tolist() == [1001, 1002, 1003]
+    # and clears the cache: the reader computes them again, it serves nothing deleted
+    Shifted(infra=xl.MapInfra(folder=tmp_path)).embed.clear()
+    assert reader.embed.stack(items)[:, 0].tolist() == [1, 2, 3]

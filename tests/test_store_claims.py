@@ -346,3 +346,31 @@ def test_a_nested_call_needing_items_its_own_computation_holds_is_an_error(tmp_p
     # outside the computation, the same items are simply claimed
     with store.claim(["b"]) as again:
         assert again.mine == ["b"]
+
+
+def test_a_worker_of_a_piecewise_driver_may_wait_for_the_drivers_other_items(
+    tmp_path: Path,
+) -> None:
+    # a driver handing out pieces holds only pieces that running workers compute: a nested call
+    # in one worker needing an item of another's piece waits for it (no error), while items of
+    # its own piece are still refused
+    store = MapStore(tmp_path)
+    with store.claim(["a", "b", "c"]) as driver:
+        outcome: list[tp.Any] = []
+
+        def worker() -> None:
+            piece = store.claim(["a"], adopt=driver.token, adopt_pieces=True)
+            with piece as claim, claim.computing():
+                with store.claim(["c"]) as nested:
+                    outcome.append((nested.mine, nested.others))
+                try:
+                    with store.claim(["a"]):
+                        pass  # pragma: no cover
+                except RuntimeError as e:
+                    outcome.append(e)
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+    assert outcome[0] == ([], ["c"])
+    assert isinstance(outcome[1], RuntimeError) and "'a'" in str(outcome[1])

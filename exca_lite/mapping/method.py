@@ -189,9 +189,11 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         uids = self._item_uids(seq)
         if self._checked and self._store is not None and self._infra.mode != "force":
             # every item already in this reader's view (the hot loop of a training, say): one
-            # lookup per item, no refresh, no separate missing() pass (_checked: prepared, and
-            # the folder's configs checked)
+            # lookup per item, no separate missing() pass (_checked: prepared, and the folder's
+            # configs checked). The refresh (~10 us when nothing changed) picks up what other
+            # processes published since: a newer copy (mode="force"), a clear
             try:
+                self._store.refresh()
                 return self._store.stack(uids)
             except KeyError:
                 pass  # some are missing: compute them, as below
@@ -305,6 +307,8 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
                 )
                 jobs.wait_for(held, store.missing, _POLL_MAX_S)
                 todo, as_of = store.missing(todo), None  # a dead job's items are free again
+                if not todo:  # all stored: drop the records of jobs that have all ended now
+                    jobs.live_holders(store.folder, ())
         if infra.cluster is not None:
             # workers wrote through their own writers: read their index records (inline, this
             # store's writer handed its records to the store as it published them)
@@ -334,7 +338,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         store = tp.cast(MapStore, self._store)
         with store.claim(todo, missing_as_of=as_of) as claim:
             with claim.computing():
-                self._run(items_of(todo), todo, claim.token)
+                self._run(items_of(todo), todo, claim.token, inline=claim.nested)
             return len(todo) + self._wait_and_take_over(claim, items_of)
 
     def _wait_and_take_over(self, claim: Claim, items_of: tp.Callable[[list[str]], list[X]]) -> int:
@@ -345,7 +349,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
                 return computed
             logger.info("%s: taking over %d items of a dead process", self._uid, len(freed))
             with claim.computing():
-                self._run(items_of(freed), freed, claim.token)
+                self._run(items_of(freed), freed, claim.token, inline=claim.nested)
             computed += len(freed)
 
     def _run_pieces(
@@ -360,12 +364,13 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         from ..execution import piece_size
 
         infra = self._infra
-        if infra.cluster not in (None, "threadpool", "processpool"):
+        cluster = None if claim.nested else infra.cluster
+        if cluster not in (None, "threadpool", "processpool"):
             mine = claim.take(todo, len(todo), missing_as_of=as_of)
             if mine:
-                self._run(items_of(mine), mine, claim.token)
+                self._run(items_of(mine), mine, claim.token, inline=claim.nested)
             return len(mine)
-        workers = 1 if infra.cluster is None else self._max_jobs()
+        workers = 1 if cluster is None else self._max_jobs()
         size = piece_size(len(todo), workers, infra.min_samples_per_job)
         remaining = todo
         first_as_of = [as_of]  # the first take may trust the caller's view of what is missing
@@ -385,15 +390,16 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
                 computed += len(piece)
             return piece
 
-        if infra.cluster is None:
+        if cluster is None:
             # one bar for the call, not one per piece
             big = len(todo) >= PROGRESS_MIN_ITEMS
             with _progress(len(todo), self._method.name) if big else _NoBar() as bar:
                 while piece := next_piece():
-                    self._run(items_of(piece), piece, bar=bar)
+                    self._run(items_of(piece), piece, bar=bar, inline=True)
         else:
             n_pieces = -(-len(todo) // size)
-            self._run_pool(self._pool_args(next_piece, items_of, claim.token), n_pieces)
+            pieces = self._pool_args(next_piece, items_of, claim.token)
+            self._run_pool(pieces, n_pieces, piecewise=True)
         return computed
 
     def _pool_args(
@@ -435,16 +441,23 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         _check_output_count(self._map_method, self._owner, outputs, n, len(items))
 
     def _run(
-        self, items: list[X], uids: list[str], token: str | None = None, bar: tp.Any = None
+        self,
+        items: list[X],
+        uids: list[str],
+        token: str | None = None,
+        bar: tp.Any = None,
+        inline: bool = False,
     ) -> None:
         """Compute these items (in this process, a pool or jobs); ``token``: the caller's claim,
         which each worker adopts, so its items stay held by the worker if the caller dies;
-        ``bar``: inline, the progress bar of the whole call (else one for these items)."""
+        ``bar``: inline, the progress bar of the whole call (else one for these items);
+        ``inline``: in this process whatever the cluster (a call nested in a computation: a
+        pool or a job array per nested call would cost seconds per item)."""
         from ..execution import chunk_sizes, chunks
 
         infra = self._infra
         folder = tp.cast(TaskPaths, self._paths).base
-        if infra.cluster is None:
+        if inline or infra.cluster is None:
             # inline: reuse this caller's open store rather than re-reading the whole index
             run_map_chunk(
                 self._owner,
@@ -485,9 +498,12 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
             return infra.max_jobs
         return available_cpus() if infra.cluster in ("threadpool", "processpool") else 128
 
-    def _run_pool(self, pieces: tp.Iterator[tuple[tp.Any, ...]], n_pieces: int) -> None:
+    def _run_pool(
+        self, pieces: tp.Iterator[tuple[tp.Any, ...]], n_pieces: int, piecewise: bool = False
+    ) -> None:
         """Run ``run_map_chunk`` on each piece's arguments in a pool, pulling the next piece only
-        when a worker is free: a piece is claimed when it starts, not before."""
+        when a worker is free: a piece is claimed when it starts, not before. ``piecewise``: the
+        driver claimed only the pieces handed out (else every chunk, up front)."""
         infra = self._infra
         workers = min(self._max_jobs(), n_pieces)
         pool: concurrent.futures.Executor
@@ -518,7 +534,9 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
                     return False
                 if stop is not None:
                     args = (*args, stop)
-                futures[pool.submit(run_map_chunk, *args)] = (n_run, len(args[4]))
+                run: tp.Callable[..., int] = run_piece if piecewise else run_map_chunk
+                future = pool.submit(run, *args)
+                futures[future] = (n_run, len(args[4]))
                 n_run += 1
                 return True
 
@@ -762,14 +780,17 @@ def run_map_chunk(
     store: MapStore | None = None,
     adopt: str | None = None,
     stop: StopFlag | None = None,
+    *,
     bar: tp.Any = None,
+    adopt_pieces: bool = False,
 ) -> int:
     """What a worker runs: compute a chunk and write each output into the store itself.
 
     Outputs are published as they come (the writer flushes in batches), so a failure or a kill
     keeps every item completed before it. ``adopt``: the driver's claim token; the worker claims
     the chunk's items itself (they stay held while it lives, even if the driver dies) and
-    computes only those no other live process holds. ``stop``: set when the caller is
+    computes only those no other live process holds (``adopt_pieces``: the driver holds only
+    pieces handed to running workers, see ``Claim``). ``stop``: set when the caller is
     interrupted (thread pools): the worker stops at the next item. ``bar``: a progress bar the
     caller shows for more than this chunk (inline pieces).
     """
@@ -786,7 +807,9 @@ def run_map_chunk(
                 stack.enter_context(working())  # an orphaned process worker ends after this
                 stack.callback(store.close)  # seal this worker's files when the chunk is done
             if adopt is not None:
-                claim = stack.enter_context(store.claim(uids, adopt=adopt))
+                claim = stack.enter_context(
+                    store.claim(uids, adopt=adopt, adopt_pieces=adopt_pieces)
+                )
                 stack.enter_context(claim.computing())
                 if len(claim.mine) < len(uids):  # others (alive) compute the rest meanwhile
                     keep = set(claim.mine)
@@ -830,4 +853,9 @@ def run_map_chunk(
     return n
 
 
-__all__ = ["BoundMap", "MapMethod", "run_map_chunk"]
+def run_piece(*args: tp.Any) -> int:
+    """``run_map_chunk`` for a piece a driver claimed as it handed it to this worker."""
+    return run_map_chunk(*args, adopt_pieces=True)
+
+
+__all__ = ["BoundMap", "MapMethod", "run_map_chunk", "run_piece"]

@@ -55,6 +55,7 @@ class Claim:
         item_uids: tp.Sequence[str],
         missing_as_of: object = None,
         adopt: str | None = None,
+        adopt_pieces: bool = False,
     ) -> None:
         self.store = store
         self.item_uids = list(item_uids)
@@ -62,6 +63,14 @@ class Claim:
         # a worker computing for a driver: items the driver claimed are the worker's to take (the
         # worker then holds them too, so they stay held if the driver dies)
         self._adopt = adopt
+        # the driver adopted from claims only the pieces it hands to running workers: its other
+        # items are being computed by them, and a nested call here may wait for those. A driver
+        # that claimed every chunk up front (mode="force", job arrays) may hold chunks no worker
+        # runs yet, which could wait on this one: its items count as this computation's own
+        self._adopt_pieces = adopt_pieces
+        # made by a call nested in a computation of this thread (a map method asking its own
+        # cache): its items are computed inline, in that computation's process
+        self.nested = is_computing()
         self.token = uuid.uuid4().hex
         self.mine: list[str] = []
         self._taken: set[str] = set()  # mine, as a set (take() skips what this claim holds)
@@ -247,7 +256,9 @@ class Claim:
         (the map method asking its own cache for items) that needs some of them is an error,
         where waiting for them would wait for itself forever."""
         stack = _computing_stack()
-        held = [self.token] if self._adopt is None else [self.token, self._adopt]
+        held = [self.token]
+        if self._adopt is not None and not self._adopt_pieces:
+            held.append(self._adopt)
         stack.extend(held)
         try:
             yield
@@ -259,6 +270,10 @@ class Claim:
         """uid -> token of every live owner's claims; deletes the claim files of dead owners."""
         paths = self.store.paths
         claimed: dict[str, str] = {}
+        # an item listed by several live owners (a driver and the worker computing it) is named
+        # after the owner this very thread computes for, if any: a nested call then knows it
+        # holds it (an error), whichever file is read first
+        computing = set(getattr(_computing, "tokens", None) or ())
         for entry in os.scandir(paths.claims):
             if not entry.name.endswith(".owner"):
                 continue
@@ -277,8 +292,12 @@ class Claim:
                 continue
             for line in lines:
                 with contextlib.suppress(msgspec.DecodeError):
-                    for uid in msgspec.json.decode(line, type=list[str]):
-                        claimed.setdefault(uid, token)
+                    uids = msgspec.json.decode(line, type=list[str])
+                    if token in computing:
+                        claimed.update(dict.fromkeys(uids, token))
+                    else:
+                        for uid in uids:
+                            claimed.setdefault(uid, token)
         return claimed
 
     def _is_live(self, token: str) -> bool:

@@ -1378,16 +1378,20 @@ class MapStore:
         wr.release_parked(self)
 
     def claim(
-        self, item_uids: tp.Sequence[str], missing_as_of: object = None, adopt: str | None = None
+        self,
+        item_uids: tp.Sequence[str],
+        missing_as_of: object = None,
+        adopt: str | None = None,
+        adopt_pieces: bool = False,
     ) -> Claim:
         """Claim the missing items this caller should compute (use it as a context manager).
 
         ``missing_as_of``: a ``view_state()`` at which every one of ``item_uids`` was missing
         (as ``missing()`` found them): if the view has not changed since, the claim does not check
         them again. ``adopt``: the token of a claim whose items this one may take (a worker
-        computing for the driver that claimed them).
+        computing for the driver that claimed them); ``adopt_pieces``: see ``Claim``.
         """
-        return Claim(self, item_uids, missing_as_of, adopt)
+        return Claim(self, item_uids, missing_as_of, adopt, adopt_pieces)
 
     def view_state(self) -> object:
         """A value equal to a later one only if no entry was added to this reader's view in
