@@ -378,6 +378,8 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
 
         def next_piece() -> list[str]:
             nonlocal remaining, computed
+            if not remaining:  # all taken by this call: no need to ask again (a lock round)
+                return []
             piece = claim.take(
                 remaining, size, missing_as_of=first_as_of.pop() if first_as_of else None
             )
@@ -660,6 +662,9 @@ def _longest(uids: list[str]) -> int:
     """At least the length of the longest uid (the most UTF-8 bytes of one: the same for ASCII
     uids); TypeError if one is not a str. Joined with NULs and encoded (C loops), the uids'
     sizes are the gaps between the NULs: 3-4x cheaper than a ``len`` call per uid."""
+    if len(uids) <= 32:  # a few uids (one new item, say): plain calls beat numpy's fixed costs
+        "\x00".join(uids).encode("utf-8")  # the TypeError / UnicodeEncodeError below
+        return max(map(len, uids))
     longest = 0
     step = 1 << 16  # bounded temporaries, whatever the uids
     for lo in range(0, len(uids), step):
