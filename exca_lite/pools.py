@@ -59,15 +59,14 @@ def check_importable(owner: object) -> None:
         )
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    if path is None:
-        if cls.__module__ == "__main__":
-            raise RuntimeError(
-                f"{name} is defined in an interactive session (a notebook): processpool workers "
-                f"cannot import it. Move {name} into a module (a .py file) and import it, or use "
-                'cluster="threadpool"'
-            )
-        return  # python -c, a notebook: workers have no main script to run again
-    if _has_main_guard(path):
+    if cls.__module__ == "__main__" and not _workers_run_main(main):
+        where = "an interactive session (a notebook)" if path is None else f"{path}"
+        raise RuntimeError(
+            f"{name} is defined in {where}, which processpool workers do not import: they "
+            f"cannot find it. Move {name} into a module (a .py file) and import it, or use "
+            'cluster="threadpool"'
+        )
+    if path is None or not _workers_run_main(main) or _has_main_guard(path):
         return
     what = (
         f"{name} is defined in the script {path}, which processpool workers import"
@@ -79,6 +78,18 @@ def check_importable(owner: object) -> None:
         'the script under `if __name__ == "__main__":`'
         + (" (or move the class into a module)" if cls.__module__ == "__main__" else "")
     )
+
+
+def _workers_run_main(main: tp.Any) -> bool:
+    """Whether spawned/forkserver workers run the caller's main module again (as
+    ``multiprocessing.spawn`` decides): a script (``python x.py``) or a module run with
+    ``python -m mod`` is; a package's ``__main__.py`` (``python -m pkg``), ``python -c`` and
+    notebooks are not."""
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None)
+    if spec_name is not None:
+        return spec_name != "__main__" and not spec_name.endswith(".__main__")
+    path = getattr(main, "__file__", None)
+    return path is not None and os.path.splitext(os.path.basename(path))[0] != "ipython"
 
 
 @functools.lru_cache(maxsize=16)

@@ -774,3 +774,19 @@ def test_console_script_matches_module(env: dict[str, str]) -> None:
         [str(script), "--help"], env=env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and proc.stdout.startswith("usage: exca-lite")
+
+
+@pytest.mark.timeout(300)
+def test_the_readme_demo_runs(tmp_path: Path, env: dict[str, str]) -> None:
+    """``python -m exca_lite demo``, the README's first command: a package's ``__main__`` that
+    runs a processpool map (its workers never run that module again: no guard needed)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "exca_lite", "demo"],
+        env=dict(env, TMPDIR=str(tmp_path)),  # the demo's cache folder goes under tmp_path
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "computed by 2 worker processes" in proc.stdout
+    assert "all cache hits" in proc.stdout
