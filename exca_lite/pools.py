@@ -59,14 +59,15 @@ def check_importable(owner: object) -> None:
         )
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    if cls.__module__ == "__main__" and not _workers_run_main(main):
+    rerun = _workers_run_main(main)
+    if cls.__module__ == "__main__" and not rerun:
         where = "an interactive session (a notebook)" if path is None else f"{path}"
         raise RuntimeError(
             f"{name} is defined in {where}, which processpool workers do not import: they "
             f"cannot find it. Move {name} into a module (a .py file) and import it, or use "
             'cluster="threadpool"'
         )
-    if path is None or not _workers_run_main(main) or _has_main_guard(path):
+    if path is None or not rerun or _has_main_guard(path):
         return
     what = (
         f"{name} is defined in the script {path}, which processpool workers import"

@@ -290,20 +290,28 @@ class Feat:
 """
 
 
-@pytest.mark.parametrize("guarded", [True, False])
-def test_a_script_class_in_a_processpool_works_or_says_how_to_fix_it(
-    tmp_path: Path, guarded: bool
-) -> None:
-    guard = 'if __name__ == "__main__":' if guarded else "if True:"
-    script = tmp_path / "featurize.py"
-    script.write_text(_SCRIPT.replace("{guard}", guard))
-    done = subprocess.run(
+def _run_script(
+    tmp_path: Path, name: str, text: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``text`` as the script ``name`` (python name.py CACHE), from ``tmp_path``."""
+    script = tmp_path / name
+    script.write_text(text)
+    return subprocess.run(
         [sys.executable, str(script), str(tmp_path / "cache")],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=tmp_path,
+        env=env,
     )
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_a_script_class_in_a_processpool_works_or_says_how_to_fix_it(
+    tmp_path: Path, guarded: bool
+) -> None:
+    guard = 'if __name__ == "__main__":' if guarded else "if True:"
+    done = _run_script(tmp_path, "featurize.py", _SCRIPT.replace("{guard}", guard))
     if guarded:
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.strip().endswith("[1, 2, 3, 4]")
@@ -327,15 +335,7 @@ print(feat.embed.stack(["a", "bb", "ccc"]).shape)
 def test_an_unguarded_script_using_a_module_class_in_a_processpool_says_how_to_fix_it(
     tmp_path: Path, subprocess_env: dict[str, str]
 ) -> None:
-    script = tmp_path / "extract.py"
-    script.write_text(_MODULE_SCRIPT)
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "cache")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=subprocess_env,
-    )
+    done = _run_script(tmp_path, "extract.py", _MODULE_SCRIPT, env=subprocess_env)
     # before any worker starts (each would run the script again: hangs or crashes)
     assert done.returncode != 0
     assert done.stderr.count("top-level code ran") == 1, done.stderr[-2000:]

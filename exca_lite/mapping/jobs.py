@@ -89,6 +89,11 @@ def _load(path: Path) -> JobRecord | None:
     return JobRecord(list(data["jobs"]), [list(u) for u in data["uids"]])
 
 
+def drop_ended(folder: str | Path) -> None:
+    """Remove the records whose jobs have all ended (a call that waited for them, now done)."""
+    live_holders(folder, ())
+
+
 def wait_for(
     holders: dict[str, tp.Any],
     missing: tp.Callable[[list[str]], list[str]],

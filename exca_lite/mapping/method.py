@@ -307,8 +307,8 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
                 )
                 jobs.wait_for(held, store.missing, _POLL_MAX_S)
                 todo, as_of = store.missing(todo), None  # a dead job's items are free again
-                if not todo:  # all stored: drop the records of jobs that have all ended now
-                    jobs.live_holders(store.folder, ())
+                if not todo:  # all stored
+                    jobs.drop_ended(store.folder)
         if infra.cluster is not None:
             # workers wrote through their own writers: read their index records (inline, this
             # store's writer handed its records to the store as it published them)
