@@ -69,6 +69,22 @@ class Miscounted:
 
 
 @dataclasses.dataclass(frozen=True)
+class Skipping:
+    """A realistic miscount: items named in ``skip`` (unreadable files, say) are left out, so
+    every later output is yielded for the wrong item. ``skip`` is not part of the uid (it is
+    the bug being fixed, not a config)."""
+
+    skip: tuple[str, ...] = ()
+    infra: xl.MapInfra = xl.MapInfra()
+
+    @infra.apply(item_uid=str, exclude_from_cache_uid=("skip",))
+    def embed(self, items: tp.Sequence[str]) -> tp.Iterator[np.ndarray]:
+        for item in items:
+            if item not in self.skip:
+                yield np.array([float(len(item)), float(ord(item[0]))])
+
+
+@dataclasses.dataclass(frozen=True)
 class Objects:
     """Non-array outputs: plain data and pickled objects must round trip with their type."""
 

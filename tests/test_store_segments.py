@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exca_lite.store import MapStore
+from exca_lite.store import encoding as enc
 from exca_lite.store import mapstore as mapstore_module
 from exca_lite.store import segment as sg
 from exca_lite.store import writer as writer_module
@@ -340,7 +341,11 @@ uid_text = st.text(
 @given(
     batches=st.lists(
         st.tuples(
-            st.lists(st.tuples(uid_text, st.booleans()), min_size=1, max_size=30),
+            st.lists(
+                st.tuples(uid_text, st.sampled_from(["array", "plain", "void"])),
+                min_size=1,
+                max_size=30,
+            ),
             st.sampled_from(["seal", "park", "compact"]),
         ),
         min_size=1,
@@ -350,29 +355,38 @@ uid_text = st.text(
 def test_lookups_match_a_dict_model(
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
-    batches: list[tuple[list[tuple[str, bool]], str]],
+    batches: list[tuple[list[tuple[str, str]], str]],
 ) -> None:
-    """Random uids (unicode, NUL, empty, long), overwrites across pairs, sealed pairs (segments),
-    a parked one (rows), folding in between: every reader agrees with a dict."""
+    """Random uids (unicode, NUL, empty, long), overwrites across pairs, void entries (taking
+    an item back), sealed pairs (segments), a parked one (rows), folding in between: every
+    reader agrees with a dict."""
     monkeypatch.setattr(sg, "MIN_ENTRIES", 1)
     folder = tmp_path_factory.mktemp("model")
     model: dict[str, float] = {}
+    voided: set[str] = set()
     counter = 0
     store = MapStore(folder)
     for items, then in batches:
         with store.writer() as w:
-            for uid, as_array in items:
+            for uid, kind in items:
                 counter += 1
-                w.write(uid, np.full(3, float(counter)) if as_array else {"v": -float(counter)})
-                model[uid] = float(counter) if as_array else -float(counter)
+                if kind == "void":
+                    w.write(uid, enc.VOID_VALUE)
+                    model.pop(uid, None)
+                    voided.add(uid)
+                    continue
+                w.write(uid, np.full(3, float(counter)) if kind == "array" else {"v": -counter})
+                model[uid] = float(counter) if kind == "array" else -float(counter)
         if then == "seal":
             store.close()
         elif then == "compact":
             store.compact()
-        check_all(MapStore(folder), model, absent=["\x00absent"])
+        absent = ["\x00absent", *sorted(voided - set(model))]
+        check_all(MapStore(folder), model, absent=absent)
+        check_all(store, model, absent=absent)
     writer_module.release_parked(store)
     fresh = MapStore(folder)
-    check_all(fresh, model, absent=["\x00absent"])
+    check_all(fresh, model, absent=absent)
     assert fresh.verify() == []
     store.clear()
 

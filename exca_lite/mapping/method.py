@@ -34,7 +34,7 @@ from ..pools import (
     process_context,
     working,
 )
-from ..store import CacheType, Durability, MapStore
+from ..store import CacheType, Durability, MapStore, MapWriter
 from ..store.claims import Claim, is_computing
 from ..taskcache import TaskPaths
 from ..uid import item_uid_name
@@ -440,7 +440,11 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         for uid, output in zip(uids, outputs, strict=False):
             ram[uid] = output
             n += 1
-        _check_output_count(self._map_method, self._owner, outputs, n, len(items))
+        error = _output_count_error(self._map_method, self._owner, outputs, n, len(items))
+        if error is not None:
+            for uid in uids[:n]:  # they may belong to other items
+                ram.pop(uid, None)
+            raise error
 
     def _run(
         self,
@@ -741,37 +745,52 @@ _BAR_CLASS: tp.Any = None
 _END = object()
 
 
-def _check_output_count(
+def _output_count_error(
     method: MapMethod[tp.Any, tp.Any, tp.Any],
     owner: tp.Any,
     outputs: tp.Iterator[tp.Any],
     n: int,
     n_items: int,
-) -> None:
-    """Raise a RuntimeError naming the counts unless the method, which gave ``n`` outputs for
-    ``n_items`` items (consumed by zipping them with the items), yields nothing more."""
+) -> RuntimeError | None:
+    """A RuntimeError naming the counts unless the method, which gave ``n`` outputs for
+    ``n_items`` items (consumed by zipping them with the items), yields nothing more.
+
+    The caller takes back the ``n`` outputs it kept: once one item was skipped (or an output
+    added), each later output may belong to another item, and serving it would be a silent
+    wrong result."""
     if n == n_items and next(outputs, _END) is _END:
-        return
+        return None
     name = f"{type(owner).__qualname__}.{method.name}"
-    # the outputs were stored as they came, each under the next item's uid: once one item was
-    # skipped (or an output added), the later ones may belong to other items
-    stored = (
-        f" The {n} outputs it gave were cached under the first {n} item uids and may belong to "
-        f"other items: after fixing the method, clear this cache ({method.name}.clear(), or "
-        "exca-lite clear FOLDER) so that they are computed again."
+    dropped = (
+        f" The {n} outputs it gave are not kept (they may belong to other items): they are "
+        "computed again once the method is fixed."
         if n
         else ""
     )
     if n == n_items:
-        raise RuntimeError(  # not drained further: each output may cost a computation
+        return RuntimeError(  # not drained further: each output may cost a computation
             f"{name} yielded more than {n_items} outputs (at least {n_items + 1}) for the "
             f"{n_items} items it was given: a map method must yield exactly one output per item, "
-            f"in order.{stored}"
+            f"in order.{dropped}"
         )
-    raise RuntimeError(
+    return RuntimeError(
         f"{name} yielded {n} outputs for {n_items} items: a map method must yield exactly one "
-        f"output per item, in order.{stored}"
+        f"output per item, in order.{dropped}"
     )
+
+
+def _take_back(writer: MapWriter, uids: list[str], error: RuntimeError) -> RuntimeError:
+    """Void the entries ``writer`` gave ``uids`` (see ``MapWriter.retract``); ``error`` to raise,
+    saying what to do if that failed too."""
+    try:
+        writer.retract(uids)
+    except Exception as exc:
+        return RuntimeError(
+            f"{error} Taking them back failed ({type(exc).__name__}: {exc}): they are cached "
+            "under the wrong uids; after fixing the method, clear this cache (exca-lite clear "
+            "FOLDER)."
+        )
+    return error
 
 
 def run_map_chunk(
@@ -843,7 +862,9 @@ def run_map_chunk(
                     write(uid, output)
                     n += 1
                     stop.check()
-            _check_output_count(method, owner, outputs, n, len(items))
+            error = _output_count_error(method, owner, outputs, n, len(items))
+            if error is not None:
+                raise _take_back(writer, uids[:n], error)
     except Exception as e:
         if progress:  # in this process: the caller gets the original exception
             raise

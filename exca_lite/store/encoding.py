@@ -10,6 +10,10 @@ Encoding is separate from indexing (as in diskcache's ``Disk``/``Cache``): the s
   (64-bit)/``float``/``str``/``bytes``/``list``/``dict`` with str keys qualify: a tuple would come
   back as a list and a numpy scalar as a float, so those are pickled instead.
 - ``pickle``: everything else; the same type comes back.
+
+A fourth code, ``VOID``, is not a format of values: an entry of it (no bytes) says its uid has no
+value, superseding older copies the way any newer entry does. A writer publishes such entries to
+take back items it stored under wrong uids (a map method that yielded too few or too many outputs).
 """
 
 from __future__ import annotations
@@ -29,8 +33,19 @@ CacheType = tp.Literal["array", "msgpack", "pickle"] | None
 ARRAY = 0
 MSGPACK = 1
 PICKLE = 2
+VOID = 3
 FORMAT_NAMES = {"array": ARRAY, "msgpack": MSGPACK, "pickle": PICKLE}
 """``cache_type`` values (None picks the format per value) and their codes in the index."""
+
+
+class _Void:
+    """The value whose entry says "no value": see ``VOID``."""
+
+    def __repr__(self) -> str:
+        return "VOID_VALUE"
+
+
+VOID_VALUE: tp.Final = _Void()
 
 _ARRAY_TYPES = (np.ndarray, np.memmap)
 """Exact types stored raw: other ndarray subclasses (masked, matrix) carry more than their bytes."""
@@ -66,6 +81,8 @@ def is_raw_array(value: tp.Any) -> bool:
 
 def pick_format(value: tp.Any, forced: int | None) -> int:
     """The format code for ``value``: the forced one if it can take the value, else a StoreError."""
+    if value is VOID_VALUE:
+        return VOID
     if forced is None:
         if is_raw_array(value):
             return ARRAY
@@ -87,7 +104,9 @@ def pick_format(value: tp.Any, forced: int | None) -> int:
 
 
 def encode_other(value: tp.Any, fmt: int) -> bytes:
-    """The bytes of a non-array value in format ``fmt`` (MSGPACK or PICKLE)."""
+    """The bytes of a non-array value in format ``fmt`` (MSGPACK, PICKLE, or VOID: none)."""
+    if fmt == VOID:
+        return b""
     if fmt == MSGPACK:
         return _encoder.encode(value)
     try:

@@ -180,6 +180,7 @@ class _Index:
         self.segs: list[sg.Segment] = []
         self.seg_top = -1
         self.dropped: set[str] = set()  # damaged items found in segments: missing from now on
+        self.seg_void = False  # a segment holds void entries (see enc.VOID)
         self.winners: tuple[tp.Any, list[np.ndarray]] | None = None  # see MapStore._winners
 
     def add_pair(self, name: sh.DataName, index_path: str) -> _Pair:
@@ -291,6 +292,9 @@ class MapStore:
         self._metas: list[tuple[int, np.dtype[tp.Any] | None, tuple[int, ...]]] = []
         self._meta_nbytes: list[int] = []  # per meta: an array's byte count, -1 for others
         self._meta_ids: dict[tuple[int, str | None, tuple[int, ...]], int] = {}
+        # the meta id of void entries (enc.VOID), -1 until one is seen: until then no query
+        # pays for telling them apart
+        self._void_id = -1
         self._ix = _Index(frozenset())
         self._max_stamp = 0  # the greatest stamp this store has read or given
         self._park_key: tuple[str, str] | None = None  # (real folder path, durability)
@@ -396,6 +400,8 @@ class MapStore:
             seg.meta_map = np.array([self._intern(m) for m in seg.metas] or [0], dtype=np.int64)
         except (ValueError, TypeError, IndexError, KeyError, SyntaxError):
             return False
+        if self._void_id >= 0 and (seg.meta_map == self._void_id).any():
+            ix.seg_void = True
         pair.file_id, pair.ino, pair.pos = file_id, stat.st_ino, seg.covered
         pair.sealed, pair.spans, pair.max_end = seg.sealed, list(seg.spans), seg.max_end
         for stem, folded in seg.retired:
@@ -898,7 +904,10 @@ class MapStore:
         n = len(uids)
         if not ix.rows and ix.segs:  # every entry in segments (a cache opened, not written)
             best, where = self._seg_find(ix, uids)
-            return self._seg_rows(ix, best, where), best >= 0
+            table = self._seg_rows(ix, best, where)
+            if ix.seg_void:
+                return table, (best >= 0) & (table[:, 3] != self._void_id)
+            return table, best >= 0
         rows = np.fromiter(map(ix.rows.get, uids, itertools.repeat(-1)), dtype=np.int64, count=n)
         table = ix.table[rows]
         missing = rows < 0
@@ -910,6 +919,8 @@ class MapStore:
             if found.any():
                 table[idx[found]] = self._seg_rows(ix, best[found], where[found])
                 missing[idx[found]] = False
+        if self._void_id >= 0:
+            return table, ~missing & (table[:, 3] != self._void_id)
         return table, ~missing
 
     def _winners(self, ix: _Index) -> list[np.ndarray]:
@@ -964,7 +975,7 @@ class MapStore:
         found = self._meta_ids.get(key)
         if found is not None:
             return found
-        if key[0] not in (enc.ARRAY, enc.MSGPACK, enc.PICKLE):
+        if key[0] not in (enc.ARRAY, enc.MSGPACK, enc.PICKLE, enc.VOID):
             raise ValueError(f"unknown format code {key[0]}")
         dtype = None if key[1] is None else enc.dtype_from_descr(key[1])
         if key[0] == enc.ARRAY and dtype is None:
@@ -975,6 +986,8 @@ class MapStore:
         self._metas.append((key[0], dtype, key[2]))
         self._meta_nbytes.append(nbytes)
         self._meta_ids[key] = len(self._metas) - 1
+        if key[0] == enc.VOID:
+            self._void_id = len(self._metas) - 1
         return len(self._metas) - 1
 
     def _warn(self, pair: _Pair, message: str) -> None:
@@ -989,8 +1002,9 @@ class MapStore:
         if not self._loaded:
             self.refresh()
         ix = self._ix
-        if item_uid in ix.rows:
-            return True
+        row = ix.rows.get(item_uid)  # type: ignore[call-overload]
+        if row is not None:
+            return self._void_id < 0 or int(ix.table[row, 3]) != self._void_id
         if not ix.segs or type(item_uid) is not str:
             return False
         try:
@@ -1003,12 +1017,19 @@ class MapStore:
         if not self._loaded:
             self.refresh()
         ix = self._ix
+        if self._void_id >= 0:
+            return int((self._entries(ix, with_uids=False)[1][:, 3] != self._void_id).sum())
         return len(ix.rows) + sum(len(w) for w in self._winners(ix))
 
     def item_uids(self) -> list[str]:
         if not self._loaded:
             self.refresh()
-        return self._entries(self._ix)[0]
+        uids, table = self._entries(self._ix)
+        if self._void_id >= 0:
+            keep = table[:, 3] != self._void_id
+            if not keep.all():
+                return [uids[i] for i in np.flatnonzero(keep).tolist()]
+        return uids
 
     def missing(self, item_uids: tp.Iterable[str]) -> list[str]:
         """``refresh()``, then the uids not stored: deduplicated, in first-seen order."""
@@ -1017,6 +1038,8 @@ class MapStore:
         # dedup only what is missing (usually few): hashing every uid into a set costs as much
         # as the lookups themselves on a million items
         rows = ix.rows
+        if rows and self._void_id >= 0:
+            return list(dict.fromkeys(self._absent_with_voids(ix, item_uids)))
         if rows:
             rest = list(itertools.filterfalse(rows.__contains__, item_uids))
         else:
@@ -1026,13 +1049,34 @@ class MapStore:
             rest = [rest[i] for i in absent] if len(absent) < len(rest) else rest
         return list(dict.fromkeys(rest))
 
+    def _absent_with_voids(self, ix: _Index, item_uids: tp.Iterable[str]) -> list[str]:
+        """``missing`` (not deduplicated) once void entries exist: a uid whose row is void is
+        missing whatever copy a segment holds (the row is newer than any of them)."""
+        uids = item_uids if isinstance(item_uids, list) else list(item_uids)
+        rows = np.fromiter(
+            map(ix.rows.get, uids, itertools.repeat(-1)), dtype=np.int64, count=len(uids)
+        )
+        absent = (rows < 0) | (ix.table[rows, 3] == self._void_id)
+        unknown = np.flatnonzero(rows < 0)
+        if len(unknown) and ix.segs:
+            rest = [uids[i] for i in unknown.tolist()]
+            held = np.ones(len(rest), dtype=bool)
+            held[self._seg_absent(ix, rest)] = False
+            absent[unknown[held]] = False
+        return [uids[i] for i in np.flatnonzero(absent).tolist()]
+
     def _seg_absent(self, ix: _Index, uids: tp.Sequence[str]) -> list[int]:
         """The positions of the uids no segment holds (or found damaged): membership only, so
         no copy is ranked, and nothing is allocated per uid beyond a batch."""
         segs = [g for g in ix.segs if g.count]
-        if len(uids) <= _FEW or not segs:
-            best, _ = self._seg_find(ix, uids)
-            return np.flatnonzero(best < 0).tolist()
+        if len(uids) <= _FEW or not segs or ix.seg_void:
+            # a void entry found must be the newest copy to count: ranked lookups then
+            best, where = self._seg_find(ix, uids)
+            unheld = best < 0
+            if ix.seg_void and not unheld.all():
+                hit = np.flatnonzero(~unheld)
+                unheld[hit] = self._seg_rows(ix, best[hit], where[hit])[:, 3] == self._void_id
+            return np.flatnonzero(unheld).tolist()
         absent: list[int] = []
         for lo in range(0, len(uids), sg.HASH_CHUNK):
             chunk = sg.Query(uids[lo : lo + sg.HASH_CHUNK])
@@ -1141,6 +1185,8 @@ class MapStore:
         row = ix.rows.get(item_uid)
         if row is not None:
             number, offset, nbytes, meta, crc, _ = _ROW.unpack_from(ix.raw, row * _ROW.size)
+            if meta == self._void_id:
+                raise KeyError(item_uid)
             return number, offset, nbytes, meta, crc
         if ix.segs and item_uid not in ix.dropped:
             h = sg.hash_one(item_uid)
@@ -1152,6 +1198,8 @@ class MapStore:
             if best is not None:
                 _, seg, pos = best
                 meta = int(seg.meta_map.take(int(seg.meta_ids[pos]), mode="clip"))
+                if meta == self._void_id:
+                    raise KeyError(item_uid)
                 return (
                     seg.number,
                     int(seg.offsets[pos]),

@@ -770,6 +770,13 @@ class MapWriter:
             self._hand_over()
         self._wait_io()
 
+    def retract(self, item_uids: tp.Iterable[str]) -> None:
+        """Take back items written under wrong uids: publish a void entry for each (newer than
+        its copies, so every reader treats the uid as missing from then on), then flush."""
+        for item_uid in item_uids:
+            self.write(item_uid, enc.VOID_VALUE)
+        self.flush()
+
     def close(self) -> None:
         """Flush; then keep the pair, its lock and thread for the next writer of this folder in
         this process (parked), or if enough are kept already, seal the pair and stop."""
