@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import pickle
+import shlex
 import threading
 import typing as tp
 import warnings
@@ -98,9 +99,10 @@ def is_alive(job: tp.Any) -> bool:
         if process is not None:
             return bool(process.poll() is None)
         # record from another process: the job id is the pid of its controller process, which
-        # must still be a submitit process (a pid reused by anything else would be waited forever)
+        # must still be the controller of this job's folder (a pid reused by anything else, even
+        # another submitit job, would be waited for in vain)
         pid = int(str(job.job_id).split("_")[0])
-        return pid_is_alive(pid) and _runs_submitit(pid)
+        return pid_is_alive(pid) and _runs_controller(pid, _job_folder(job))
     try:
         return not job.done(force_check=False)
     except Exception:  # the scheduler cannot tell (job too old for sacct): treat as gone
@@ -166,14 +168,25 @@ def pid_is_alive(pid: int) -> bool:
     return state not in ([b"Z"], [b"X"])
 
 
-def _runs_submitit(pid: int) -> bool:
-    """Whether a live pid is a submitit local job controller (True where /proc cannot tell)."""
+def _job_folder(job: tp.Any) -> str | None:
+    """The folder a local job's controller was started with (its last argument), if known."""
+    folder = getattr(getattr(job, "_paths", None), "_folder", None)
+    return None if folder is None else str(folder)
+
+
+def _runs_controller(pid: int, folder: str | None) -> bool:
+    """Whether a live pid is a submitit local job controller of ``folder`` (any folder if None;
+    True where /proc cannot tell)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdline = f.read()
     except OSError:
         return True
-    return b"submitit" in cmdline
+    if b"submitit" not in cmdline:
+        return False
+    # the controller runs `python -m submitit.local._local FOLDER` (inside `sh -c` when the
+    # executor has setup commands, with FOLDER shell-quoted)
+    return folder is None or any(form.encode() in cmdline for form in (folder, shlex.quote(folder)))
 
 
 def job_failure_text(job: tp.Any) -> str:

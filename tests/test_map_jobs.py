@@ -501,3 +501,23 @@ def test_a_nested_call_in_a_pool_worker_computes_in_that_worker(tmp_path: Path) 
     deps = inputs.value.stack(list(range(8, 16)))
     # in the worker computing the item (a pool per nested call took seconds per item)
     assert deps[:, 1].tolist() == out[:, 1].tolist()
+
+
+@pytest.mark.timeout(120)
+def test_a_recorded_local_job_whose_pid_now_runs_another_job_is_not_alive(tmp_path: Path) -> None:
+    """A leftover record's local job id is the pid of its controller; once that pid is reused,
+    even by the controller of another submitit job, the record's job is over (a rerun would
+    otherwise wait for an unrelated job)."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=tmp_path / "other", cluster="local")
+    executor.update_parameters(timeout_min=2)
+    other = executor.submit(time.sleep, 60)  # a live controller, of another folder
+    try:
+        record = submitit.LocalJob(folder=tmp_path / "mine", job_id=other.job_id)
+        own = submitit.LocalJob(folder=executor.folder, job_id=other.job_id)
+        assert is_alive(own)  # the same job, read from a record: alive
+        assert not is_alive(record)
+    finally:
+        other.cancel()
+        other._process.wait(timeout=60)
