@@ -206,6 +206,7 @@ class BoundMethod:
                 f"{cls.__qualname__}.{field} must be a {type(method.infra).__name__}, got {given!r}"
             )
         self._infra = given.merged_into(method.class_default(cls))
+        self._infra.check_usable()
         self._uid_config = uid_config(self._owner, method.exclude)
         self._ref = method.ref(cls)
         self._uid = method_uid(cls, self._ref, self._infra.version, self._uid_config, method.func)

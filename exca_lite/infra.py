@@ -103,6 +103,9 @@ class Infra(InfraMarker):
         ]
         return f"{type(self).__name__}({', '.join(shown)})"
 
+    def check_usable(self) -> None:
+        """Raise a ValueError if this infra, completed by its class default, cannot run."""
+
     def merged_into(self, default: Infra) -> tp.Self:
         """This infra with every field it left unset taken from ``default`` (the class default).
 

@@ -234,8 +234,15 @@ def test_from_dict_bad_nested_data_names_the_dotted_field() -> None:
 
 
 def test_from_dict_runs_the_infra_checks() -> None:
-    with pytest.raises(xl.ValidationError, match="folder"):  # the infra's own check
-        xl.from_dict(Task, {"infra": {"cluster": "local"}})
+    with pytest.raises(xl.ValidationError, match=r"'infra\.cluster'"):
+        xl.from_dict(Task, {"infra": {"cluster": "slurmm"}})
+    with pytest.raises(xl.ValidationError, match="version"):  # the infra's own check
+        xl.from_dict(Task, {"infra": {"version": "../up"}})
+    # a cluster without a folder is checked at the first call, once completed by the class
+    # default (which may give the folder)
+    task = xl.from_dict(Task, {"infra": {"cluster": "local"}})
+    with pytest.raises(ValueError, match="needs a folder"):
+        task.process()
 
 
 _TOML = """

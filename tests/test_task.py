@@ -395,10 +395,30 @@ def test_disagreeing_stored_config_is_a_uid_mismatch(tmp_path: Path) -> None:
 # # # infra checks and default heritage # # #
 
 
-def test_submitit_cluster_needs_a_folder() -> None:
+@dataclasses.dataclass(frozen=True)
+class OnDebug:
+    """The class says how its task runs (cluster), each instance where it is cached (folder)."""
+
+    x: int = 1
+    infra: xl.TaskInfra = xl.TaskInfra(cluster="debug", version="2")
+
+    @infra.apply
+    def process(self) -> int:
+        return self.x * 10
+
+
+def test_submitit_cluster_needs_a_folder_once_completed(tmp_path: Path) -> None:
     for cluster in ("local", "debug", "slurm", "auto"):
-        with pytest.raises(ValueError, match="folder"):
-            xl.TaskInfra(cluster=cluster)  # type: ignore[arg-type]
+        infra = xl.TaskInfra(cluster=cluster)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="needs a folder"):
+            Task(infra=infra).process()
+    with pytest.raises(ValueError, match="needs a folder"):
+        OnDebug().process()  # nothing gave it a folder
+    task = OnDebug(x=3, infra=xl.TaskInfra(folder=tmp_path))
+    assert task.process.infra.cluster == "debug"  # completed by the class default
+    assert task.process() == 30
+    assert task.process.status() == "completed"
+    assert (tmp_path / task.process.uid()).is_dir()
 
 
 @pytest.mark.parametrize(

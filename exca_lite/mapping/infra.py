@@ -14,7 +14,6 @@ from ..infra import (
     DURABILITIES,
     MAP_CLUSTERS,
     MAP_MODES,
-    TASK_CLUSTERS,
     CacheType,
     Durability,
     Infra,
@@ -56,13 +55,17 @@ class MapInfra(Infra):
         check_choice(MapInfra, "mode", self.mode, MAP_MODES)
         check_choice(MapInfra, "durability", self.durability, DURABILITIES)
         check_workdir(MapInfra, self.workdir)
-        if self.cluster in TASK_CLUSTERS and self.cluster is not None and self.folder is None:
-            raise ValueError(
-                f"MapInfra(cluster={self.cluster!r}) needs a folder: workers write their results "
-                "into the cache folder; set folder=..."
-            )
         if (self.max_jobs is not None and self.max_jobs < 1) or self.min_samples_per_job < 1:
             raise ValueError("MapInfra.max_jobs and min_samples_per_job must be >= 1")
+
+    def check_usable(self) -> None:
+        # not at construction: a class default may name the cluster, each instance the folder
+        if self.cluster not in (None, "threadpool") and self.folder is None:
+            raise ValueError(
+                f"MapInfra(cluster={self.cluster!r}) needs a folder: workers write their results "
+                "into the cache folder; set folder=... (or cluster=None or 'threadpool' to "
+                "compute in this process)"
+            )
 
     def apply(
         self,

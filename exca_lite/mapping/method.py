@@ -111,8 +111,6 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         # threads preparing one bound object at once keep the first store: a thread switched to
         # another store after its call refreshed this one would miss the items just computed
         self._store = self.__dict__.setdefault("_store", store)
-        if self._store is None and self._infra.cluster not in (None, "threadpool"):
-            raise ValueError(f"MapInfra(cluster={self._infra.cluster!r}) needs a folder")
 
     @property
     def infra(self) -> MapInfra:

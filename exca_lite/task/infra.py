@@ -45,6 +45,9 @@ class TaskInfra(Infra):
         check_choice(TaskInfra, "cluster", self.cluster, TASK_CLUSTERS)
         check_choice(TaskInfra, "mode", self.mode, TASK_MODES)
         check_workdir(TaskInfra, self.workdir)
+
+    def check_usable(self) -> None:
+        # not at construction: a class default may name the cluster, each instance the folder
         if self.cluster is not None and self.folder is None:
             raise ValueError(
                 f"TaskInfra(cluster={self.cluster!r}) needs a folder: results come back through "
