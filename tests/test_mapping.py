@@ -178,7 +178,9 @@ def test_outputs_of_a_method_that_skips_items_are_never_served(
     )
     assert fresh.stdout.strip() == str(sorted(kept))
     (store_folder,) = {p.parent for p in tmp_path.rglob("*.idx")}
+    assert MapStore(store_folder).stats()["items"] == len(kept)  # what `exca-lite info` says
     MapStore(store_folder).compact()  # voids and the copies they void, folded together
+    assert MapStore(store_folder).stats()["items"] == len(kept)
     assert fixed.embed.compute(items) == len(items) - len(kept)
     assert fixed.embed.stack(items).tolist() == [right[i] for i in items]
 

@@ -212,13 +212,16 @@ def test_view_errors(tmp_path: Path) -> None:
         _vectors(tmp_path, mode="read-only").embed.view([1, 2])
     feat = _vectors(tmp_path)
     view = feat.embed.view([1, 2, 3])
-    copy = pickle.loads(pickle.dumps(view))
+    copies = [pickle.loads(pickle.dumps(view)) for _ in range(2)]  # opened after the clear
     feat.embed.clear()
-    for v in (view, copy):
+    assert not list(tmp_path.rglob("*.uids"))  # the uid lists of its views go with the items
+    with pytest.raises(xl.CacheMissError, match="no longer in the cache"):
+        view[0]
+    with pytest.raises(xl.CacheMissError, match=r"3 item\(s\) of this view"):
+        view[:]
+    for copy, index in zip(copies, (0, slice(None)), strict=True):
         with pytest.raises(xl.CacheMissError, match="no longer in the cache"):
-            v[0]
-        with pytest.raises(xl.CacheMissError, match=r"3 item\(s\) of this view"):
-            v[:]
+            copy[index]  # its uid file went with the items
     empty = feat.embed.view([])
     assert len(empty) == 0 and empty[:].shape == (0,)
     with pytest.raises(IndexError):

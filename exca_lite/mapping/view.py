@@ -29,11 +29,11 @@ import numpy as np
 
 from ..errors import CacheMissError, StoreError
 from ..store import Durability, MapStore
+from ..store.format import VIEWS_DIR
 from ..store.fs import create_new, store_error
 
 R = tp.TypeVar("R")
 
-VIEWS_DIR = "views"
 _MAGIC = b"XLVIEW1\n"
 _HEADER = struct.Struct("<8sQQQ")  # magic, item count, bytes of the uid blob, flags
 _HAS_NUL = 1  # a flag: some uid holds a NUL byte
@@ -110,6 +110,12 @@ class _UidFile:
     def __init__(self, path: Path) -> None:
         try:
             fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            # clear() removes view files with the items they list
+            raise CacheMissError(
+                f"{path} is gone: the items of this view are no longer in the cache (was it "
+                "cleared?); make the view again to compute them"
+            ) from None
         except OSError as exc:
             raise store_error("opening the view file", path, exc) from exc
         try:

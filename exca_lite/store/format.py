@@ -139,6 +139,9 @@ def new_token() -> str:
     return uuid.uuid4().hex
 
 
+VIEWS_DIR = "views"
+
+
 class StorePaths:
     """Every path inside a store folder, in one place (nothing else builds store file names)."""
 
@@ -147,6 +150,8 @@ class StorePaths:
         self.real: str | None = None  # its realpath, once asked for (storelocks)
         self.locks = self.folder / "locks"
         self.claims = self.folder / "claims"
+        # uid lists of views (mapping/view.py): derived from the items, cleared with them
+        self.views = self.folder / VIEWS_DIR
         self.compact_lock = self.locks / "compact.lock"
         self.claims_lock = self.claims / "claims.lock"
         # paths are asked for on every call of a map (a pathlib join costs microseconds): built

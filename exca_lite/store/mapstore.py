@@ -2016,6 +2016,10 @@ class MapStore:
                     if not locks.probe_lock(owner):  # a dead owner's claims (or birth)
                         with contextlib.suppress(FileNotFoundError):
                             owner.unlink()
+            if self.paths.views.is_dir():
+                for path in self.paths.views.glob("*.uids"):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
         except OSError as exc:
             raise store_error("clearing", self.folder, exc) from exc
 
@@ -2043,11 +2047,13 @@ class MapStore:
                 last_write = mtime if last_write is None else max(last_write, mtime)
             if pair.name.is_writer and not pair.sealed and pair.name.stem not in idle_here:
                 writers += bool(locks.probe_lock(Path(pair.index_path)))
-        nbytes = self._entries(ix, with_uids=False)[1][:, 2]
+        table = self._entries(ix, with_uids=False)[1]
+        nbytes = table[:, 2]
         live = int(((nbytes + sh.ALIGN - 1) // sh.ALIGN * sh.ALIGN).sum())
         data = sum(max(0, size - sh.SHARD_HEADER_BYTES) for size in shards.values())
+        voids = int((table[:, 3] == self._void_id).sum()) if self._void_id >= 0 else 0
         return {
-            "items": len(nbytes),
+            "items": len(nbytes) - voids,
             "bytes": self._disk_bytes(),
             "shards": shards,
             "dead_bytes": max(0, data - live),
