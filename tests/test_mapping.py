@@ -326,3 +326,22 @@ def test_stack_serves_what_others_published_since_it_last_looked(tmp_path: Path)
     # and clears the cache: the reader computes them again, it serves nothing deleted
     Shifted(infra=xl.MapInfra(folder=tmp_path)).embed.clear()
     assert reader.embed.stack(items)[:, 0].tolist() == [1, 2, 3]
+
+
+def test_a_session_reads_what_it_computes_after_another_process_compacted(tmp_path: Path) -> None:
+    """The session's writer stays open (parked) across a compaction run from a shell: its pair is
+    folded in part, and what it appends afterwards must still be readable here."""
+    from map_defs import Shifted
+
+    feat = Shifted(infra=xl.MapInfra(folder=tmp_path))
+    feat.embed.compute(["a", "bb"])
+    (store_folder,) = {p.parent for p in tmp_path.rglob("*.idx")}
+    subprocess.run(
+        [sys.executable, "-m", "exca_lite", "compact", str(store_folder)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    assert feat.embed.compute(["ccc", "dddd"]) == 2
+    assert feat.embed.stack(["a", "bb", "ccc", "dddd"])[:, 0].tolist() == [1, 2, 3, 4]
+    assert [float(x[0]) for x in feat.embed(["dddd", "a"])] == [4, 1]

@@ -470,8 +470,8 @@ class MapStore:
             raise _StaleError from None
         if pair.ino and stat.st_ino != pair.ino:
             raise _StaleError
-        if stat.st_size == pair.pos or pair.bad:
-            return
+        if (stat.st_size == pair.pos and pair.file_id is not None) or pair.bad:
+            return  # (a pair taken up past a fold has its header read still: _map checks it)
         if stat.st_size < pair.pos:
             raise _StaleError
         if stat.st_size < sh.INDEX_HEADER_BYTES:
@@ -1786,6 +1786,16 @@ class MapStore:
             sources = {p.number for p in foldable}
             uids, table = self._entries(ix)
             chosen = np.flatnonzero(np.isin(table[:, 0], np.array(sorted(sources))))
+            voids = 0
+            if self._void_id >= 0:
+                void = table[chosen, 3] == self._void_id
+                if all(how[p.number] == "whole" for p in ix.pairs) and len(foldable) == len(
+                    ix.pairs
+                ):
+                    # every pair goes: no copy a void entry shadows survives it
+                    chosen = chosen[~void]
+                else:
+                    voids = int(void.sum())
             # sequential reads of the old shards, in file order
             chosen = chosen[np.lexsort((table[chosen, 1], table[chosen, 0]))]
             # copying gives items fresh checksums: an item whose bytes do not match its checksum
@@ -1828,7 +1838,7 @@ class MapStore:
             for path in (self.paths.segment(stem), Path(pair.index_path), self.paths.shard(stem)):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-        return len(chosen), int(damaged.sum())
+        return len(chosen) - voids, int(damaged.sum())
 
     def _write_folded_index(
         self,
