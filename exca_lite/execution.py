@@ -184,9 +184,18 @@ def _runs_controller(pid: int, folder: str | None) -> bool:
         return True
     if b"submitit" not in cmdline:
         return False
-    # the controller runs `python -m submitit.local._local FOLDER` (inside `sh -c` when the
-    # executor has setup commands, with FOLDER shell-quoted)
-    return folder is None or any(form.encode() in cmdline for form in (folder, shlex.quote(folder)))
+    if folder is None:
+        return True
+    # the controller runs `python -m submitit.local._local FOLDER`, inside `sh -c "... FOLDER"`
+    # when the executor has setup commands: FOLDER is its last argument, compared whole
+    args = cmdline.rstrip(b"\0").split(b"\0")
+    last = args[-1].decode(errors="surrogateescape")
+    if last == folder:
+        return True
+    try:
+        return shlex.split(last)[-1:] == [folder]
+    except ValueError:
+        return False
 
 
 def job_failure_text(job: tp.Any) -> str:

@@ -510,14 +510,15 @@ def test_a_recorded_local_job_whose_pid_now_runs_another_job_is_not_alive(tmp_pa
     otherwise wait for an unrelated job)."""
     import submitit
 
-    executor = submitit.AutoExecutor(folder=tmp_path / "other", cluster="local")
+    executor = submitit.AutoExecutor(folder=tmp_path / "logs_old", cluster="local")
     executor.update_parameters(timeout_min=2)
     other = executor.submit(time.sleep, 60)  # a live controller, of another folder
     try:
-        record = submitit.LocalJob(folder=tmp_path / "mine", job_id=other.job_id)
         own = submitit.LocalJob(folder=executor.folder, job_id=other.job_id)
         assert is_alive(own)  # the same job, read from a record: alive
-        assert not is_alive(record)
+        for folder in ("mine", "logs", "logs_ol"):  # prefixes of its folder too
+            record = submitit.LocalJob(folder=tmp_path / folder, job_id=other.job_id)
+            assert not is_alive(record), folder
     finally:
         other.cancel()
         other._process.wait(timeout=60)
