@@ -184,6 +184,7 @@ class BoundMethod:
         self._method = method
         self._owner = owner
         self._prepared = False
+        self._runnable = False  # prepared, and its infra can compute (_prepare_to_run)
         self._checked = False
         self._check_config_data: tp.Any = None
 
@@ -206,7 +207,6 @@ class BoundMethod:
                 f"{cls.__qualname__}.{field} must be a {type(method.infra).__name__}, got {given!r}"
             )
         self._infra = given.merged_into(method.class_default(cls))
-        self._infra.check_usable()
         self._uid_config = uid_config(self._owner, method.exclude)
         self._ref = method.ref(cls)
         self._uid = method_uid(cls, self._ref, self._infra.version, self._uid_config, method.func)
@@ -217,6 +217,20 @@ class BoundMethod:
 
     def _prepare_more(self) -> None:
         """Subclasses derive more state here, once."""
+
+    def _prepare_to_run(self) -> None:
+        """``_prepare``, and refuse an infra that cannot compute (a cluster without a folder).
+        Not at construction nor for ``uid()``: a class default may name the cluster, each
+        instance the folder."""
+        if self._runnable:
+            return
+        self._prepare()
+        try:
+            self._infra.check_usable()
+        except ValueError as exc:
+            what = f"{type(self._owner).__qualname__}.{self._method.name}"
+            raise ValueError(f"{what}: {exc}") from None
+        self._runnable = True
 
     def uid(self) -> str:
         self._prepare()

@@ -412,8 +412,9 @@ def test_submitit_cluster_needs_a_folder_once_completed(tmp_path: Path) -> None:
         infra = xl.TaskInfra(cluster=cluster)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="needs a folder"):
             Task(infra=infra).process()
-    with pytest.raises(ValueError, match="needs a folder"):
+    with pytest.raises(ValueError, match=r"OnDebug\.process: TaskInfra\(cluster='debug'\) needs"):
         OnDebug().process()  # nothing gave it a folder
+    assert OnDebug().process.uid() == OnDebug(infra=xl.TaskInfra(folder=tmp_path)).process.uid()
     task = OnDebug(x=3, infra=xl.TaskInfra(folder=tmp_path))
     assert task.process.infra.cluster == "debug"  # completed by the class default
     assert task.process() == 30

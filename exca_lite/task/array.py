@@ -86,7 +86,7 @@ def job_array(
     inline: list[int] = []
     submitted: list[int] = []
     for k, bound in enumerate(bounds):
-        bound._prepare()
+        bound._prepare_to_run()
         infra = bound._infra
         key = bound._uid if bound._paths is None else bound._paths.base
         if key in first:

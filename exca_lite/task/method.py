@@ -124,7 +124,7 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
     # # # the call # # #
 
     def _call(self) -> R:
-        self._prepare()
+        self._prepare_to_run()
         infra = self._infra
         force_now = infra.mode == "force" and not self._forced
         shared = _RAM.get(self._ram_key) if infra.keep_in_ram else None
@@ -391,7 +391,7 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         With ``cluster=None`` (or an outcome already cached) a local job object is returned whose
         ``result()`` computes or loads in this process.
         """
-        self._prepare()
+        self._prepare_to_run()
         paths = self._paths
         if paths is None or self._infra.cluster is None or self._infra.mode == "read-only":
             return InlineJob(self)
