@@ -244,7 +244,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
     # # # computing what is missing # # #
 
     def _ensure(self, items: tp.Sequence[X], uids: list[str]) -> int:
-        self._prepare()
+        self._prepare_to_run()
         self._check_configs()  # once per bound object: a cache hit too must be this config's
         infra = self._infra
         if infra.mode == "force":
@@ -571,7 +571,8 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         if errors:
             raise JobError(
                 f"{self._uid}: {len(errors)} of {n_run} {infra.cluster} jobs failed (items "
-                "completed before the failure stay cached):\n" + "\n".join(errors)
+                f"completed before the failure stay cached{_UNLESS_NOT_KEPT}):\n"
+                + "\n".join(errors)
             )
 
     def _run_submitit(self, args: list[tuple[tp.Any, ...]]) -> None:
@@ -647,7 +648,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         if errors:
             raise JobError(
                 f"{self._uid}: {len(errors)} of {len(jobs)} jobs failed (items completed before "
-                "the failure stay cached):\n" + "\n".join(errors)
+                f"the failure stay cached{_UNLESS_NOT_KEPT}):\n" + "\n".join(errors)
             )
 
 
@@ -741,6 +742,7 @@ _BAR_CLASS: tp.Any = None
 
 
 _END = object()
+_UNLESS_NOT_KEPT = ", unless a job below says its outputs are not kept"
 
 
 def _output_count_error(
@@ -760,8 +762,8 @@ def _output_count_error(
         return None
     name = f"{type(owner).__qualname__}.{method.name}"
     dropped = (
-        f" The {n} outputs it gave are not kept (they may belong to other items): they are "
-        "computed again once the method is fixed."
+        f" The {n} outputs it gave are not kept (they may belong to other items), nor any copy "
+        "stored before for those items: they are computed again once the method is fixed."
         if n
         else ""
     )
@@ -786,7 +788,7 @@ def _take_back(writer: MapWriter, uids: list[str], error: RuntimeError) -> Runti
         return RuntimeError(
             f"{error} Taking them back failed ({type(exc).__name__}: {exc}): they are cached "
             "under the wrong uids; after fixing the method, clear this cache (exca-lite clear "
-            "FOLDER)."
+            f"{writer.store.folder})."
         )
     return error
 

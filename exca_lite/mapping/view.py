@@ -356,7 +356,8 @@ class MapView(tp.Generic[R]):
     def _gone(self, missing: list[str]) -> CacheMissError:
         return CacheMissError(
             f"{self._label}: {len(missing)} item(s) of this view are no longer in the cache "
-            f"{self._folder} (was it cleared?); make the view again to compute them: "
+            f"{self._folder} (was it cleared, or were outputs taken back?); make the view again "
+            f"to compute them: "
             f"{missing[:10]}" + (" ..." if len(missing) > 10 else "")
         )
 
