@@ -294,27 +294,20 @@ def check_configs(
     from the current config: the folder's name already carries the hash of the uid config, and a
     file left damaged would switch this check off for good.
     """
-    try:
-        with open(paths.uid, "rb") as f:
-            stored_uid = f.read()
-    except FileNotFoundError:
+    raw_uid = _read_file(paths.uid)
+    if not isinstance(raw_uid, bytearray):  # no file (never an int: no mmap_min)
+        return
+    stored_uid = bytes(raw_uid)
+    # the usual case first: files this exca_lite wrote for this very config, byte for byte
+    if stored_uid != uid_config:
+        _check_uid_config(paths, uid, stored_uid, uid_config, repair)
+    raw = _read_file(paths.config)
+    if not isinstance(raw, bytearray):
+        return
+    if raw == encode_config(full_config):
         return
     try:
-        stored_config = msgspec.json.decode(stored_uid)
-    except msgspec.DecodeError as e:
-        _repair(paths.uid, e, repair, lambda: uid_config)
-        stored_config = msgspec.json.decode(uid_config)
-        stored_uid = uid_config
-    if stored_config != msgspec.json.decode(uid_config):
-        raise UidMismatchError(
-            f"cache folder {paths.folder} holds uid config {stored_uid.decode()} but {uid} now "
-            f"gives {uid_config.decode()} (hash collision?): clear it or bump the version"
-        )
-    try:
-        with open(paths.config, "rb") as f:
-            stored = msgspec.json.decode(f.read())
-    except FileNotFoundError:
-        return
+        stored = msgspec.json.decode(raw)
     except msgspec.DecodeError as e:
         _repair(paths.config, e, repair, lambda: encode_config(full_config))
         return
@@ -324,6 +317,22 @@ def check_configs(
             f"cache folder {paths.folder} was computed with a different config, though the uid "
             f"{uid} is the same (did a default value change?): {'; '.join(diffs[:5])}. "
             "Bump the infra version, or clear the cache if the change does not matter."
+        )
+
+
+def _check_uid_config(
+    paths: TaskPaths, uid: str, stored_uid: bytes, uid_config: bytes, repair: bool
+) -> None:
+    """uid.json (not byte-equal to ``uid_config``) must decode to the same uid config."""
+    try:
+        stored_config = msgspec.json.decode(stored_uid)
+    except msgspec.DecodeError as e:
+        _repair(paths.uid, e, repair, lambda: uid_config)
+        return
+    if stored_config != msgspec.json.decode(uid_config):
+        raise UidMismatchError(
+            f"cache folder {paths.folder} holds uid config {stored_uid.decode()} but {uid} now "
+            f"gives {uid_config.decode()} (hash collision?): clear it or bump the version"
         )
 
 
