@@ -345,3 +345,42 @@ def test_a_session_reads_what_it_computes_after_another_process_compacted(tmp_pa
     assert feat.embed.compute(["ccc", "dddd"]) == 2
     assert feat.embed.stack(["a", "bb", "ccc", "dddd"])[:, 0].tolist() == [1, 2, 3, 4]
     assert [float(x[0]) for x in feat.embed(["dddd", "a"])] == [4, 1]
+
+
+def test_forced_items_taken_back_by_another_call_are_computed_again(
+    tmp_path: Path,
+) -> None:
+    """mode="force": an object that forced its items reads them again after another call (a
+    miscounting one, here in the same process) took them back: they are recomputed."""
+    from map_defs import Skipping
+
+    items = ["apple", "banana", "cherry", "date"]
+    right = [[float(len(i)), float(ord(i[0]))] for i in items]
+    forced = Skipping(infra=xl.MapInfra(folder=tmp_path, mode="force"))
+    assert forced.embed.stack(items).tolist() == right
+    buggy = Skipping(skip=("banana",), infra=xl.MapInfra(folder=tmp_path, mode="force"))
+    with pytest.raises(RuntimeError, match="3 outputs for 4 items"):
+        buggy.embed.compute(items)
+    # the 3 outputs it gave went to apple, banana, cherry: taken back; date's copy is the old one
+    assert forced.embed.cached_uids() == ["date"]  # (this refreshes its view of the store)
+    assert forced.embed.stack(items).tolist() == right  # the 3 computed again
+    assert [o.tolist() for o in forced.embed(items)] == right
+
+
+def test_a_missing_item_met_while_reading_raises_the_readers_error(tmp_path: Path) -> None:
+    """``load_many(gone=...)``: what a map call raises for an item that left the cache between
+    its check and its read (CacheMissError), on the few-items and the batched paths."""
+    store = MapStore(tmp_path)
+    with store.writer() as writer:
+        for k in range(40):
+            writer.write(f"u{k}", np.full(3, float(k)))
+
+    def gone(uid: str) -> Exception:
+        return xl.CacheMissError(f"gone: {uid}")
+
+    for uids in (["u1", "absent"], [f"u{k}" for k in range(30)] + ["absent"]):
+        outputs = store.load_many(uids, gone)
+        with pytest.raises(xl.CacheMissError, match="gone: absent"):
+            list(outputs)
+        with pytest.raises(KeyError):
+            list(store.load_many(uids))

@@ -165,7 +165,15 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         if self._store is None:
             ram = self._ram
             return (ram[uid] for uid in uids)
-        return self._store.load_many(uids)
+        return self._store.load_many(uids, self._gone)
+
+    def _gone(self, uid: str) -> CacheMissError:
+        """An item computed (or found) by this call, no longer stored when it is read."""
+        return CacheMissError(
+            f"{self._uid}: item {uid!r} left the cache while this call read it (another process "
+            "cleared it, or took back outputs of a method that miscounted them): call again to "
+            "compute it"
+        )
 
     def _named_items(
         self, items: tp.Iterable[X] | None, named: dict[str, tp.Iterable[X]]
@@ -198,7 +206,10 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         self._ensure(seq, uids)
         if self._store is None:
             return np.stack([self._ram[uid] for uid in uids])
-        return self._store.stack(uids)
+        try:
+            return self._store.stack(uids)
+        except KeyError as exc:
+            raise self._gone(exc.args[0]) from None
 
     def view(self, items: tp.Iterable[X]) -> MapView[R]:
         """A read-only sequence over the outputs of ``items`` (missing ones computed first): ``len``,
@@ -248,7 +259,13 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         self._check_configs()  # once per bound object: a cache hit too must be this config's
         infra = self._infra
         if infra.mode == "force":
-            todo = [u for u in dict.fromkeys(uids) if u not in self._forced]
+            unique = list(dict.fromkeys(uids))
+            todo = [u for u in unique if u not in self._forced]
+            if self._store is not None and len(todo) < len(unique):
+                # forced before by this object: again only if no longer stored (another process
+                # cleared them, or took back outputs of a method that miscounted them)
+                fresh = set(todo)
+                todo += [u for u in self._store.missing(unique) if u not in fresh]
             self._forced.update(todo)
             if todo:
                 logger.debug("%s: mode='force' recomputes %d items", self._uid, len(todo))

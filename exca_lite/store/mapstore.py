@@ -1089,17 +1089,35 @@ class MapStore:
             absent = [i for i, uid in enumerate(uids) if i in kept or uid in ix.dropped]
         return absent
 
-    def load_many(self, item_uids: tp.Sequence[str]) -> tp.Iterator[tp.Any]:
+    def load_many(
+        self, item_uids: tp.Sequence[str], gone: tp.Callable[[str], Exception] | None = None
+    ) -> tp.Iterator[tp.Any]:
         """``load`` of each uid in turn, lazily; their rows are found a batch at a time (one
         vectorized pass over the segments per batch), so each item costs little more than the
-        view of its array."""
+        view of its array. ``gone``: the exception to raise for a missing uid (else KeyError)."""
         if not self._loaded:
             self.refresh()
         if len(item_uids) <= _FEW:  # a call with a few items: no numpy round trip
-            return map(self.load, item_uids)
-        return self._iter_many(item_uids)
+            return map(self.load, item_uids) if gone is None else self._iter_few(item_uids, gone)
+        return self._iter_many(item_uids, gone)
 
-    def _iter_many(self, item_uids: tp.Sequence[str]) -> tp.Iterator[tp.Any]:
+    def _iter_few(
+        self, item_uids: tp.Sequence[str], gone: tp.Callable[[str], Exception]
+    ) -> tp.Iterator[tp.Any]:
+        for uid in item_uids:
+            yield self._load_or(uid, gone)
+
+    def _load_or(self, item_uid: str, gone: tp.Callable[[str], Exception] | None) -> tp.Any:
+        if gone is None:
+            return self.load(item_uid)
+        try:
+            return self.load(item_uid)
+        except KeyError:
+            raise gone(item_uid) from None
+
+    def _iter_many(
+        self, item_uids: tp.Sequence[str], gone: tp.Callable[[str], Exception] | None = None
+    ) -> tp.Iterator[tp.Any]:
         metas = self._metas
         array = enc.ARRAY
         step = 1 << 14
@@ -1122,7 +1140,7 @@ class MapStore:
                     if fmt == array and nbytes and mm is not None and offset + nbytes <= len(mm):
                         yield np.ndarray(shape, dtype, mm, offset)
                         continue
-                yield self.load(uid)
+                yield self._load_or(uid, gone)
 
     def _row_views(
         self, ix: _Index, table: np.ndarray, found: np.ndarray
