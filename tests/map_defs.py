@@ -114,6 +114,20 @@ class PidFeaturizer:
 
 
 @dataclasses.dataclass(frozen=True)
+class Numbered:
+    """Items of any type named by ``str`` (ints, bools, floats, numpy integers): their value."""
+
+    counter: str = ""
+    infra: xl.MapInfra = xl.MapInfra(version="1")
+
+    @infra.apply(item_uid=str, exclude_from_cache_uid=("counter",))
+    def embed(self, items: tp.Sequence[tp.Any]) -> tp.Iterator[np.ndarray]:
+        for item in items:
+            record_items(self.counter, [str(item)])
+            yield np.array([float(item)])
+
+
+@dataclasses.dataclass(frozen=True)
 class Shifted:
     """len(item) + shift: two objects of one cache (shift is not in the uid) write different values."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import subprocess
 import sys
@@ -10,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from map_defs import Featurizer, Miscounted, Objects, PidFeaturizer, counts
+from map_defs import Featurizer, Miscounted, Numbered, Objects, PidFeaturizer, counts
 
 import exca_lite as xl
 from exca_lite.execution import chunk_sizes
-from exca_lite.store import MapStore
+from exca_lite.store import MapStore, release_all_parked, segment
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -74,6 +75,53 @@ def test_partial_cache_computes_only_missing(tmp_path: Path) -> None:
     assert feat.embed.compute(ITEMS[:20]) == 10
     assert feat.embed.compute(ITEMS[:20]) == 0
     assert counts(counter) == {item: 1 for item in ITEMS[:20]}
+
+
+def test_int_items_are_checked_from_their_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """compute() of int items named by ``str`` looks them up from their numbers (no ``str`` per
+    item): the answers of the general path, from the dict of a live pair as from a segment, and
+    bools, floats and int subclasses (other texts) are never taken for the ints they equal."""
+    monkeypatch.setattr(segment, "MIN_ENTRIES", 1)
+    counter = str(tmp_path / "counter")
+    infra = xl.MapInfra(folder=tmp_path / "cache")
+    numbers = [*range(-150, 150, 3), 10**15, -(2**63), 2**63 - 1, 0]
+    assert Numbered(counter=counter, infra=infra).embed.compute(numbers) == len(numbers) - 1
+    for sealed in (False, True):  # the writer's pair parked (read as rows), then sealed
+        if sealed:
+            release_all_parked()
+        feat = Numbered(counter=counter, infra=infra)
+        assert feat.embed.compute(numbers[::-1]) == 0
+        assert bool(feat.embed._store._ix.segs) == sealed
+        assert feat.embed.compute(np.array(numbers[:90], dtype=np.int64)) == 0
+        assert feat.embed.compute(np.arange(-150, 150, 3).astype(np.int16)) == 0
+        assert feat.embed.compute(range(-150, 150, 3)) == 0
+        assert feat.embed.compute(tuple(numbers)) == 0
+    assert counts(counter) == {str(n): 1 for n in numbers}
+    feat = Numbered(counter=counter, infra=infra)
+    assert feat.embed.compute([*numbers, 1, 2, 1]) == 2  # 2 new items, one of them twice
+    others = [True, False, 3.0, -3.0, np.int64(6), Flag.ON, 2**64]  # texts: True, 3.0, ON, ...
+    assert feat.embed.compute([*numbers, *others]) == len(others) - 1  # np.int64(6) is "6"
+    assert feat.embed.compute(np.arange(2**63 - 100, 2**63, 7, dtype=np.uint64)) == 15
+    assert counts(counter) == {
+        **{str(n): 1 for n in [*numbers, 1, 2, *others]},
+        **{str(n): 1 for n in range(2**63 - 100, 2**63, 7)},
+    }
+    read_only = Numbered(infra=xl.MapInfra(folder=tmp_path / "cache", mode="read-only"))
+    assert read_only.embed.compute(numbers) == 0
+    with pytest.raises(xl.CacheMissError, match="1 of 105 items"):
+        read_only.embed.compute([*numbers, 4])
+    forced = Numbered(counter=counter, infra=xl.MapInfra(folder=tmp_path / "cache", mode="force"))
+    assert forced.embed.compute(numbers) == len(numbers) - 1
+    np.testing.assert_array_equal(feat.embed.stack(numbers)[:, 0], np.array(numbers, float))
+
+
+class Flag(enum.IntEnum):
+    ON = 6
+
+    def __str__(self) -> str:
+        return self.name
 
 
 @pytest.mark.parametrize(

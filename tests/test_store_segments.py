@@ -71,7 +71,9 @@ def check_all(store: MapStore, model: dict[str, float], absent: tp.Sequence[str]
     got = [float(v[0]) if isinstance(v, np.ndarray) else float(v["v"]) for v in served]
     assert got == [model[u] for u in uids]
     assert store.missing([*uids, *absent, *uids]) == list(dict.fromkeys(absent))
+    assert store.stores_all(uids) and store.stores_all(uids * 20)  # a few, and a batch
     for uid in absent:
+        assert not store.stores_all([*uids, uid]) and not store.stores_all([*uids * 20, uid])
         assert uid not in store
         with pytest.raises(KeyError):
             store.load(uid)
@@ -201,6 +203,95 @@ def test_a_forced_hash_collision_never_serves_another_item(
     for uid in found:
         assert value(other, uid) == model[uid]
     assert any("differ" in p for p in other.verify())
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("column", ["blob", "fixed"])
+def test_a_forced_hash_collision_never_serves_another_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, column: str
+) -> None:
+    """Uids looked up from their numbers (``DecimalUids``), every hash colliding: only a stored
+    uid that is exactly ``str(n)`` counts (not a prefix, an extension, a sign or a zero more)."""
+    monkeypatch.setattr(sg, "MIN_ENTRIES", 1)
+    constant = lambda arr: np.zeros(len(arr), dtype=np.uint64)  # noqa: E731
+    monkeypatch.setattr(sg, "hash_array", constant)
+    monkeypatch.setattr(sg, "hash_one", lambda uid: 0)
+    monkeypatch.setattr(sg, "hash_codes", lambda codes, starts, ends, width: constant(starts))
+    real = sg.decimal_codes
+    monkeypatch.setattr(sg, "decimal_codes", lambda values: (constant(values), real(values)[1]))
+    stored = ["1", "12", "-1", "-07", "+5", "8 ", "-0", "00", "1234567890123456789", "99"]
+    if column == "blob":
+        stored.append("9" * 40)  # longer than the fixed-width column: every uid is utf-8
+    store = MapStore(tmp_path)
+    with store.writer() as w:
+        for uid in stored:
+            w.write(uid, np.zeros(1))
+    store.close()
+    reader = MapStore(tmp_path)
+    assert len(reader._ix.segs) == 1 and not reader._ix.rows
+    assert (reader._ix.segs[0].fixed is not None) == (column == "fixed")
+    present = [1, 12, -1, 99, 1234567890123456789] * 5  # past the few looked up one by one
+    assert reader.stores_all(sg.DecimalUids(np.array(present)))
+    for number in [0, 2, 5, 7, -7, 8, 120, -12, 9, 999, 123456789012345678, -(2**63)]:
+        assert not reader.stores_all(sg.DecimalUids(np.array([*present, number]))), number
+        assert reader.missing(sg.DecimalUids(np.array([*present, number]))) == [str(number)]
+
+
+@pytest.mark.timeout(120)
+def test_numbers_are_found_as_their_text_in_segments_rows_and_voids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``stores_all`` of ``DecimalUids`` answers as ``missing`` of their texts: items in a
+    segment, in a live pair's rows, taken back by void entries (in rows, then in a segment)."""
+    monkeypatch.setattr(sg, "MIN_ENTRIES", 1)
+    store = MapStore(tmp_path)
+    with store.writer() as w:
+        for i in range(-100, 300):
+            w.write(str(i), np.full(3, float(i)))
+    store.close()  # a segment
+    with store.writer() as w:  # rows: new items, and voids over some in the segment
+        for i in range(300, 350):
+            w.write(str(i), np.full(3, float(i)))
+        w.retract([str(i) for i in range(10, 20)])
+    batches = [range(-100, 350), range(-100, 10), range(20, 350), range(-100, 351), range(5, 15)]
+    for reader in (store, MapStore(tmp_path)):  # both kinds in one view
+        for batch in batches:
+            numbers = sg.DecimalUids(np.array(batch))
+            expected = not reader.missing([str(i) for i in batch])
+            assert reader.stores_all(numbers) == expected, batch
+    writer_module.release_parked(store)  # the voids go to a segment too
+    for reader in (store, MapStore(tmp_path)):
+        for batch in batches:
+            numbers = sg.DecimalUids(np.array(batch))
+            expected = not reader.missing([str(i) for i in batch])
+            assert reader.stores_all(numbers) == expected, batch
+            assert reader.missing(numbers) == reader.missing([str(i) for i in batch])
+
+
+def test_decimal_uids_are_hashed_and_matched_as_their_text() -> None:
+    """``DecimalUids`` give the hashes and code point rows of the texts ``str(n)``: in any order,
+    negative, at the bounds of int64, of every length."""
+    rng = np.random.default_rng(0)
+    cases = [
+        np.arange(-1000, 1000),
+        rng.permutation(np.arange(-50, 10**5, 7)),
+        np.array([0, -1, 9, 10, -10, 99, 100, 2**32 - 1, 2**32, -(2**32), 2**63 - 1, -(2**63)]),
+        rng.integers(-(2**63), 2**63 - 1, 3000, dtype=np.int64),
+        10 ** rng.integers(0, 19, 500, dtype=np.int64) - rng.integers(0, 2, 500),
+        np.array([5, 5, 5]),
+        np.zeros(0, dtype=np.int64),
+    ]
+    for values in cases:
+        texts = [str(v) for v in values.tolist()]
+        uids = sg.DecimalUids(values)
+        assert list(uids) == texts and [uids[i] for i in range(len(uids))] == texts
+        assert list(uids[3:9]) == texts[3:9] and uids.texts() == texts
+        assert uids.pick([2, 0, 2][: len(texts)]) == [texts[i] for i in [2, 0, 2][: len(texts)]]
+        by_text, by_number = sg.Query(texts), sg.Query(uids)
+        assert np.array_equal(by_number.hashes, by_text.hashes)
+        assert np.array_equal(by_number.hashes, sg.uid_hashes(texts))
+        if len(values):
+            assert np.array_equal(tp.cast(np.ndarray, by_number.matrix), by_text.matrix)
 
 
 @pytest.mark.timeout(120)

@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import inspect
 import logging
+import operator
 import os
 import time
 import traceback
@@ -36,6 +37,7 @@ from ..pools import (
 )
 from ..store import CacheType, Durability, MapStore, MapWriter
 from ..store.claims import Claim, is_computing
+from ..store.segment import DecimalUids
 from ..taskcache import TaskPaths
 from ..uid import item_uid_name
 from . import jobs
@@ -122,6 +124,10 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
 
     def _item_uids(self, items: tp.Sequence[X]) -> list[str]:
         method = self._map_method
+        if method.item_uid is str and _maybe_ints(items):  # made from their digits, valid text
+            values = _int_values(items)
+            if values is not None:
+                return DecimalUids(values).texts()
         if method.item_uid_is_str and items:
             _refuse_str_of_arrays(method, items)
         uids = list(map(method.item_uid, items))
@@ -228,8 +234,29 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
 
     def compute(self, items: tp.Iterable[X]) -> int:
         """Make sure every item is cached (loading nothing); returns how many were computed."""
+        if self._all_cached(items):
+            return 0
         seq = items if isinstance(items, tp.Sequence) else list(items)
         return self._ensure(seq, self._item_uids(seq))
+
+    def _all_cached(self, items: tp.Iterable[X]) -> bool:
+        """Whether every item is known cached without naming the items one by one: int items
+        named by ``str`` are looked up from their numbers (``DecimalUids``), since ``str`` of
+        a million ints costs more than their lookup. False also means "not known": the caller
+        then takes the general path."""
+        if self._map_method.item_uid is not str or not _maybe_ints(items):
+            return False
+        self._prepare()
+        store = self._store
+        if store is None or self._infra.mode == "force":
+            return False
+        self._check_configs()  # a cache hit too must be this config's
+        # a first fill, say: no need to look at every item (a view not refreshed may miss it:
+        # then the general path, which refreshes, decides; stores_all refreshes too)
+        if str(items[0]) not in store:
+            return False
+        values = _int_values(items)
+        return values is not None and store.stores_all(DecimalUids(values))
 
     def cached_uids(self) -> list[str]:
         self._prepare()
@@ -698,6 +725,39 @@ def _longest(uids: list[str]) -> int:
             gaps = np.diff(ends, prepend=-1, append=len(raw))
             longest = max(longest, int(gaps.max()) - 1)
     return longest
+
+
+_INT_VALUES_MIN = 64
+"""Fewer items are named one by one: their ``str`` costs less than numpy's fixed costs."""
+
+
+def _maybe_ints(items: tp.Iterable[tp.Any]) -> tp.TypeGuard[tp.Sequence[tp.Any]]:
+    """Whether ``_int_values`` may find ints (a cheap look at the container and its first item)."""
+    if isinstance(items, np.ndarray):
+        return items.ndim == 1 and items.dtype.kind in "iu" and len(items) >= _INT_VALUES_MIN
+    return (
+        isinstance(items, tp.Sequence) and len(items) >= _INT_VALUES_MIN and type(items[0]) is int
+    )
+
+
+def _int_values(items: tp.Sequence[tp.Any]) -> np.ndarray | None:
+    """The items as int64 if each is an int whose ``str`` is its decimal text (a plain ``int``
+    or a numpy integer of a 1-d array, not a bool nor an int subclass), else None."""
+    if isinstance(items, np.ndarray):
+        if items.dtype == np.uint64 and int(items.max()) >= 1 << 63:
+            return None
+        return items.astype(np.int64, copy=False)
+    if type(items) is range:
+        if not -(1 << 63) <= min(items[0], items[-1]) <= max(items[0], items[-1]) < 1 << 63:
+            return None
+        return np.arange(items.start, items.stop, items.step, dtype=np.int64)
+    # exact type: np.fromiter would take bools, int subclasses (own __str__) and floats (1.5 -> 1)
+    if operator.countOf(map(type, items), int) != len(items):
+        return None
+    try:
+        return np.fromiter(items, dtype=np.int64, count=len(items))
+    except OverflowError:  # beyond int64
+        return None
 
 
 def _is_text(uid: str) -> bool:

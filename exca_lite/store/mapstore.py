@@ -1065,6 +1065,24 @@ class MapStore:
             absent[unknown[held]] = False
         return [uids[i] for i in np.flatnonzero(absent).tolist()]
 
+    def stores_all(self, item_uids: tp.Sequence[str]) -> bool:
+        """``refresh()``, then whether every uid is stored: ``not missing(item_uids)`` without
+        listing what is missing, so a first fill stops at its first uid. ``sg.DecimalUids`` are
+        looked up from their numbers, a uid made only where no segment holds it."""
+        self.refresh()
+        ix = self._ix
+        rows = ix.rows
+        if ix.dropped or (rows and self._void_id >= 0):
+            # damaged items found, or void rows (which hide segment copies): the general path
+            return not self.missing(item_uids)
+        n = len(item_uids)
+        for lo, hi in itertools.pairwise([0, *range(min(n, 1), n, sg.HASH_CHUNK), n]):
+            chunk = item_uids[lo:hi]
+            absent = chunk if not ix.segs else sg.pick(chunk, self._seg_absent(ix, chunk))
+            if not all(map(rows.__contains__, absent)):
+                return False
+        return True
+
     def _seg_absent(self, ix: _Index, uids: tp.Sequence[str]) -> list[int]:
         """The positions of the uids no segment holds (or found damaged): membership only, so
         no copy is ranked, and nothing is allocated per uid beyond a batch."""
