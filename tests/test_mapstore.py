@@ -196,6 +196,12 @@ def test_stack(tmp_path: Path) -> None:
     assert out.shape == (len(uids), 2, 3) and out.dtype == np.dtype(">i2")
     assert out.flags.c_contiguous and out.flags.writeable
     np.testing.assert_array_equal(out[:, 0, 0], [int(u[1:]) for u in uids])
+    # items at one stride in the order asked (one strided copy), and the orders that are not
+    for order in [range(300), range(0, 300, 7), range(5, 6), range(299, -1, -1), range(250, 400)]:
+        for reader in (store, MapStore(tmp_path)):
+            got = reader.stack([f"a{i}" for i in order])
+            assert got.shape == (len(order), 2, 3) and got.flags.c_contiguous
+            np.testing.assert_array_equal(got, [np.full((2, 3), i) for i in order])
     with pytest.raises(StoreError, match="'other'"):
         store.stack(["a1", "other"])
     with pytest.raises(StoreError, match="'obj'"):
