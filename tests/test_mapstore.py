@@ -6,6 +6,7 @@ Real processes (``tests/store_worker.py``), real files, no mocks.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import pickle
 import subprocess
@@ -892,6 +893,83 @@ def test_runs_of_same_shape_arrays_mixed_with_other_items_keep_every_entry(tmp_p
         u for u in expected if isinstance(expected[u], np.ndarray) and expected[u].shape == (6, 2)
     ]
     np.testing.assert_array_equal(store.stack(runs), np.stack([expected[u] for u in runs]))
+
+
+def test_write_many_keeps_every_entry_as_write_does(tmp_path: Path) -> None:
+    # write_many (a map's compute loop) runs write's hot path with the run's state in locals: runs
+    # that span calls, alternate with write(), or are broken by other items keep every entry
+    big = np.arange(100_000, dtype=np.float64)
+    rng = np.random.default_rng(1)
+    expected: dict[str, tp.Any] = {}
+    for i in range(3_000):
+        kind = i % 13
+        if kind == 3:
+            value: tp.Any = np.full((6, 3), i, dtype=np.int16)[:, ::2]  # same shape, strided
+        elif kind == 5:
+            value = np.zeros((0, 2), dtype=np.int16)
+        elif kind == 7:
+            value = {"i": i}
+        elif i % 700 == 9:
+            value = big + i
+        elif i % 1000 > 600:
+            value = rng.random(5).astype(np.float32)  # another run, of 20 bytes: padded
+        else:
+            value = rng.integers(0, 1000, size=(6, 2)).astype(np.int16)
+        expected[f"u{i}"] = value
+    pairs = iter(expected.items())
+    store = MapStore(tmp_path)
+    one_by_one = 0
+    with store.writer() as w:
+        for step in itertools.cycle([1, 700, 3, 1024, 0, 57]):
+            if step == 3:  # write() in between: the run goes on
+                for uid, value in itertools.islice(pairs, step):
+                    w.write(uid, value)
+                    one_by_one += 1
+            elif w.write_many(itertools.islice(pairs, step)) < step:
+                break
+        assert w.written + one_by_one == len(expected)
+    for reader in (store, MapStore(tmp_path)):
+        for uid, value in expected.items():
+            got = reader.load(uid)
+            if isinstance(value, dict):
+                assert got == value
+            else:
+                assert got.dtype == value.dtype and got.shape == value.shape, uid
+                np.testing.assert_array_equal(got, value)
+    assert MapStore(tmp_path).verify() == []
+
+
+def test_write_many_lets_the_io_thread_publish_a_stalled_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # items buffered before the producer stalls (a model computing the next one) are published by
+    # the I/O thread meanwhile; the run write_many holds in locals then starts afresh
+    monkeypatch.setattr(writer_module, "FLUSH_MAX_AGE_S", 0.2)
+    seen_while_stalled: list[bool] = []
+
+    def items() -> tp.Iterator[tuple[str, np.ndarray]]:
+        for i in range(60):
+            if i == 30:  # the first 30 were buffered (fast producer): wait for the I/O thread
+                deadline = time.monotonic() + 20
+                while "a29" not in MapStore(tmp_path) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                seen_while_stalled.append("a29" in MapStore(tmp_path))
+            yield f"a{i}", np.full(4, i, dtype=np.float32)
+
+    store = MapStore(tmp_path)
+    with store.writer() as w:
+        with pytest.raises(RuntimeError, match="stop"):
+            w.write_many(itertools.chain(items(), _raise_stop()))
+        assert w.written == 60  # the items before the iterator raised
+    assert seen_while_stalled == [True]
+    for reader in (store, MapStore(tmp_path)):
+        np.testing.assert_array_equal(reader.stack([f"a{i}" for i in range(60)])[:, 0], range(60))
+    assert MapStore(tmp_path).verify() == []
+
+
+def _raise_stop() -> tp.Iterator[tuple[str, np.ndarray]]:
+    raise RuntimeError("stop")
+    yield  # a generator
 
 
 @pytest.mark.filterwarnings("ignore::exca_lite.CacheFormatWarning")

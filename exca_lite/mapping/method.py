@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import inspect
+import itertools
 import logging
 import operator
 import os
@@ -55,6 +56,7 @@ R = tp.TypeVar("R")
 PROGRESS_MIN_ITEMS = 1000
 ITEM_UID_MAX_CHARS = 128  # longer item uids keep their head and get a hash of the whole
 _POLL_MAX_S = 0.5
+_WRITE_STEP = 1024  # items per write_many call of a compute loop
 
 
 class MapMethod(InfraMethod["BoundMap[tp.Any, tp.Any, tp.Any]"], tp.Generic[Own, X, R]):
@@ -314,10 +316,25 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
                 "compute items in batches, or set forbid_single_item_computation=False"
             )
         by_uid: dict[str, X] = {}
+        after = 0 if type(items) in (list, tuple) else -1  # where the last run of uids ended
 
         def items_of(subset: list[str]) -> list[X]:
+            nonlocal after
             if subset == uids:  # every item, in order (compared by identity first: cheap)
                 return list(items)
+            if after >= 0 and subset:
+                # a piece is usually a run of the call's uids, after the previous one's (cached
+                # items skipped): its items are sliced, not looked up by uid (a dict of every
+                # item cost more than the writes). index() compares by identity first: cheap
+                try:
+                    start = uids.index(subset[0], after)
+                except ValueError:
+                    start = -1
+                end = start + len(subset)
+                if start >= 0 and uids[start:end] == subset:
+                    after = end
+                    return list(items[start:end])
+                after = -1  # not runs: looked up from now on
             if not by_uid:
                 by_uid.update(zip(uids, items, strict=True))
             return [by_uid[u] for u in subset]
@@ -415,16 +432,26 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         workers = 1 if cluster is None else self._max_jobs()
         size = piece_size(len(todo), workers, infra.min_samples_per_job)
         remaining = todo
-        first_as_of = [as_of]  # the first take may trust the caller's view of what is missing
+        next_as_of = [as_of]  # the first take may trust the caller's view of what is missing
         computed = 0
+        store = tp.cast(MapStore, self._store)
 
         def next_piece() -> list[str]:
             nonlocal remaining, computed
             if not remaining:  # all taken by this call: no need to ask again (a lock round)
                 return []
+            trusted = next_as_of.pop() if next_as_of else None
             piece = claim.take(
-                remaining, size, missing_as_of=first_as_of.pop() if first_as_of else None
+                remaining,
+                size,
+                missing_as_of=trusted,
+                untaken=True,  # remaining: what this call has not taken
             )
+            # inline, this store takes in the piece's entries as its writer publishes them: the
+            # next take may trust this view grown by exactly those (grown by anything else, the
+            # next take looks its items up, and so do all later ones)
+            if piece and cluster is None and trusted is not None and store.view_state() == trusted:
+                next_as_of.append(store.view_state_grown(trusted, len(piece)))
             if piece:
                 if remaining[: len(piece)] == piece:  # the usual case: nobody else holds any
                     remaining = remaining[len(piece) :]
@@ -929,11 +956,17 @@ def run_map_chunk(
             outputs = iter(method.func(owner, items))
             # zip pulls a uid before an output: a method yielding too many is caught below
             if stop is None:
-                for uid, output in zip(uids, outputs, strict=False):
-                    write(uid, output)
-                    n += 1
-                    if not n & 255:
-                        bar.update(256)
+                # the writer's own loop, a step of items at a time (for the bar)
+                pairs = zip(uids, outputs, strict=False)
+                start = writer.written
+                try:
+                    if len(uids) <= _WRITE_STEP:  # one call (a few new items: no islice)
+                        bar.update(writer.write_many(pairs))
+                    else:
+                        while done := writer.write_many(itertools.islice(pairs, _WRITE_STEP)):
+                            bar.update(done)
+                finally:
+                    n = writer.written - start
             else:
                 for uid, output in zip(uids, outputs, strict=False):
                     write(uid, output)

@@ -193,7 +193,11 @@ class Claim:
         return free
 
     def take(
-        self, item_uids: tp.Sequence[str], limit: int, missing_as_of: object = None
+        self,
+        item_uids: tp.Sequence[str],
+        limit: int,
+        missing_as_of: object = None,
+        untaken: bool = False,
     ) -> list[str]:
         """Claim up to ``limit`` more of ``item_uids`` (in order): those not stored, not held by
         another live owner and not already this claim's. Returns them (also added to ``mine``);
@@ -202,16 +206,19 @@ class Claim:
         A driver takes one piece of work at a time, just before running it: a process started
         later on the same items finds the rest free and computes a share of it, instead of
         waiting for one owner holding everything. ``missing_as_of``: as for the constructor.
+        ``untaken``: the caller passes only uids this claim has not taken (a driver's remaining
+        items), which are then not looked up among those taken.
         """
         if limit <= 0:
             return []
         if not self._locks_work or self._owner is None:
             # no locks here (or no claim): nobody holds anything for anyone
-            piece = self._first_free(item_uids, limit, missing_as_of, {})
+            piece = self._first_free(item_uids, limit, missing_as_of, {}, untaken)
         else:
             try:
                 with self._globally():
-                    piece = self._first_free(item_uids, limit, missing_as_of, self._read_claims())
+                    claimed = self._read_claims()
+                    piece = self._first_free(item_uids, limit, missing_as_of, claimed, untaken)
                     self._append(piece)
             except OSError as exc:
                 raise store_error("claiming items in", self.store.paths.claims, exc) from exc
@@ -225,6 +232,7 @@ class Claim:
         limit: int,
         missing_as_of: object,
         claimed: dict[str, str],
+        untaken: bool = False,
     ) -> list[str]:
         """The first ``limit`` uids not stored, not in ``claimed`` and not this claim's, looked up
         window by window: a piece costs about its own size, not a pass over every item. Sets
@@ -233,7 +241,7 @@ class Claim:
         store = self.store
         store.refresh()
         trusted = missing_as_of is not None and store.view_state() == missing_as_of
-        taken = self._taken
+        taken = () if untaken else self._taken
         piece: list[str] = []
         others: dict[str, str] = {}
         window = max(limit, _TAKE_WINDOW)

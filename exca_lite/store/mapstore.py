@@ -1503,6 +1503,13 @@ class MapStore:
         ix = self._ix
         return (ix, ix.count, len(ix.segs))
 
+    def view_state_grown(self, state: object, entries: int) -> object:
+        """The ``view_state()`` once ``entries`` more entries are added to the view of ``state``
+        (a writer of this store publishing that many items): a later view equal to it grew by
+        that many entries and nothing else."""
+        ix, count, segs = tp.cast("tuple[_Index, int, int]", state)
+        return (ix, count + entries, segs)
+
     def _next_stamp(self) -> int:
         """The stamp of a record about to be published: greater than any this process gave and
         any this store read (a copy written after reading another always supersedes it), and
