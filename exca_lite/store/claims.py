@@ -73,7 +73,9 @@ class Claim:
         self.nested = is_computing()
         self.token = uuid.uuid4().hex
         self.mine: list[str] = []
-        self._taken: set[str] = set()  # mine, as a set (take() skips what this claim holds)
+        # mine, as a set (take() skips what this claim holds): built when a take needs it (a
+        # driver passing only what it has not taken never does: a hash pass per item saved)
+        self._taken: set[str] | None = None
         self._locks_work = True
         self._others: dict[str, str] = {}  # uid -> owner token
         self._owner: locks.FdLock | None = None
@@ -116,7 +118,7 @@ class Claim:
             # harmfully: each writes its own files, and every reader serves the same copy
             _warn_no_locks(self.store.paths.claims, cause)
             self.mine, self._others = self.store.missing(self.item_uids), {}
-            self._taken = set(self.mine)
+            self._taken = None
             self._locks_work = False
 
     def _acquire(self) -> None:
@@ -166,7 +168,7 @@ class Claim:
                 if self._adopt is not None:
                     claimed = {u: t for u, t in claimed.items() if t != self._adopt}
                 self.mine = self._split(wanted, claimed)
-                self._taken = set(self.mine)
+                self._taken = None
                 self._append(self.mine)
         except OSError as exc:
             self.release()  # a claim that failed to form holds nothing
@@ -223,7 +225,8 @@ class Claim:
             except OSError as exc:
                 raise store_error("claiming items in", self.store.paths.claims, exc) from exc
         self.mine.extend(piece)
-        self._taken.update(piece)
+        if self._taken is not None:
+            self._taken.update(piece)
         return piece
 
     def _first_free(
@@ -241,7 +244,11 @@ class Claim:
         store = self.store
         store.refresh()
         trusted = missing_as_of is not None and store.view_state() == missing_as_of
-        taken = () if untaken else self._taken
+        taken: tp.Collection[str] = ()
+        if not untaken and self.mine:
+            if self._taken is None:
+                self._taken = set(self.mine)
+            taken = self._taken
         piece: list[str] = []
         others: dict[str, str] = {}
         window = max(limit, _TAKE_WINDOW)
@@ -357,7 +364,8 @@ class Claim:
                         self._others[uid] = owner  # another waiter took it over first
                 self._append(taken)
             self.mine.extend(taken)
-            self._taken.update(taken)
+            if self._taken is not None:
+                self._taken.update(taken)
             freed.extend(taken)
             delay_s = 0.01
 
