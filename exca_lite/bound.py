@@ -256,6 +256,10 @@ class BoundMethod:
     def _uid_bytes(self) -> bytes:
         return canonical_bytes(self._uid_config)
 
+    def _dict_paths(self) -> set[str]:
+        """Paths of config.json holding dict values, whose keys the mismatch check compares."""
+        return _dict_paths(self._owner, "")
+
     def _ignored_paths(self) -> set[str]:
         """Paths of config.json the mismatch check skips: infras and excluded fields."""
         return _infra_paths(self._owner, "") | set(self._method.exclude)
@@ -271,13 +275,12 @@ class BoundMethod:
         """Once per bound object: refuse a folder whose stored configs disagree with this one."""
         if self._checked or self._paths is None:
             return
-        ignored = self._ignored_paths()
         taskcache.check_configs(
             self._paths,
             self._uid,
             self._full_config(),
             self._uid_bytes(),
-            ignored,
+            lambda: (self._ignored_paths(), self._dict_paths()),
             repair=self._infra.mode != "read-only",
         )
         self._checked = True
@@ -384,6 +387,26 @@ def _check_excluded_name(cls: type, dotted: str, method: str) -> None:
         default = infos[part].default
         is_config = dataclasses.is_dataclass(default) and not isinstance(default, type)
         klass = type(default) if is_config else None
+
+
+def _dict_paths(value: tp.Any, path: str) -> set[str]:
+    """Paths (as in config.json) of the dict values in a config: their keys are data, not fields
+    (a key added to a dict default changes the computation, as a new field does not)."""
+    out: set[str] = set()
+    if isinstance(value, dict):
+        out.add(path)
+        for key, item in value.items():
+            out |= _dict_paths(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, (tuple, list)):
+        for i, item in enumerate(value):
+            out |= _dict_paths(item, f"{path}[{i}]")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if isinstance(value, InfraMarker):
+            return out
+        for info in field_infos(type(value)):
+            where = f"{path}.{info.name}" if path else info.name
+            out |= _dict_paths(getattr(value, info.name), where)
+    return out
 
 
 def _infra_paths(value: tp.Any, path: str) -> set[str]:

@@ -280,7 +280,7 @@ def check_configs(
     uid: str,
     full_config: dict[str, tp.Any],
     uid_config: bytes,
-    ignored: set[str],
+    skipped: tp.Callable[[], tuple[set[str], set[str]]],
     repair: bool = True,
 ) -> None:
     """Refuse to reuse a folder whose stored configs disagree with the current one.
@@ -288,7 +288,10 @@ def check_configs(
     uid.json must match exactly (else: a hash collision, or a changed encoding). config.json is
     compared on the fields both sides have, infras and excluded fields aside: a field whose default
     changed keeps the same uid but is a different computation. New fields (absent from the stored
-    config) are fine: adding a field with a default keeps old caches.
+    config) are fine: adding a field with a default keeps old caches. Keys of a dict-valued
+    field are not fields: one added or removed there (a dict default changed) is a difference.
+    ``skipped``: (the paths not compared, the paths of dict-valued fields), asked for only when
+    config.json is not byte-equal to the current config.
 
     A damaged uid.json or config.json is reported and, when ``repair`` (not read-only), rewritten
     from the current config: the folder's name already carries the hash of the uid config, and a
@@ -311,7 +314,8 @@ def check_configs(
     except msgspec.DecodeError as e:
         _repair(paths.config, e, repair, lambda: encode_config(full_config))
         return
-    diffs = config_diffs(stored, comparable(full_config), ignored)
+    ignored, dicts = skipped()
+    diffs = config_diffs(stored, comparable(full_config), ignored, dicts)
     if diffs:
         raise UidMismatchError(
             f"cache folder {paths.folder} was computed with a different config, though the uid "
@@ -341,10 +345,13 @@ def comparable(full_config: dict[str, tp.Any]) -> tp.Any:
     return msgspec.json.decode(msgspec.json.encode(json_safe(full_config)))
 
 
-def config_diffs(stored: tp.Any, current: tp.Any, ignored: set[str]) -> list[str]:
-    """Where two full configs disagree, on the fields both have, ``ignored`` paths aside."""
+def config_diffs(
+    stored: tp.Any, current: tp.Any, ignored: set[str], dicts: tp.AbstractSet[str] = frozenset()
+) -> list[str]:
+    """Where two full configs disagree, on the fields both have, ``ignored`` paths aside; the
+    dicts at paths ``dicts`` (dict-valued fields) must also have the same keys."""
     diffs: list[str] = []
-    _diff(stored, current, "", ignored, diffs)
+    _diff(stored, current, "", ignored, dicts, diffs)
     return diffs
 
 
@@ -359,15 +366,27 @@ def _repair(path: str, error: Exception, repair: bool, data: tp.Callable[[], byt
     warnings.warn(f"unreadable {path} ({error}): {outcome}", CorruptCacheWarning, stacklevel=4)
 
 
-def _diff(stored: tp.Any, current: tp.Any, path: str, ignored: set[str], out: list[str]) -> None:
+def _diff(
+    stored: tp.Any,
+    current: tp.Any,
+    path: str,
+    ignored: set[str],
+    dicts: tp.AbstractSet[str],
+    out: list[str],
+) -> None:
     if path in ignored:
         return
     if isinstance(stored, dict) and isinstance(current, dict):
+        if path in dicts:
+            for key in sorted(stored.keys() ^ current.keys()):
+                old, new = stored.get(key, "(absent)"), current.get(key, "(absent)")
+                out.append(f"{path}[{key!r}]: stored {old!r}, now {new!r}")
         for key in stored.keys() & current.keys():
-            _diff(stored[key], current[key], f"{path}.{key}" if path else key, ignored, out)
+            where = f"{path}.{key}" if path else key
+            _diff(stored[key], current[key], where, ignored, dicts, out)
     elif isinstance(stored, list) and isinstance(current, list) and len(stored) == len(current):
         for i, (old, new) in enumerate(zip(stored, current, strict=True)):
-            _diff(old, new, f"{path}[{i}]", ignored, out)
+            _diff(old, new, f"{path}[{i}]", ignored, dicts, out)
     elif stored != current:
         out.append(f"{path}: stored {stored!r}, now {current!r}")
 

@@ -659,6 +659,35 @@ def test_case7_a_ram_hit_never_contradicts_the_disk_check(tmp_path: Path) -> Non
     assert old(infra=xl.TaskInfra(folder=tmp_path)).process() == 100
 
 
+def _redefined_dict(default: dict[str, tp.Any]) -> type:
+    """A class re-defined with another dict default (a key added or removed)."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Augmented:
+        augment: dict[str, tp.Any] = dataclasses.field(default_factory=lambda: dict(default))
+        nested: tuple[dict[str, int], ...] = ({"a": 1},)
+        infra: xl.TaskInfra = xl.TaskInfra()
+
+        @infra.apply
+        def process(self) -> list[str]:
+            return sorted(self.augment)
+
+    return Augmented
+
+
+def test_case7_a_key_added_to_or_removed_from_a_dict_default_is_a_different_config(
+    tmp_path: Path,
+) -> None:
+    """Keys of a dict value are data, not fields: unlike a new field (tolerated, so that adding
+    a field keeps old caches), a changed dict default is refused, never served stale."""
+    infra = xl.TaskInfra(folder=tmp_path, keep_in_ram=False)
+    assert _redefined_dict({"flip": 0.5})(infra=infra).process() == ["flip"]
+    for changed, why in (({"flip": 0.5, "crop": 0.9}, "crop"), ({}, "flip")):
+        with pytest.raises(xl.UidMismatchError, match=rf"augment\['{why}'\]"):
+            _redefined_dict(changed)(infra=infra).process()
+    assert _redefined_dict({"flip": 0.5})(infra=infra).process() == ["flip"]  # unchanged: a hit
+
+
 def test_case7_without_folder_a_changed_default_recomputes() -> None:
     old, new = _redefined(1), _redefined(2)
     first = old()

@@ -166,8 +166,10 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         configs pass the check a cache folder's config.json gets."""
         if other is self or other._owner == self._owner:
             return True
-        ignored = self._ignored_paths()
-        return not taskcache.config_diffs(other._check_config(), self._check_config(), ignored)
+        ignored, dicts = self._ignored_paths(), self._dict_paths()
+        return not taskcache.config_diffs(
+            other._check_config(), self._check_config(), ignored, dicts
+        )
 
     def _from_disk(self) -> tp.Any:
         """The cached result; raises a cached failure; ``_MISSING`` when it must be computed."""
