@@ -96,13 +96,18 @@ def _sources(workdir: WorkDir) -> list[tuple[Path, str]]:
     return out
 
 
-def _files(workdir: WorkDir, source: Path, target: str) -> list[tuple[Path, str]]:
-    """(file, its path in the copy) under one source, sorted, filtered by includes/excludes."""
+def _files(workdir: WorkDir, source: Path, target: str, skip: str) -> list[tuple[Path, str]]:
+    """(file, its path in the copy) under one source, sorted, filtered by includes/excludes;
+    nothing under the folder ``skip`` (a real path: the cache root, with earlier copies)."""
     if source.is_file():
         return [(source, target)]
     out = []
     for root, dirs, names in os.walk(source):
-        dirs[:] = sorted(d for d in dirs if not _matches(d, workdir.excludes))
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not _matches(d, workdir.excludes) and os.path.realpath(os.path.join(root, d)) != skip
+        )
         for name in sorted(names):
             if _matches(name, workdir.excludes) or not _matches(name, workdir.includes):
                 continue
@@ -119,8 +124,11 @@ def snapshot(workdir: WorkDir, root: Path | str) -> Path:
     """The copy of the code ``workdir`` names, under ``root/code``: made now unless the same
     bytes were copied before."""
     files: list[tuple[Path, str]] = []
+    # a cache root inside the copied folder (folder="cache" in the project) holds the earlier
+    # copies: copied too, every copy would differ from the last and double in size
+    skip = os.path.realpath(root)
     for source, target in _sources(workdir):
-        files += _files(workdir, source, target)
+        files += _files(workdir, source, target, skip)
     digest = hashlib.blake2b(digest_size=_HASH_HEX_CHARS // 2)
     contents = []
     for path, target in files:

@@ -125,6 +125,24 @@ def test_a_copied_folder_keeps_python_sources_only(
     assert files == ["extra/c.py", "lib/a.py", "lib/sub/b.py", f"{name}.py"]
 
 
+def test_a_cache_inside_the_copied_folder_is_not_copied(tmp_path: Path) -> None:
+    """copied=(".",) with folder="cache" in the project: the cache (and its earlier copies) stays
+    out of each copy, so the same code is one copy however often it is submitted."""
+    from exca_lite.workdir import snapshot
+
+    project = tmp_path / "project"
+    (project / "pkg").mkdir(parents=True)
+    (project / "pkg" / "__init__.py").write_text("X = 1\n")
+    cache = project / "cache"
+    (cache / "some.Task.run,0" / "x=1-abc").mkdir(parents=True)
+    (cache / "some.Task.run,0" / "x=1-abc" / "notes.py").write_text("")
+    workdir = xl.WorkDir(copied=(str(project),))
+    first = snapshot(workdir, cache)
+    assert snapshot(workdir, cache) == first and len(list((cache / "code").iterdir())) == 1
+    files = sorted(str(p.relative_to(first)) for p in first.rglob("*") if p.is_file())
+    assert files == ["project/pkg/__init__.py"]
+
+
 def test_workdir_errors_name_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     module, _src, _name = snap_module(tmp_path, monkeypatch)
     with pytest.raises(TypeError, match=r"copied=\('mypkg',\)"):
