@@ -167,7 +167,12 @@ def _verify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     for path in damaged:
-        print(f"damaged cache: {path} (`exca-lite clear` it and recompute)", file=sys.stderr)
+        print(
+            f"damaged cache: {path} (its damaged items count as missing: they are recomputed "
+            "when next asked for; `exca-lite compact --no-verify` drops them from a map cache "
+            "now)",
+            file=sys.stderr,
+        )
     if damaged:
         return EXIT_DAMAGE
     codes = {code for _, code in unchecked}
@@ -206,8 +211,9 @@ def _compact(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"damaged: {problem}")
         print(
-            f"{len(problems)} problem(s) found in {summary.uid}: not compacted (compacting would "
-            "keep the damaged items); `exca-lite clear` the cache and recompute it",
+            f"{len(problems)} problem(s) found in {path}: not compacted; `exca-lite compact "
+            "--no-verify` compacts it and drops the damaged items (they count as missing "
+            "already, and are recomputed when next asked for)",
             file=sys.stderr,
         )
         return EXIT_DAMAGE
@@ -252,7 +258,7 @@ def _clear(args: argparse.Namespace) -> int:
     if not args.yes and not _confirmed(chosen):
         print("not confirmed: nothing removed (--yes skips this question)", file=sys.stderr)
         return EXIT_DAMAGE
-    freed_total = 0
+    freed_total, cleared = 0, 0
     for summary in chosen:
         try:
             # a writer may have started while the question waited: look again right before
@@ -265,9 +271,11 @@ def _clear(args: argparse.Namespace) -> int:
             codes.append(_error_code(e))
             continue
         freed_total += freed
-        print(f"cleared {summary.uid}: {summary.items:,} item(s), {human_bytes(freed)} freed")
+        cleared += 1
+        print(f"cleared {summary.path}: {summary.items:,} item(s), {human_bytes(freed)} freed")
     if len(chosen) > 1:
-        print(f"{len(chosen)} cache(s) cleared, {human_bytes(freed_total)} freed")
+        failed = f" ({len(chosen) - cleared} failed)" if cleared < len(chosen) else ""
+        print(f"{cleared} cache(s) cleared{failed}, {human_bytes(freed_total)} freed")
     return min(codes, default=EXIT_OK)
 
 

@@ -359,10 +359,12 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
                     computed += self._compute_free(free, items_of, as_of if not held else None)
                 if not held:
                     break
-                logger.info(
-                    "%s: waiting for %d items that live jobs of another submission compute",
+                logger.warning(  # shown by default: queued jobs may take hours to run
+                    "%s: waiting for %d items that live jobs of an earlier submission compute "
+                    "(jobs %s; interrupting this wait leaves them running)",
                     self._uid,
                     len(held),
+                    ", ".join(sorted({str(getattr(j, "job_id", j)) for j in held.values()})[:5]),
                 )
                 jobs.wait_for(held, store.missing, _POLL_MAX_S)
                 todo, as_of = store.missing(todo), None  # a dead job's items are free again
