@@ -205,6 +205,23 @@ def test_view_files_are_named_by_their_content(tmp_path: Path) -> None:
     np.testing.assert_array_equal(copy[0:2], np.stack([expected("a\0b"), expected("c")]))
 
 
+def test_a_read_only_view_writes_nothing_into_the_cache(tmp_path: Path) -> None:
+    """SPEC: read-only creates no file (a colleague's cache may not be writable): its uid file
+    goes to this user's temp folder, unless the cache has the same one already."""
+    _vectors(tmp_path).embed.compute([1, 2, 3])
+    before = sorted(p for p in tmp_path.rglob("*"))
+    reader = _vectors(tmp_path, mode="read-only")
+    view = reader.embed.view([3, 1])
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+    copy = pickle.loads(pickle.dumps(view))  # as a DataLoader worker gets it
+    np.testing.assert_array_equal(copy[:], np.stack([expected(3), expected(1)]))
+    shared = _vectors(tmp_path).embed.view([1, 2])  # written into the cache: reused as it is
+    again = pickle.loads(pickle.dumps(reader.embed.view([1, 2])))
+    assert sorted(p for p in tmp_path.rglob("*.uids")) != [] and len(again) == len(shared) == 2
+    np.testing.assert_array_equal(again[1], expected(2))
+    assert "/" not in again._name  # the cache's own file
+
+
 def test_view_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="folder"):
         Vectors().embed.view([1])

@@ -232,7 +232,9 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         seq = items if isinstance(items, tp.Sequence) else list(items)
         uids = self._item_uids(seq)
         self._ensure(seq, uids)
-        return MapView.create(self._store, uids, self._uid)
+        return MapView.create(
+            self._store, uids, self._uid, read_only=self._infra.mode == "read-only"
+        )
 
     def compute(self, items: tp.Iterable[X]) -> int:
         """Make sure every item is cached (loading nothing); returns how many were computed."""

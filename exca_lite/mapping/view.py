@@ -21,6 +21,7 @@ import hashlib
 import mmap
 import os
 import struct
+import tempfile
 import threading
 import typing as tp
 from pathlib import Path
@@ -72,9 +73,13 @@ def _shared_store(folder: str, durability: Durability) -> MapStore:
 # # # the uid file # # #
 
 
-def write_uids(folder: str, uids: list[str], durability: Durability) -> str:
+def write_uids(
+    folder: str, uids: list[str], durability: Durability, read_only: bool = False
+) -> str:
     """Write the uid file of a view into the cache ``folder`` (once: it is named by its content,
-    and never replaced); its name.
+    and never replaced); its name. ``read_only`` (mode="read-only", which creates no file in a
+    cache): a file the cache has already, else one in this user's temp folder, named by its
+    absolute path.
 
     Layout: a header (magic, count, blob bytes, flags), ``count + 1`` little-endian int64 offsets,
     then the UTF-8 uids, each ended by a NUL byte: a batch of uids is then gathered with numpy
@@ -92,6 +97,12 @@ def write_uids(folder: str, uids: list[str], durability: Durability) -> str:
     path = views / name
     if path.is_file() and path.stat().st_size == len(content):
         return name  # the same items viewed before (here or by another process)
+    if read_only:
+        views = Path(tempfile.gettempdir()) / f"exca_lite-views-{os.getuid()}"
+        path = views / name
+        name = str(path)
+        if path.is_file() and path.stat().st_size == len(content):
+            return name
     try:
         views.mkdir(parents=True, exist_ok=True)
         create_new(path, content, fsync=durability == "fsync")
@@ -209,7 +220,7 @@ class MapView(tp.Generic[R]):
     ) -> None:
         self._folder = folder
         self._durability: Durability = durability
-        self._name = name  # the uid file under views/
+        self._name = name  # the uid file under views/ (or its absolute path: read-only)
         self._count = count
         self._label = label  # the map's uid, for messages
         # None until opened (on first use, and again after a fork: another generation)
@@ -218,20 +229,23 @@ class MapView(tp.Generic[R]):
         self._generation = _generation if store is not None and uids is not None else -1
 
     @classmethod
-    def create(cls, store: MapStore, uids: list[str], label: str) -> MapView[tp.Any]:
+    def create(
+        cls, store: MapStore, uids: list[str], label: str, read_only: bool = False
+    ) -> MapView[tp.Any]:
         """A view of ``uids`` (all stored) over ``store``, the store of its cache folder."""
         folder = str(store.folder)
-        name = write_uids(folder, uids, store.durability)
+        name = write_uids(folder, uids, store.durability, read_only)
         return cls(folder, store.durability, name, len(uids), label, store, uids)
 
     # # # opening (in a worker, or after a fork) # # #
 
     def _open(self) -> None:
-        uids = _UidFile(Path(self._folder) / VIEWS_DIR / self._name)
+        # a name, under the cache's views/; an absolute path for a read-only view's own file
+        path = Path(self._folder) / VIEWS_DIR / self._name
+        uids = _UidFile(path)
         if uids.count != self._count:
             raise StoreError(
-                f"{self._folder}/{VIEWS_DIR}/{self._name} holds {uids.count} item uids, the "
-                f"view {self._count}: make the view again"
+                f"{path} holds {uids.count} item uids, the view {self._count}: make the view again"
             )
         self._uids = uids
         self._store = _shared_store(self._folder, self._durability)
