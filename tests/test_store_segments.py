@@ -501,3 +501,29 @@ def test_lookups_hash_uids_as_segments_do() -> None:
         assert np.array_equal(query.hashes, sg.uid_hashes(uids)), uids
         assert [sg.hash_one(u) for u in uids] == query.hashes.tolist()
     assert len(sg.Query([]).hashes) == 0
+
+
+def test_verify_checks_a_segment_its_writer_rewrote_since_the_index_was_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify() reads a pair's index, then its segment: a writer that went on and parked in
+    between wrote a segment covering more than that read. Not damage: it is checked against the
+    index as it is now."""
+    monkeypatch.setattr(sg, "MIN_ENTRIES", 1)
+    monkeypatch.setattr(sg, "PARK_MIN_ENTRIES", 1)  # a parked writer writes its segment
+    store = MapStore(tmp_path)
+    with store.writer() as w:
+        for i in range(5):
+            w.write(f"u{i}", np.full(3, float(i)))
+    (name,) = [p.name for p in store._ix.pairs]
+    index = store.paths.index(name.stem)
+    read = index.read_bytes()  # what verify read first
+    file_id = mapstore_module.sh.parse_header(read, mapstore_module.sh.INDEX_MAGIC)
+    assert file_id is not None and store.paths.segment(name.stem).exists()
+    with store.writer() as w:  # the parked writer goes on in the same pair, parks again
+        for i in range(5, 20):  # doubled: the segment is rebuilt
+            w.write(f"u{i}", np.full(3, float(i)))
+    shard_size = store.paths.shard(name.stem).stat().st_size
+    assert index.stat().st_size > len(read)
+    assert store._verify_segment(name, file_id, len(read), shard_size) == []
+    assert store.verify() == []

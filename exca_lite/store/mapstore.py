@@ -1634,6 +1634,12 @@ class MapStore:
             return []
         seg = sg.Segment.open(path, file_id, index_size)
         if seg is None:
+            # a writer that went on (and parked) since the index was read writes a segment
+            # covering more of it: checked against the index as it is now
+            now = _file_size(idx_path)
+            seg = sg.Segment.open(path, file_id, now) if now > index_size else None
+            shard_size = max(shard_size, _file_size(self.paths.shard(name.stem)))
+        if seg is None:
             return [f"{path}: not a valid segment of {idx_path.name} (readers ignore it)"]
         entries = sg.read_pair(idx_path, seg.covered, shard_size)
         if entries is None:
