@@ -286,6 +286,12 @@ class BoundMethod:
         self._checked = True
 
     def _write_configs(self) -> None:
+        workdir = getattr(self._infra, "workdir", None)
+        if workdir is not None and self._infra.cluster not in _NO_COPY_CLUSTERS:
+            # a typo in WorkDir fails the submission: it must not leave a cache folder behind
+            from .workdir import check_sources
+
+            check_sources(workdir)
         taskcache.write_configs(tp.cast(TaskPaths, self._paths), self._full_config, self._uid_bytes)
 
     # # # every cache of this method and version # # #
@@ -387,6 +393,10 @@ def _check_excluded_name(cls: type, dotted: str, method: str) -> None:
         default = infos[part].default
         is_config = dataclasses.is_dataclass(default) and not isinstance(default, type)
         klass = type(default) if is_config else None
+
+
+_NO_COPY_CLUSTERS = (None, "debug", "threadpool", "processpool")
+"""Clusters that run the code in memory: a WorkDir is ignored there."""
 
 
 def _dict_paths(value: tp.Any, path: str) -> set[str]:

@@ -86,7 +86,10 @@ class Infra(InfraMarker):
                 folder = os.path.abspath(folder)
             object.__setattr__(self, "folder", Path(folder))
         if not isinstance(self.version, str):
-            raise TypeError(f"{type(self).__name__}.version must be a str, got {self.version!r}")
+            raise TypeError(
+                f"{type(self).__name__}.version must be a str, got {self.version!r} (quote it "
+                "in a config file, version: '1': a number would lose digits, 1.10 -> 1.1)"
+            )
         if not _VERSION.fullmatch(self.version) or ".." in self.version:
             raise ValueError(
                 f"{type(self).__name__}(version={self.version!r}): a version is a short name of "

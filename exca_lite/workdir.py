@@ -96,6 +96,12 @@ def _sources(workdir: WorkDir) -> list[tuple[Path, str]]:
     return out
 
 
+def check_sources(workdir: WorkDir) -> None:
+    """Raise the error a snapshot would (a path that does not exist, a module not importable),
+    before anything is written for a submission."""
+    _sources(workdir)
+
+
 def _files(workdir: WorkDir, source: Path, target: str, skip: str) -> list[tuple[Path, str]]:
     """(file, its path in the copy) under one source, sorted, filtered by includes/excludes;
     nothing under the folder ``skip`` (a real path: the cache root, with earlier copies)."""
@@ -189,4 +195,11 @@ def run_from_snapshot(copy: str, payload: bytes) -> tp.Any:
     return function(*args)
 
 
-__all__ = ["WorkDir", "check_workdir", "run_from_snapshot", "snapshot", "snapshot_call"]
+__all__ = [
+    "WorkDir",
+    "check_sources",
+    "check_workdir",
+    "run_from_snapshot",
+    "snapshot",
+    "snapshot_call",
+]

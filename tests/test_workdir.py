@@ -157,7 +157,11 @@ def test_workdir_errors_name_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyP
         infra = xl.TaskInfra(folder=cache, cluster="local", workdir=xl.WorkDir(copied=copied))
         with pytest.raises(error, match=copied[0]):
             module.Snap(infra=infra).where()
+        with pytest.raises(error, match=copied[0]):  # a sweep: refused before any submission
+            xl.job_array([module.Snap(param=p, infra=infra).where for p in range(3)])
     assert copies(cache) == []
+    # nothing was submitted, so no cache folder was left behind (no "not submitted" rows)
+    assert not list(cache.rglob("config.json"))
     # the workdir is part of the infra's config (config.json), never of the uid
     infra = xl.TaskInfra(folder=cache, workdir=xl.WorkDir(copied=("lib",)))
     snap = module.Snap(param=9, infra=infra)
