@@ -20,6 +20,7 @@ import msgspec
 from . import taskcache
 from .config import InfraMarker, check_owner, field_infos, from_dict, infra_plain, to_dict
 from .errors import ConfigError, CorruptCacheWarning, ValidationError
+from .infra import IN_MEMORY_CLUSTERS
 from .taskcache import TaskPaths
 from .uid import canonical_bytes, method_uid, uid_config
 
@@ -256,13 +257,13 @@ class BoundMethod:
     def _uid_bytes(self) -> bytes:
         return canonical_bytes(self._uid_config)
 
-    def _dict_paths(self) -> set[str]:
-        """Paths of config.json holding dict values, whose keys the mismatch check compares."""
-        return _dict_paths(self._owner, "")
-
-    def _ignored_paths(self) -> set[str]:
-        """Paths of config.json the mismatch check skips: infras and excluded fields."""
-        return _infra_paths(self._owner, "") | set(self._method.exclude)
+    def _compared_paths(self) -> tuple[set[str], set[str]]:
+        """Paths of config.json the mismatch check skips (infras and excluded fields), and those
+        of dict values (whose keys it compares): one walk of the config."""
+        infras: set[str] = set()
+        dicts: set[str] = set()
+        _special_paths(self._owner, "", infras, dicts)
+        return infras | set(self._method.exclude), dicts
 
     def _check_config(self) -> tp.Any:
         """The full config as the mismatch check compares it (as config.json reads back)."""
@@ -280,14 +281,14 @@ class BoundMethod:
             self._uid,
             self._full_config(),
             self._uid_bytes(),
-            lambda: (self._ignored_paths(), self._dict_paths()),
+            self._compared_paths,
             repair=self._infra.mode != "read-only",
         )
         self._checked = True
 
     def _write_configs(self) -> None:
         workdir = getattr(self._infra, "workdir", None)
-        if workdir is not None and self._infra.cluster not in _NO_COPY_CLUSTERS:
+        if workdir is not None and self._infra.cluster not in IN_MEMORY_CLUSTERS:
             # a typo in WorkDir fails the submission: it must not leave a cache folder behind
             from .workdir import check_sources
 
@@ -395,47 +396,24 @@ def _check_excluded_name(cls: type, dotted: str, method: str) -> None:
         klass = type(default) if is_config else None
 
 
-_NO_COPY_CLUSTERS = (None, "debug", "threadpool", "processpool")
-"""Clusters that run the code in memory: a WorkDir is ignored there."""
-
-
-def _dict_paths(value: tp.Any, path: str) -> set[str]:
-    """Paths (as in config.json) of the dict values in a config: their keys are data, not fields
-    (a key added to a dict default changes the computation, as a new field does not)."""
-    out: set[str] = set()
-    if isinstance(value, dict):
-        out.add(path)
+def _special_paths(value: tp.Any, path: str, infras: set[str], dicts: set[str]) -> None:
+    """Add to ``infras`` the paths (as in config.json: ``sub.infra``, ``subs[0].infra``) of the
+    infras in a config, at any depth (they never count: a stored config.json may differ there),
+    and to ``dicts`` those of its dict values (their keys are data, not fields: a key added to a
+    dict default changes the computation, as a new field does not)."""
+    if isinstance(value, InfraMarker):
+        infras.add(path)
+    elif isinstance(value, dict):
+        dicts.add(path)
         for key, item in value.items():
-            out |= _dict_paths(item, f"{path}.{key}" if path else str(key))
+            _special_paths(item, f"{path}.{key}" if path else str(key), infras, dicts)
     elif isinstance(value, (tuple, list)):
         for i, item in enumerate(value):
-            out |= _dict_paths(item, f"{path}[{i}]")
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        if isinstance(value, InfraMarker):
-            return out
-        for info in field_infos(type(value)):
-            where = f"{path}.{info.name}" if path else info.name
-            out |= _dict_paths(getattr(value, info.name), where)
-    return out
-
-
-def _infra_paths(value: tp.Any, path: str) -> set[str]:
-    """Paths (as in config.json: ``sub.infra``, ``subs[0].infra``) of the infras in a config, at
-    any depth: they never count, so a stored config.json may differ there."""
-    if isinstance(value, InfraMarker):
-        return {path}
-    out: set[str] = set()
-    if isinstance(value, (tuple, list)):
-        for i, item in enumerate(value):
-            out |= _infra_paths(item, f"{path}[{i}]")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            out |= _infra_paths(item, f"{path}.{key}" if path else str(key))
+            _special_paths(item, f"{path}[{i}]", infras, dicts)
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         for info in field_infos(type(value)):
             where = f"{path}.{info.name}" if path else info.name
-            out |= _infra_paths(getattr(value, info.name), where)
-    return out
+            _special_paths(getattr(value, info.name), where, infras, dicts)
 
 
 __all__ = ["BoundMethod", "InfraMethod", "find_method", "rebind"]

@@ -28,6 +28,8 @@ TASK_CLUSTERS = (None, "local", "slurm", "auto", "debug")
 MAP_CLUSTERS = (*TASK_CLUSTERS, "threadpool", "processpool")
 TASK_MODES = ("cached", "retry", "force", "read-only")
 MAP_MODES = ("cached", "force", "read-only")
+IN_MEMORY_CLUSTERS = (None, "debug", "threadpool", "processpool")
+"""Clusters whose workers run the code this process has in memory: a WorkDir is ignored there."""
 
 Cluster = tp.Literal["local", "slurm", "auto", "debug"]
 MapCluster = tp.Literal["local", "slurm", "auto", "debug", "threadpool", "processpool"]

@@ -880,7 +880,16 @@ def test_runs_of_same_shape_arrays_mixed_with_other_items_keep_every_entry(tmp_p
                 value = rng.integers(0, 1000, size=(6, 2)).astype(np.int16)
             w.write(f"u{i}", value)
             expected[f"u{i}"] = value
-    for reader in (store, MapStore(tmp_path)):
+    _check_read_back(store, tmp_path, expected)
+    runs = [
+        u for u in expected if isinstance(expected[u], np.ndarray) and expected[u].shape == (6, 2)
+    ]
+    np.testing.assert_array_equal(store.stack(runs), np.stack([expected[u] for u in runs]))
+
+
+def _check_read_back(store: MapStore, folder: Path, expected: dict[str, tp.Any]) -> None:
+    """The writing store and a fresh one serve every item as written; the store is healthy."""
+    for reader in (store, MapStore(folder)):
         for uid, value in expected.items():
             got = reader.load(uid)
             if isinstance(value, dict):
@@ -888,11 +897,7 @@ def test_runs_of_same_shape_arrays_mixed_with_other_items_keep_every_entry(tmp_p
             else:
                 assert got.dtype == value.dtype and got.shape == value.shape, uid
                 np.testing.assert_array_equal(got, value)
-    assert MapStore(tmp_path).verify() == []
-    runs = [
-        u for u in expected if isinstance(expected[u], np.ndarray) and expected[u].shape == (6, 2)
-    ]
-    np.testing.assert_array_equal(store.stack(runs), np.stack([expected[u] for u in runs]))
+    assert MapStore(folder).verify() == []
 
 
 def test_write_many_keeps_every_entry_as_write_does(tmp_path: Path) -> None:
@@ -928,15 +933,7 @@ def test_write_many_keeps_every_entry_as_write_does(tmp_path: Path) -> None:
             elif w.write_many(itertools.islice(pairs, step)) < step:
                 break
         assert w.written + one_by_one == len(expected)
-    for reader in (store, MapStore(tmp_path)):
-        for uid, value in expected.items():
-            got = reader.load(uid)
-            if isinstance(value, dict):
-                assert got == value
-            else:
-                assert got.dtype == value.dtype and got.shape == value.shape, uid
-                np.testing.assert_array_equal(got, value)
-    assert MapStore(tmp_path).verify() == []
+    _check_read_back(store, tmp_path, expected)
 
 
 def test_write_many_lets_the_io_thread_publish_a_stalled_run(

@@ -322,6 +322,13 @@ def test_items_held_by_a_worker_outlive_the_driver_that_claimed_them(tmp_path: P
     assert rerun.missing([f"item-{i}" for i in range(20)]) == []
 
 
+def _run_in_a_thread(target: tp.Callable[[], None]) -> None:
+    """Run ``target`` in another thread (a pool worker's) and wait for it."""
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+
+
 @pytest.mark.timeout(60)
 def test_a_nested_call_needing_items_its_own_computation_holds_is_an_error(tmp_path: Path) -> None:
     store = MapStore(tmp_path)
@@ -339,9 +346,7 @@ def test_a_nested_call_needing_items_its_own_computation_holds_is_an_error(tmp_p
                 except RuntimeError as e:
                     seen.append(e)
 
-        thread = threading.Thread(target=worker)
-        thread.start()
-        thread.join()
+        _run_in_a_thread(worker)
         assert len(seen) == 1 and "'c'" in str(seen[0])
     # outside the computation, the same items are simply claimed
     with store.claim(["b"]) as again:
@@ -369,8 +374,6 @@ def test_a_worker_of_a_piecewise_driver_may_wait_for_the_drivers_other_items(
                 except RuntimeError as e:
                     outcome.append(e)
 
-        thread = threading.Thread(target=worker)
-        thread.start()
-        thread.join()
+        _run_in_a_thread(worker)
     assert outcome[0] == ([], ["c"])
     assert isinstance(outcome[1], RuntimeError) and "'a'" in str(outcome[1])

@@ -24,6 +24,7 @@ from .. import taskcache
 from ..bound import BoundMethod, InfraMethod, find_method, refuse_read_only_clear
 from ..errors import CacheMissError
 from ..fsio import file_lock
+from ..infra import IN_MEMORY_CLUSTERS
 from ..store.locks import probe_lock
 from ..taskcache import _MISSING, Failure, TaskPaths
 
@@ -166,7 +167,7 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         configs pass the check a cache folder's config.json gets."""
         if other is self or other._owner == self._owner:
             return True
-        ignored, dicts = self._ignored_paths(), self._dict_paths()
+        ignored, dicts = self._compared_paths()
         return not taskcache.config_diffs(
             other._check_config(), self._check_config(), ignored, dicts
         )
@@ -302,7 +303,7 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         paths = tp.cast(TaskPaths, self._paths)
         call = (run_task_job, self._owner, self._ref, str(paths.folder), self._uid)
         infra = self._infra
-        if infra.workdir is None or infra.cluster in (None, "debug"):
+        if infra.workdir is None or infra.cluster in IN_MEMORY_CLUSTERS:
             return call
         from ..workdir import snapshot, snapshot_call
 
