@@ -1088,3 +1088,91 @@ def test_large_items_start_at_a_page_and_are_checksummed_as_written(tmp_path: Pa
         f.seek(at)
         f.write(flipped)
     assert any("'huge'" in problem for problem in MapStore(tmp_path).verify())
+
+
+def test_own_writes_are_read_in_order_with_other_writers_whenever_taken_in(tmp_path: Path) -> None:
+    # a store lists the records its own writers publish and takes them in when queried: entries
+    # another writer published in between (read by a refresh first) are still ordered by stamp
+    store = MapStore(tmp_path)
+    other = MapStore(tmp_path, load_index=False)  # another process, as far as files go
+    with store.writer() as mine:
+        mine.write_many((f"u{i}", np.full(4, 1.0)) for i in range(3000))
+        mine.flush()
+        with other.writer() as theirs:  # newer copies of some, published after mine
+            theirs.write_many((f"u{i}", np.full(4, 2.0)) for i in range(0, 3000, 2))
+        store.refresh()  # reads theirs before mine are taken in
+        mine.write_many((f"u{i}", np.full(4, 3.0)) for i in range(0, 3000, 3))
+        mine.flush()
+    expected = [3.0 if i % 3 == 0 else 2.0 if i % 2 == 0 else 1.0 for i in range(3000)]
+    uids = [f"u{i}" for i in range(3000)]
+    for reader in (store, MapStore(tmp_path)):
+        assert reader.stack(uids)[:, 0].tolist() == expected
+        assert len(reader) == 3000 and reader.missing(uids) == []
+
+
+def test_the_view_state_counts_own_writes_before_they_are_taken_in(tmp_path: Path) -> None:
+    # a compute loop trusts "nothing but my own flushes came in" without a lookup per piece
+    store = MapStore(tmp_path)
+    state = store.view_state()
+    with store.writer() as w:
+        w.write_many((f"v{i}", np.full(4, i)) for i in range(2500))
+        w.flush()
+        grown = store.view_state_grown(state, 2500)
+        assert store.view_state() == grown
+        store.refresh()  # nothing new from others: still equal
+        assert store.view_state() == grown
+        assert "v2499" in store  # taken in: the same count
+        assert store.view_state() == grown
+        w.write("v0", np.full(4, -1))  # a copy more (it replaces v0): one entry more
+        w.flush()
+        assert store.view_state() == store.view_state_grown(grown, 1)
+    assert store.load("v0")[0] == -1
+
+
+def test_threads_find_each_flushed_item_of_a_writer_of_their_store(tmp_path: Path) -> None:
+    # items a writer of this store flushed are found by every thread right after the flush,
+    # whichever thread takes the listed records in
+    store = MapStore(tmp_path)
+    flushed = [0]
+    done = threading.Event()
+    errors: list[str] = []
+
+    def read() -> None:
+        while not done.is_set():
+            upto = flushed[0]
+            if upto and f"w{upto - 1}" not in store:
+                errors.append(f"w{upto - 1} not found after its flush")
+            if upto and store.load(f"w{upto // 2}")[0] != upto // 2:
+                errors.append(f"w{upto // 2}: wrong value")
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for thread in readers:
+        thread.start()
+    try:
+        with store.writer() as w:
+            for step in range(40):
+                w.write_many((f"w{i}", np.full(4, i)) for i in range(step * 700, (step + 1) * 700))
+                w.flush()
+                flushed[0] = (step + 1) * 700
+    finally:
+        done.set()
+        for thread in readers:
+            thread.join()
+    assert errors == []
+    assert len(store) == 28000
+
+
+def test_a_writer_whose_index_was_removed_fails_the_write_that_publishes(tmp_path: Path) -> None:
+    # the producer publishes full batches itself (no fsync): an error there is a StoreError to
+    # the caller, at that write or at the flush, never a silent loss
+    store = MapStore(tmp_path)
+    w = store.writer()
+    w.open()
+    w.write("first", np.zeros(4))
+    w.flush()
+    os.unlink(store.paths.index(w.stem))
+    with pytest.raises(StoreError, match="removed while being written"):
+        w.write_many((f"x{i}", np.zeros(4)) for i in range(5000))
+        w.flush()
+    with pytest.raises(StoreError):
+        w.close()
