@@ -1176,3 +1176,28 @@ def test_a_writer_whose_index_was_removed_fails_the_write_that_publishes(tmp_pat
         w.flush()
     with pytest.raises(StoreError):
         w.close()
+
+
+@pytest.mark.parametrize("full_at", ["items", "bytes"])
+def test_a_run_longer_than_a_batch_goes_on_in_the_next_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, full_at: str
+) -> None:
+    # write_many hands each full batch over itself and goes on with the same run in the next
+    # record (its meta listed anew there): every entry stays right, across runs of other
+    # arrays and the pair's rotations
+    if full_at == "items":
+        monkeypatch.setattr(writer_module, "FLUSH_MAX_ITEMS", 7)
+    else:
+        monkeypatch.setattr(writer_module, "FLUSH_MAX_BYTES", 200)  # 4 items of 64 bytes
+    monkeypatch.setattr(writer_module, "ROTATE_ENTRIES", 50)
+    expected: dict[str, tp.Any] = {}
+    for i in range(300):
+        if i % 97 in (50, 51):
+            expected[f"r{i}"] = np.full(3, i, dtype=np.int64)
+        else:
+            expected[f"r{i}"] = np.full(5, i, dtype=np.float32)  # 20 bytes, padded to 64
+    store = MapStore(tmp_path)
+    with store.writer() as w:
+        assert w.write_many(iter(expected.items())) == 300
+    assert len(list(tmp_path.glob("*.idx"))) > 1  # rotated
+    _check_read_back(store, tmp_path, expected)
