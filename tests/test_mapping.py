@@ -117,6 +117,20 @@ def test_int_items_are_checked_from_their_numbers(
     np.testing.assert_array_equal(feat.embed.stack(numbers)[:, 0], np.array(numbers, float))
 
 
+def test_int_items_repeated_on_a_first_fill_are_computed_once(tmp_path: Path) -> None:
+    """Increasing ints are known distinct (no pass to deduplicate their uids); any other order
+    of ints, repeats included, is deduplicated, on an empty cache as on a filled one."""
+    counter = str(tmp_path / "counter")
+    feat = Numbered(counter=counter, infra=xl.MapInfra(folder=tmp_path / "cache"))
+    assert feat.embed.compute([*range(100), 5, 99]) == 100
+    assert feat.embed.compute([*range(100, 170), 169, *range(170, 200)]) == 100
+    assert feat.embed.compute(list(range(299, 199, -1))) == 100
+    assert feat.embed.compute(range(300, 400)) == 100
+    assert feat.embed.compute([*range(400, 480), 0, 480]) == 81
+    assert counts(counter) == {str(n): 1 for n in range(481)}
+    np.testing.assert_array_equal(feat.embed.stack(range(481))[:, 0], np.arange(481.0))
+
+
 class Flag(enum.IntEnum):
     ON = 6
 

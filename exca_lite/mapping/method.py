@@ -125,16 +125,21 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
     # # # naming items # # #
 
     def _item_uids(self, items: tp.Sequence[X]) -> list[str]:
+        return self._name_items(items)[0]
+
+    def _name_items(self, items: tp.Sequence[X]) -> tuple[list[str], bool]:
+        """The uids of ``items``, and whether they are known distinct (ints in increasing order,
+        a range say): looking up which are missing then needs no pass to deduplicate them."""
         method = self._map_method
         if method.item_uid is str and _maybe_ints(items):  # made from their digits, valid text
             values = _int_values(items)
             if values is not None:
-                return DecimalUids(values).texts()
+                return DecimalUids(values).texts(), bool((values[1:] > values[:-1]).all())
         if method.item_uid_is_str and items:
             _refuse_str_of_arrays(method, items)
         uids = list(map(method.item_uid, items))
         if not uids:
-            return uids
+            return uids, True
         # this runs on every call, cache hits included: checked in C-level passes
         try:
             longest = _longest(uids)
@@ -154,7 +159,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
             ) from None
         if longest > ITEM_UID_MAX_CHARS:  # maybe: each uid tells
             uids = [u if len(u) <= ITEM_UID_MAX_CHARS else item_uid_name(u) for u in uids]
-        return uids
+        return uids, False
 
     # # # public calls # # #
 
@@ -241,7 +246,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         if self._all_cached(items):
             return 0
         seq = items if isinstance(items, tp.Sequence) else list(items)
-        return self._ensure(seq, self._item_uids(seq))
+        return self._ensure(seq, *self._name_items(seq))
 
     def _all_cached(self, items: tp.Iterable[X]) -> bool:
         """Whether every item is known cached without naming the items one by one: int items
@@ -285,7 +290,9 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
 
     # # # computing what is missing # # #
 
-    def _ensure(self, items: tp.Sequence[X], uids: list[str]) -> int:
+    def _ensure(self, items: tp.Sequence[X], uids: list[str], distinct: bool = False) -> int:
+        """Compute the items not cached, returning how many (``distinct``: the uids are known
+        not to repeat)."""
         self._prepare_to_run()
         self._check_configs()  # once per bound object: a cache hit too must be this config's
         infra = self._infra
@@ -301,7 +308,7 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
             if todo:
                 logger.debug("%s: mode='force' recomputes %d items", self._uid, len(todo))
         else:
-            todo = self._missing(uids)
+            todo = self._missing(uids, distinct)
         as_of = None if self._store is None or infra.mode == "force" else self._store.view_state()
         if not todo:
             return 0
@@ -500,11 +507,11 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
                 token,
             )
 
-    def _missing(self, uids: list[str]) -> list[str]:
+    def _missing(self, uids: list[str], distinct: bool = False) -> list[str]:
         if self._store is None:
             ram = self._ram
             return [u for u in dict.fromkeys(uids) if u not in ram]
-        return self._store.missing(uids)
+        return self._store.missing(uids, distinct=distinct)
 
     def _run_inline_ram(self, items: list[X], uids: list[str]) -> None:
         outputs = iter(self._map_method.func(self._owner, items))

@@ -1053,8 +1053,10 @@ class MapStore:
                 return [uids[i] for i in np.flatnonzero(keep).tolist()]
         return uids
 
-    def missing(self, item_uids: tp.Iterable[str]) -> list[str]:
-        """``refresh()``, then the uids not stored: deduplicated, in first-seen order."""
+    def missing(self, item_uids: tp.Iterable[str], *, distinct: bool = False) -> list[str]:
+        """``refresh()``, then the uids not stored: deduplicated, in first-seen order
+        (``distinct``: the caller knows no uid repeats, so none is hashed just to deduplicate:
+        on a first fill, that pass was most of this call)."""
         self.refresh()
         ix = self._ix
         # dedup only what is missing (usually few): hashing every uid into a set costs as much
@@ -1069,7 +1071,7 @@ class MapStore:
         if rest and ix.segs:  # one vectorized pass over the segments for the others
             absent = self._seg_absent(ix, rest)
             rest = [rest[i] for i in absent] if len(absent) < len(rest) else rest
-        return list(dict.fromkeys(rest))
+        return list(rest) if distinct else list(dict.fromkeys(rest))
 
     def _absent_with_voids(self, ix: _Index, item_uids: tp.Iterable[str]) -> list[str]:
         """``missing`` (not deduplicated) once void entries exist: a uid whose row is void is

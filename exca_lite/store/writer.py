@@ -22,6 +22,7 @@ import atexit
 import contextlib
 import errno
 import fcntl
+import io
 import os
 import queue
 import struct
@@ -189,8 +190,11 @@ class MapWriter:
         self._file_id = b""
         self._entries = 0  # entries published to this pair (duplicates included)
         self._covered = 0  # ... of which the pair's segment holds (a parked writer's)
-        self._buf = bytearray()
-        self._buf_start = 0  # shard offset of self._buf[0]; always 64-aligned
+        # the pending items' bytes (the first tell() of them): a BytesIO, so that a buffer this
+        # thread wrote out itself is reused (bytearrays grow by reallocating, which cost a
+        # quarter of a small item's copy), while one handed to the I/O thread is left to it
+        self._buf = io.BytesIO()
+        self._buf_start = 0  # shard offset of the buffer's first byte; always 64-aligned
         self._uids: list[str] = []
         self._offsets: list[int] = []
         self._nbytes: list[int] = []
@@ -277,7 +281,7 @@ class MapWriter:
         self._failed = None
         self._rotate = False
         self._span_start, self._span_sum, self._spans = -1, 0, []
-        self._buf = bytearray()
+        self._buf = io.BytesIO()
         self._uids, self._offsets, self._nbytes, self._crcs, self._mix = [], [], [], [], []
         self._parts, self._pending_sums, self._metas, self._meta_of = [], [], [], {}
         self._hot_dtype = None
@@ -353,13 +357,13 @@ class MapWriter:
         ):
             with self._buffer_lock:
                 if value.dtype is self._hot_dtype:  # not handed over by the I/O thread meanwhile
-                    buf = self._buf
+                    buf: tp.Any = self._buf  # its write() takes arrays (buffers)
                     try:
-                        buf.extend(value)  # C-contiguous arrays only: others raise TypeError
+                        buf.write(value)  # C-contiguous arrays only: others raise ValueError
                     except (TypeError, ValueError, BufferError):
                         pass  # the general path below copies it
                     else:
-                        buf += self._hot_pad
+                        buf.write(self._hot_pad)
                         uids = self._uids
                         uids.append(item_uid)
                         now = _monotonic()
@@ -367,7 +371,7 @@ class MapWriter:
                         if (
                             now - last > SLOW_PRODUCER_S
                             or len(uids) >= FLUSH_MAX_ITEMS
-                            or len(buf) >= FLUSH_MAX_BYTES
+                            or buf.tell() >= FLUSH_MAX_BYTES
                             or now - self._first_t > FLUSH_MAX_AGE_S
                         ):
                             if self._failed is not None:
@@ -392,7 +396,8 @@ class MapWriter:
         # self._last_t lags behind ``last`` meanwhile. Read without the lock: checked under it.
         # ``room``: the items the run may still take before its batch is full
         hot, shape, pad = self._hot_dtype, self._hot_shape, self._hot_pad
-        buf, uids, room = self._buf, self._uids, self._room()
+        put: tp.Any  # the buffer's write(), which takes arrays (buffers)
+        put, uids, room = self._buf.write, self._uids, self._room()
         last, deadline = self._last_t, self._first_t + FLUSH_MAX_AGE_S
         n = 0
         try:
@@ -403,12 +408,12 @@ class MapWriter:
                         # the I/O thread hands stale items over under the lock, ending the run
                         if self._hot_dtype is hot:
                             try:
-                                buf.extend(value)  # C-contiguous arrays only (others raise)
+                                put(value)  # C-contiguous arrays only (others raise)
                             except (TypeError, ValueError, BufferError):
                                 pass  # the general path below copies it
                             else:
                                 if pad:
-                                    buf += pad
+                                    put(pad)
                                 uids.append(item_uid)
                                 room -= 1
                                 now = monotonic()
@@ -418,7 +423,8 @@ class MapWriter:
                                         self._raise_failed()
                                     self._publish_batch()  # ends the run
                                     if self._restart_run(hot):  # the next item goes on with it
-                                        buf, uids, room = self._buf, self._uids, self._room()
+                                        put, uids = self._buf.write, self._uids
+                                        room = self._room()
                                         deadline = self._first_t + FLUSH_MAX_AGE_S
                                     else:
                                         hot = None
@@ -432,7 +438,7 @@ class MapWriter:
                 n += 1
                 # the run this item may have started (or None): its state, in locals again
                 hot, shape, pad = self._hot_dtype, self._hot_shape, self._hot_pad
-                buf, uids, room = self._buf, self._uids, self._room()
+                put, uids, room = self._buf.write, self._uids, self._room()
                 last, deadline = self._last_t, self._first_t + FLUSH_MAX_AGE_S
         finally:
             self._last_t = last
@@ -445,7 +451,7 @@ class MapWriter:
         room = FLUSH_MAX_ITEMS - len(self._uids)
         stride = self._run_nbytes + len(self._hot_pad)
         if stride:
-            room = min(room, -(-(FLUSH_MAX_BYTES - len(self._buf)) // stride))
+            room = min(room, -(-(FLUSH_MAX_BYTES - self._buf.tell()) // stride))
         return room
 
     def _restart_run(self, dtype: np.dtype[tp.Any] | None) -> bool:
@@ -468,7 +474,7 @@ class MapWriter:
         self._hot_dtype = dtype
         self._run_mix = 0
         self._run_from = 0
-        self._run_offset = self._buf_start + len(self._buf)
+        self._run_offset = self._buf_start + self._buf.tell()
         return True
 
     def _write_any(self, item_uid: str, value: tp.Any) -> None:
@@ -509,10 +515,10 @@ class MapWriter:
                 self._write_direct(item_uid, data, nbytes, mix, crc)
             else:
                 buf = self._buf
-                self._offsets.append(self._buf_start + len(buf))
-                buf.extend(data)
-                self._ref_end = self._buf_start + len(buf)
-                buf += sh.ZEROS[: -nbytes % sh.ALIGN]
+                self._offsets.append(self._buf_start + buf.tell())
+                buf.write(data)
+                self._ref_end = self._buf_start + buf.tell()
+                buf.write(sh.ZEROS[: -nbytes % sh.ALIGN])
                 self._uids.append(item_uid)
                 self._nbytes.append(nbytes)
                 self._crcs.append(crc)
@@ -522,13 +528,13 @@ class MapWriter:
                 self._hot_pad = sh.ZEROS[: -nbytes % sh.ALIGN]
                 self._run_nbytes, self._run_mix = nbytes, mix
                 self._run_from = len(self._uids)
-                self._run_offset = self._buf_start + len(self._buf)
+                self._run_offset = self._buf_start + self._buf.tell()
             now = _monotonic()
             slow = now - self._last_t > SLOW_PRODUCER_S
             self._last_t = now
             if (
                 slow
-                or self._direct_bytes + len(self._buf) >= FLUSH_MAX_BYTES
+                or self._direct_bytes + self._buf.tell() >= FLUSH_MAX_BYTES
                 or len(self._uids) >= FLUSH_MAX_ITEMS
                 or now - self._first_t > FLUSH_MAX_AGE_S
             ):
@@ -646,14 +652,22 @@ class MapWriter:
     def _queue_data(self, inline: bool = False) -> None:
         """Send the buffered bytes to the I/O thread (no index record: their items may be joined
         by more before the next flush)."""
-        if self._buf:
-            job = (self._buf, self._buf_start, None, True, ())
+        buf = self._buf
+        size = buf.tell()
+        if size:
+            data = buf.getbuffer()[:size]
+            job = (data, self._buf_start, None, True, ())
             if inline:
                 self._do_io(*job)
+                try:
+                    data.release()  # then the buffer takes writes again, from its start
+                    buf.seek(0)
+                except BufferError:  # still viewed: left to the garbage collector
+                    self._buf = io.BytesIO()
             else:
                 self._submit(job)
-            self._buf_start += len(self._buf)
-            self._buf = bytearray()
+                self._buf = io.BytesIO()
+            self._buf_start += size
 
     def _publish_batch(self) -> None:
         """Publish the pending batch (buffer lock held): in this thread when the I/O thread is
