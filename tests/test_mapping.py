@@ -98,6 +98,16 @@ def test_int_items_are_checked_from_their_numbers(
         assert feat.embed.compute(np.arange(-150, 150, 3).astype(np.int16)) == 0
         assert feat.embed.compute(range(-150, 150, 3)) == 0
         assert feat.embed.compute(tuple(numbers)) == 0
+        # calls serve each number's own output: in the order written (one strided run of the
+        # shard), in others, with duplicates, from numbers or from their texts
+        rng = np.random.default_rng(0)
+        want_all = [float(n) for n in numbers]
+        for asked in (numbers, numbers[::-1], [*numbers[5:], *numbers[:9]], numbers[::2] * 3):
+            for given in (asked, np.array(asked), rng.permutation(asked).tolist()):
+                want = [float(n) for n in given]
+                assert [float(x[0]) for x in feat.embed(given)] == want
+                np.testing.assert_array_equal(feat.embed.stack(given)[:, 0], want)
+        assert [float(x[0]) for x in Numbered(infra=infra).embed(numbers)] == want_all
     assert counts(counter) == {str(n): 1 for n in numbers}
     feat = Numbered(counter=counter, infra=infra)
     assert feat.embed.compute([*numbers, 1, 2, 1]) == 2  # 2 new items, one of them twice

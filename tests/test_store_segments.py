@@ -67,13 +67,16 @@ def check_all(store: MapStore, model: dict[str, float], absent: tp.Sequence[str]
     for uid, expected in model.items():
         assert value(store, uid) == expected, uid
         assert uid in store
-    served = list(store.load_many(uids))
-    got = [float(v[0]) if isinstance(v, np.ndarray) else float(v["v"]) for v in served]
-    assert got == [model[u] for u in uids]
+    for asked in (uids, uids[::-1] * 2):  # in order, and another order with duplicates
+        for served in (store.load_many(asked), store.load_all(asked)):
+            assert served is not None
+            got = [float(v[0]) if isinstance(v, np.ndarray) else float(v["v"]) for v in served]
+            assert got == [model[u] for u in asked]
     assert store.missing([*uids, *absent, *uids]) == list(dict.fromkeys(absent))
     assert store.stores_all(uids) and store.stores_all(uids * 20)  # a few, and a batch
     for uid in absent:
         assert not store.stores_all([*uids, uid]) and not store.stores_all([*uids * 20, uid])
+        assert store.load_all([*uids, uid]) is None and store.load_all([uid, *uids]) is None
         assert uid not in store
         with pytest.raises(KeyError):
             store.load(uid)
@@ -224,17 +227,25 @@ def test_a_forced_hash_collision_never_serves_another_number(
         stored.append("9" * 40)  # longer than the fixed-width column: every uid is utf-8
     store = MapStore(tmp_path)
     with store.writer() as w:
-        for uid in stored:
-            w.write(uid, np.zeros(1))
+        for k, uid in enumerate(stored):
+            w.write(uid, np.full(1, float(k)))
     store.close()
     reader = MapStore(tmp_path)
     assert len(reader._ix.segs) == 1 and not reader._ix.rows
     assert (reader._ix.segs[0].fixed is not None) == (column == "fixed")
     present = [1, 12, -1, 99, 1234567890123456789] * 5  # past the few looked up one by one
     assert reader.stores_all(sg.DecimalUids(np.array(present)))
+    served = reader.load_all(sg.DecimalUids(np.array(present)))
+    assert served is not None  # each number's own item
+    expected = [float(stored.index(str(n))) for n in present]
+    assert [float(v[0]) for v in served] == expected
+    assert reader.stack(sg.DecimalUids(np.array(present)))[:, 0].tolist() == expected
     for number in [0, 2, 5, 7, -7, 8, 120, -12, 9, 999, 123456789012345678, -(2**63)]:
         assert not reader.stores_all(sg.DecimalUids(np.array([*present, number]))), number
         assert reader.missing(sg.DecimalUids(np.array([*present, number]))) == [str(number)]
+        assert reader.load_all(sg.DecimalUids(np.array([*present, number]))) is None
+        with pytest.raises(KeyError):
+            reader.stack(sg.DecimalUids(np.array([*present, number])))
 
 
 @pytest.mark.timeout(120)
@@ -266,6 +277,11 @@ def test_numbers_are_found_as_their_text_in_segments_rows_and_voids(
             expected = not reader.missing([str(i) for i in batch])
             assert reader.stores_all(numbers) == expected, batch
             assert reader.missing(numbers) == reader.missing([str(i) for i in batch])
+            served = reader.load_all(numbers)
+            assert (served is not None) == expected, batch
+            if served is not None:  # each number's own item, in order
+                assert [float(v[0]) for v in served] == [float(i) for i in batch]
+                assert reader.stack(numbers)[:, 0].tolist() == [float(i) for i in batch]
 
 
 def test_decimal_uids_are_hashed_and_matched_as_their_text() -> None:
