@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 import textwrap
+import time
 import typing as tp
 import warnings
 from pathlib import Path
@@ -284,6 +286,97 @@ def test_numbers_are_found_as_their_text_in_segments_rows_and_voids(
                 assert reader.stack(numbers)[:, 0].tolist() == [float(i) for i in batch]
 
 
+def _model_runs(uids: tp.Iterable[str]) -> list[list[int]]:
+    """The runs of consecutive numbers ``v`` (``|v| < 10**18``) whose ``str(v)`` is a uid."""
+    numbers = sorted(
+        int(u)
+        for u in uids
+        if re.fullmatch(r"-?(0|[1-9][0-9]*)", u) and u != "-0" and abs(int(u)) < 10**18
+    )
+    runs: list[list[int]] = []
+    for v in numbers:
+        if runs and runs[-1][1] == v - 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return runs
+
+
+_NOT_CANONICAL = ["01", "-0", "+5", " 5", "5 ", "1e3", "-", "--1", "1-", "0x1", "\u0661", "\uff11"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    numbers=st.sets(
+        st.one_of(
+            st.integers(-30, 30),
+            st.integers(-(10**19), 10**19),
+            st.sampled_from([10**18 - 1, 10**18, -(10**18) + 1, -(10**18), 2**63 - 1]),
+        ),
+        max_size=60,
+    ),
+    others=st.sets(
+        st.one_of(st.sampled_from(_NOT_CANONICAL), st.text(min_size=1, max_size=6)), max_size=10
+    ),
+)
+def test_decimal_runs_match_a_model(numbers: set[int], others: set[str]) -> None:
+    """A segment's runs are exactly the runs of the numbers whose canonical text is a uid:
+    non-canonical texts (leading zeros, signs, spaces, other digits) and numbers of 19 digits
+    or more are not in them."""
+    uids = sorted({str(v) for v in numbers} | {u for u in others if "\x00" not in u})
+    column = np.array(uids, dtype=str)
+    if not uids:
+        column = np.zeros(0, dtype="<U1")
+    runs = sg.decimal_runs(column)
+    assert runs is not None
+    assert runs.tolist() == _model_runs(uids)
+
+
+def test_decimal_runs_give_up_past_max_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sg, "MAX_RUNS", 3)
+    assert sg.decimal_runs(np.array(["1", "3", "5"])) is not None
+    assert sg.decimal_runs(np.array(["1", "3", "5", "7"])) is None
+
+
+@pytest.mark.timeout(120)
+def test_numbers_are_found_by_runs_beside_segments_without_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``stores_all``/``missing`` of ``DecimalUids`` agree with the texts' answers whatever mix
+    of segments holds them: one recording its runs (with gaps, non-canonical uids, numbers past
+    what runs hold), one without runs (too many of them, or an older writer's), live rows."""
+    monkeypatch.setattr(sg, "MIN_ENTRIES", 1)
+    big = [10**18, 10**18 + 5, -(10**18), 2**63 - 1]
+    first = [*map(str, [*range(-20, 40), *range(100, 150), *big]), "007", "-0", "x"]
+    with MapStore(tmp_path).writer() as w:
+        for uid in first:
+            w.write(uid, np.zeros(2))
+    writer_module.release_parked(MapStore(tmp_path))
+    monkeypatch.setattr(sg, "MAX_RUNS", 0)  # the next segment records no runs
+    with MapStore(tmp_path).writer() as w:
+        for i in range(200, 260, 2):
+            w.write(str(i), np.zeros(2))
+    writer_module.release_parked(MapStore(tmp_path))
+    store = MapStore(tmp_path)
+    with store.writer() as w:  # live rows, no segment
+        w.write("300", np.zeros(2))
+    segs = MapStore(tmp_path)._ix.segs
+    assert sorted(g.runs is None for g in segs) == [False, True]
+    rng = np.random.default_rng(1)
+    pool = np.array([*range(-30, 320), *big, 10**18 - 1, 7, -(2**63)], dtype=np.int64)
+    for reader in (store, MapStore(tmp_path)):
+        for size in (1, 5, 40, 300):
+            for _ in range(10):
+                values = rng.choice(pool, size=size)
+                texts = [str(v) for v in values.tolist()]
+                numbers = sg.DecimalUids(values)
+                assert reader.missing(numbers) == reader.missing(texts)
+                assert reader.stores_all(numbers) == (not reader.missing(texts))
+    held = {"300", *(str(i) for i in range(200, 260, 2)), *first}
+    everything = sg.DecimalUids(pool)
+    assert MapStore(tmp_path).missing(everything) == [str(v) for v in pool if str(v) not in held]
+
+
 def test_decimal_uids_are_hashed_and_matched_as_their_text() -> None:
     """``DecimalUids`` give the hashes and code point rows of the texts ``str(n)``: in any order,
     negative, at the bounds of int64, of every length."""
@@ -357,6 +450,68 @@ PARKED = textwrap.dedent(
         sys.stdin.readline()
     """
 )
+
+
+IDLE = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from exca_lite.store import MapStore
+    store = MapStore(sys.argv[1])
+    with store.writer() as w:
+        for i in range(1500):
+            w.write(str(i), np.full(3, float(i)))
+    print("parked", flush=True)
+    sys.stdin.readline()
+    with store.writer() as w:  # taken back: goes on in the same pair, past its segment
+        for i in range(1500, 1600):
+            w.write(str(i), np.full(3, float(i)))
+    print("parked", flush=True)
+    sys.stdin.readline()
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_an_idle_parked_pair_gets_a_segment_in_the_background(tmp_path: Path) -> None:
+    """A live process's writer left idle folds its pair into a segment by itself (a pair below
+    the size that gets one when the call ends): other processes opening the cache then map it."""
+    env = {
+        **os.environ,
+        "EXCA_LITE_IDLE_SEGMENT_S": "0.2",
+        "EXCA_LITE_SEGMENT_MIN": "1000",
+        "EXCA_LITE_SEGMENT_PARK_MIN": "100000",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", IDLE, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "parked"
+        deadline = time.monotonic() + 60  # a generous bound: the build takes milliseconds
+        while not list(tmp_path.glob("*.six")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        store = MapStore(tmp_path)
+        assert len(store._ix.segs) == 1 and not store._ix.segs[0].sealed
+        assert not store._ix.rows  # nothing decoded: all of it came from the segment
+        model = {str(i): float(i) for i in range(1500)}
+        check_all(store, model, absent=["1500"])
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "parked"
+        store = MapStore(tmp_path)  # the segment, then the records past it
+        assert len(store._ix.segs) == 1 and len(store._ix.rows) == 100
+        check_all(store, {str(i): float(i) for i in range(1600)})
+        assert store.verify() == []
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+    finally:
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
 
 
 @pytest.mark.timeout(120)

@@ -34,7 +34,7 @@ from map_defs import Featurizer
 from store_worker import value_of
 
 import exca_lite as xl
-from exca_lite.store import MapStore, release_all_parked
+from exca_lite.store import MapStore, fs, release_all_parked
 
 WORKER = str(Path(__file__).with_name("store_worker.py"))
 
@@ -42,6 +42,19 @@ pytestmark = pytest.mark.timeout(120)
 
 
 # # # the fixtures: what the tests below rely on # # #
+
+
+def test_fuse_mounts_count_as_shared_and_local_folders_do_not(
+    two_hosts: TwoHosts, tmp_path: Path
+) -> None:
+    """Writers on a FUSE mount make their bytes durable before publishing (another host may see
+    the record first); the quick ``statfs`` answer never takes a FUSE mount for a local one."""
+    for folder in (two_hosts.a, two_hosts.a / "not" / "there" / "yet"):
+        assert not fs._known_local(folder)
+        assert fs.is_network_fs(folder), folder
+        assert MapStore(folder).network
+    assert fs._known_local(two_hosts.backing) and not fs.is_network_fs(two_hosts.backing)
+    assert not fs.is_network_fs(tmp_path / "missing" / "cache")
 
 
 def test_two_hosts_share_files_but_not_locks(two_hosts: TwoHosts) -> None:

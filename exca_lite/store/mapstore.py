@@ -69,7 +69,7 @@ CHECK_YOUNG_NS = 600 * 10**9
 """Records of other processes published less than this long ago (by their stamp) have their bytes
 checked against their checksums before a reader takes them in: late visibility can show a reader
 zeros or stale pages at first. Older ones are settled: verify() checks those."""
-SEGMENT_TAIL_CHECK = 1 << 20
+SEGMENT_TAIL_CHECK = 1 << 18
 """A young writer segment on a local filesystem has the spans of this many last bytes checked."""
 AUTO_FOLD_PAIRS = 16
 """A new writer pair in a folder holding more pairs than this folds the sealed ones (and small
@@ -269,6 +269,42 @@ class _Index:
         if number == old_number:
             return row > old
         return self.pairs[number].name.stem > self.pairs[old_number].name.stem
+
+
+def _held(segs: list[sg.Segment], uids: tp.Sequence[str]) -> np.ndarray:
+    """Whether some segment of ``segs`` holds each uid. Numbers (``sg.DecimalUids``) are looked
+    up in the runs of segments that record them first; only the rest is hashed and found."""
+    found = np.zeros(len(uids), dtype=bool)
+    hashed = segs
+    if isinstance(uids, sg.DecimalUids):
+        values = uids.values
+        hashed = []
+        for seg in segs:
+            held = seg.holds_numbers(values)
+            if held is None:
+                hashed.append(seg)
+            else:
+                found |= held
+        limit = sg.DECIMAL_LIMIT
+        if len(hashed) < len(segs) and bool(((values >= limit) | (values <= -limit)).any()):
+            hashed = segs  # numbers beyond what runs record: by hash in every segment
+    if not hashed:
+        return found
+    todo = np.flatnonzero(~found)
+    if not len(todo):
+        return found
+    if len(todo) == len(uids):
+        rest: tp.Sequence[str] = uids
+    elif isinstance(uids, sg.DecimalUids):
+        rest = sg.DecimalUids(uids.values[todo])
+    else:
+        rest = [uids[i] for i in todo.tolist()]
+    query = sg.Query(rest)
+    hit = hashed[0].find(query) >= 0
+    for seg in hashed[1:]:
+        hit |= seg.find(query) >= 0
+    found[todo[hit]] = True
+    return found
 
 
 class MapStore:
@@ -1134,10 +1170,7 @@ class MapStore:
             return np.flatnonzero(unheld).tolist()
         absent: list[int] = []
         for lo in range(0, len(uids), sg.HASH_CHUNK):
-            chunk = sg.Query(uids[lo : lo + sg.HASH_CHUNK])
-            found = segs[0].find(chunk) >= 0
-            for seg in segs[1:]:
-                found |= seg.find(chunk) >= 0
+            found = _held(segs, uids[lo : lo + sg.HASH_CHUNK])
             absent += (np.flatnonzero(~found) + lo).tolist()
         if ix.dropped:
             kept = set(absent)

@@ -67,6 +67,12 @@ processes open its cache."""
 MAX_ENTRIES = 1 << 23
 """Pairs of more entries are not folded into a segment by their writer (building one holds the
 decoded uids in memory)."""
+MAX_RUNS = 4096
+"""A segment whose decimal uids form at most this many runs of consecutive numbers records them
+(``Segment.runs``)."""
+DECIMAL_LIMIT = 10**18
+"""Runs cover the uids ``str(v)`` of the numbers ``-DECIMAL_LIMIT < v < DECIMAL_LIMIT`` (at most
+18 digits: parsed without overflow)."""
 _HASH_CHUNK = 1 << 16
 _COLUMNS = (("hashes", "<u8"), ("offsets", "<i8"), ("nbytes", "<i8"), ("stamps", "<i8"))
 _SMALL_COLUMNS = (("meta_ids", "<u4"), ("crcs", "<u4"))
@@ -371,6 +377,7 @@ class Segment:
         "path",
         "rank",
         "retired",
+        "runs",
         "sealed",
         "shift",
         "spans",
@@ -407,6 +414,7 @@ class Segment:
         self.fixed: np.ndarray | None = None
         self.uid_offsets: np.ndarray | None = None
         self.uid_blob: memoryview | None = None
+        self.runs: np.ndarray | None = None
 
     @classmethod
     def open(cls, path: Path, file_id: bytes, index_size: int) -> Segment | None:
@@ -479,6 +487,9 @@ class Segment:
         seg.sealed = bool(meta["sealed"])
         seg.max_end = int(meta["max_end"])
         seg.top = int(meta["top"])
+        runs = meta.get("runs")  # absent from segments of exca_lite before 0.x: None
+        if isinstance(runs, bytes) and len(runs) % 16 == 0:
+            seg.runs = np.frombuffer(runs, dtype="<i8").reshape(-1, 2)
         return seg
 
     def uid_at(self, i: int) -> str:
@@ -499,46 +510,57 @@ class Segment:
         return self.uids_at(np.arange(self.count))
 
     def find(self, q: Query) -> np.ndarray:
-        """The position of each uid of ``q`` in this segment, -1 where absent."""
+        """The position of each uid of ``q`` in this segment, -1 where absent.
+
+        Hashes first: each query moves along its bucket (sorted by hash) to the first entry whose
+        hash is not smaller, the queries still behind one more step per round (a bucket holds one
+        entry or less on average). Then the stored uids of the equal hashes are checked in one
+        pass; a mismatch (a hash collision) goes on to the next entries of the same hash."""
         hashes = q.hashes
         n = len(hashes)
         out = np.full(n, -1, dtype=np.int64)
         if self.count == 0 or n == 0:
             return out
+        table = self.hashes
         bucket = (hashes >> self.shift).astype(np.intp)
         pos = self.directory.take(bucket).astype(np.intp)  # take: faster than indexing
         bucket += 1
         end = self.directory.take(bucket).astype(np.intp)
-        act = np.flatnonzero(pos < end)  # queries whose bucket holds entries
-        if len(act) < n:
-            pos, end = pos.take(act), end.take(act)
-        in_order = len(act) == n  # every query, in order: no gather of their rows
-        table = self.hashes
+        # clip: an empty bucket at the very end starts past the table (masked by pos < end)
+        found = table.take(pos, mode="clip")
+        behind = np.flatnonzero((found < hashes) & (pos < end))
+        if len(behind):
+            while len(behind):
+                pos[behind] += 1
+                at = pos.take(behind)
+                ahead = (table.take(at, mode="clip") < hashes.take(behind)) & (
+                    at < end.take(behind)
+                )
+                behind = behind[ahead]
+            found = table.take(pos, mode="clip")
+        equal = (found == hashes) & (pos < end)
         same_uids = self._uid_checker(q)
-        while len(act):
-            # each round looks at the next entry of each query's bucket (sorted by hash)
-            found = table.take(pos)
-            wanted = hashes if in_order else hashes.take(act)
-            same = found == wanted
-            hits = np.flatnonzero(same)
-            if len(hits):
-                hit_pos, hit_act = pos.take(hits), act.take(hits)
-                match = same_uids(hit_pos, None if in_order and len(hits) == n else hit_act)
-                if match.all():  # no collision: only entries of smaller hashes go on
-                    out[hit_act] = hit_pos
-                    onward = found < wanted
-                else:
-                    out[hit_act[match]] = hit_pos[match]
-                    onward = (found < wanted) | same
-                    onward[hits[match]] = False
-            else:
-                onward = found < wanted
-            pos += 1
-            go = onward & (pos < end)
-            if not go.all():
-                keep = np.flatnonzero(go)
-                act, pos, end = act.take(keep), pos.take(keep), end.take(keep)
-                in_order = False
+        if equal.all():  # every query, in order: no gather of their rows
+            match = same_uids(pos, None)
+            if match.all():
+                out[:] = pos
+                return out
+            cand = np.arange(n)
+        else:
+            cand = np.flatnonzero(equal)
+            match = same_uids(pos.take(cand), cand) if len(cand) else equal[:0]
+        while len(cand):
+            hit = cand[match]
+            out[hit] = pos.take(hit)
+            cand = cand[~match]  # another uid of the same hash: the next entries of that hash
+            if not len(cand):
+                break
+            pos[cand] += 1
+            at = pos.take(cand)
+            more = (at < end.take(cand)) & (table.take(at, mode="clip") == hashes.take(cand))
+            cand = cand[more]
+            if len(cand):
+                match = same_uids(pos.take(cand), cand)
         return out
 
     def _uid_checker(self, q: Query) -> tp.Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
@@ -572,6 +594,18 @@ class Segment:
                 return at
             at += 1
         return -1
+
+    def holds_numbers(self, values: np.ndarray) -> np.ndarray | None:
+        """Whether this segment holds the uid ``str(v)`` of each int64 value, from its ``runs``
+        alone (no hash, no uid read: the runs were parsed from the stored uids themselves);
+        None without runs. Exact for ``|v| < DECIMAL_LIMIT``, False beyond (ask ``find``)."""
+        runs = self.runs
+        if runs is None:
+            return None
+        if not len(runs):
+            return np.zeros(len(values), dtype=bool)
+        at = np.searchsorted(runs[:, 0], values, side="right") - 1
+        return (at >= 0) & (values <= runs[:, 1].take(np.maximum(at, 0)))
 
     def lookup(self, uids: tp.Sequence[str]) -> np.ndarray:
         """``find`` for any number of uids (hashed in chunks)."""
@@ -702,6 +736,52 @@ def read_pair(index_path: Path, end: int, shard_size: int) -> Entries | None:
     return Entries(kept_uids, offsets, nbytes, stamps, mids, crcs, metas, spans, retired, sealed)
 
 
+def decimal_runs(column: np.ndarray) -> np.ndarray | None:
+    """The runs ``[first, last]`` (int64 rows, sorted, disjoint) of the numbers ``v`` whose uid
+    ``str(v)`` is in ``column`` (a ``<U`` array of distinct uids without NUL), for
+    ``|v| < DECIMAL_LIMIT``; None if there are more than ``MAX_RUNS``.
+
+    A membership test of int items named by ``str`` (the usual dataset indexes) then costs a
+    ``searchsorted`` over the runs instead of hashing each number's digits and checking the
+    stored uid of each hit: a fill of ``range(n)`` leaves one run."""
+    n = len(column)
+    width = column.dtype.itemsize // 4
+    if n == 0 or width == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    codes = column.view(np.uint32).reshape(n, width)
+    minus = codes[:, 0] == 45
+    first = minus.astype(np.intp)  # the column of the first digit
+    length = (codes != 0).sum(axis=1)  # uids hold no NUL: their padding is 0s at the end
+    digits = length - first
+    lead = _take_cols(codes, np.minimum(first, width - 1))
+    # canonical: 1 to 18 digits, no leading 0 but "0" itself, no "-0"
+    valid = (digits >= 1) & (digits <= 18) & ((lead != 48) | ((digits == 1) & ~minus))
+    value = np.zeros(n, dtype=np.int64)
+    for j in range(min(width, 19)):
+        c = codes[:, j].astype(np.int64) - 48
+        is_digit = (c >= 0) & (c <= 9)
+        inside = j < length
+        valid &= ~inside | is_digit | ((j == 0) & minus)
+        np.copyto(value, value * 10 + c, where=is_digit & inside)
+    values = np.sort(np.where(minus, -value, value)[valid])
+    if not len(values):
+        return np.zeros((0, 2), dtype=np.int64)
+    breaks = np.flatnonzero(np.diff(values) != 1)
+    if len(breaks) >= MAX_RUNS:
+        return None
+    runs = np.empty((len(breaks) + 1, 2), dtype=np.int64)
+    runs[0, 0], runs[-1, 1] = values[0], values[-1]
+    runs[1:, 0] = values[breaks + 1]
+    runs[:-1, 1] = values[breaks]
+    return runs
+
+
+def _take_cols(matrix: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``matrix[i, cols[i]]`` for each row ``i``."""
+    flat: np.ndarray = matrix.reshape(-1)
+    return tp.cast(np.ndarray, flat.take(np.arange(len(matrix)) * matrix.shape[1] + cols))
+
+
 def encode(entries: Entries, file_id: bytes, covered: int, max_end: int) -> bytes:
     """The bytes of a segment holding ``entries`` (one per uid)."""
     uids = entries.uids
@@ -713,8 +793,11 @@ def encode(entries: Entries, file_id: bytes, covered: int, max_end: int) -> byte
     uid_part: list[bytes] = []
     blob_len = 0
     sorted_uids = [uids[i] for i in order.tolist()]
+    runs: np.ndarray | None = None
     if fixed:
-        uid_part.append(np.array(sorted_uids, dtype=f"<U{width}").tobytes())
+        column = np.array(sorted_uids, dtype=f"<U{width}")
+        runs = decimal_runs(column)
+        uid_part.append(column.tobytes())
     else:
         width = 0
         encoded = [u.encode("utf-8", "surrogatepass") for u in sorted_uids]
@@ -733,6 +816,7 @@ def encode(entries: Entries, file_id: bytes, covered: int, max_end: int) -> byte
             "max_end": max_end,
             "top": int(entries.stamps.max()) if n else 0,
             "blob": blob_len,
+            "runs": None if runs is None else runs.astype("<i8").tobytes(),
         }
     )
     hashes = hashes[order]
@@ -802,6 +886,7 @@ __all__ = [
     "Segment",
     "build_for_pair",
     "decimal_codes",
+    "decimal_runs",
     "encode",
     "Query",
     "has_nul",
