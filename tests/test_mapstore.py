@@ -1201,3 +1201,30 @@ def test_a_run_longer_than_a_batch_goes_on_in_the_next_records(
         assert w.write_many(iter(expected.items())) == 300
     assert len(list(tmp_path.glob("*.idx"))) > 1  # rotated
     _check_read_back(store, tmp_path, expected)
+
+
+def test_write_many_publishes_each_item_of_a_slow_producer_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # write_many reads the clock every CLOCK_EVERY items of a fast producer; once it turns slow
+    # (pauses over SLOW_PRODUCER_S, here 20 ms against 50 ms pauses), every item, each published
+    # as soon as it is written
+    monkeypatch.setattr(writer_module, "SLOW_PRODUCER_S", 0.02)
+    seen: list[bool] = []
+    fast = 100
+    slow = writer_module.CLOCK_EVERY + 4
+
+    def items() -> tp.Iterator[tuple[str, np.ndarray]]:
+        for i in range(fast + slow):
+            if i >= fast:
+                time.sleep(0.05)  # a model computing the next item
+                seen.append(f"s{i - 1}" in MapStore(tmp_path))
+            yield f"s{i}", np.full(4, i, dtype=np.float32)
+
+    store = MapStore(tmp_path)
+    with store.writer() as w:
+        assert w.write_many(items()) == fast + slow
+    assert seen[writer_module.CLOCK_EVERY + 1 :] == [True] * 3  # seen slow by then
+    np.testing.assert_array_equal(
+        store.stack([f"s{i}" for i in range(fast + slow)])[:, 0], range(fast + slow)
+    )
