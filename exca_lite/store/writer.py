@@ -699,9 +699,12 @@ class MapWriter:
         A write() of the I/O thread's releases the GIL, but getting it back waits for the
         producer's switch interval (5 ms), by which time its queue is full and the producer
         blocks: writing here measured faster (fewer GIL hand-offs). A sync (fsync, a network
-        filesystem) takes milliseconds, which the I/O thread overlaps with the computation."""
-        if self._inline_io and self._jobs.unfinished_tasks == 0:
-            # the I/O thread cannot start anything while the buffer lock is held (see flush)
+        filesystem) takes milliseconds, which the I/O thread overlaps with the computation, as
+        it does reading large items back to checksum them."""
+        if self._inline_io and not self._pending_sums and self._jobs.unfinished_tasks == 0:
+            # the I/O thread cannot start anything while the buffer lock is held (see flush).
+            # Large items' checksums (_pending_sums) stay the I/O thread's: it reads them back
+            # while this thread writes the next ones
             try:
                 self._hand_over(inline=True)
             except BaseException as exc:
