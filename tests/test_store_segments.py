@@ -698,3 +698,81 @@ def test_verify_checks_a_segment_its_writer_rewrote_since_the_index_was_read(
     assert index.stat().st_size > len(read)
     assert store._verify_segment(name, file_id, len(read), shard_size) == []
     assert store.verify() == []
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("collide", [False, True])
+def test_numbers_read_again_and_again_from_rows_go_through_an_index_of_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, collide: bool
+) -> None:
+    """A view's rows looked up by numbers in bulk, again and again, get an in-memory hashed
+    index (``_RowsIndex``): it answers as the dict does (segments under the rows, voids, newer
+    copies, every hash colliding), follows the rows as they change, and is never built for
+    uids a fixed-width column cannot hold."""
+    monkeypatch.setattr(sg, "MIN_ENTRIES", 1)
+    monkeypatch.setattr(mapstore_module, "ROWS_INDEX_MIN", 64)
+    if collide:
+        constant = lambda arr: np.zeros(len(arr), dtype=np.uint64)  # noqa: E731
+        monkeypatch.setattr(sg, "hash_array", constant)
+        monkeypatch.setattr(sg, "hash_one", lambda uid: 0)
+        monkeypatch.setattr(sg, "hash_codes", lambda codes, starts, ends, width: constant(starts))
+        real = sg.decimal_codes
+        monkeypatch.setattr(sg, "decimal_codes", lambda v: (constant(v), real(v)[1]))
+    model: dict[str, float] = {}
+    store = MapStore(tmp_path)
+    with store.writer() as w:  # a segment under the rows: 0..99
+        for i in range(100):
+            w.write(str(i), np.full(3, float(i)))
+            model[str(i)] = float(i)
+    store.close()
+    with store.writer() as w:  # rows (a parked pair): newer copies of 50..99, 100..299, voids
+        for i in range(50, 300):
+            w.write(str(i), np.full(3, 1000.0 + i))
+            model[str(i)] = 1000.0 + i
+        w.retract([str(i) for i in range(90, 110)])
+    for i in range(90, 110):
+        model.pop(str(i))
+    reader = MapStore(tmp_path)  # maps the sealed pair's segment, decodes the parked one
+    ix = reader._ix
+    assert ix.segs and len(ix.rows) >= 64
+
+    def check(numbers: list[int]) -> None:
+        asked = sg.DecimalUids(np.array(numbers))
+        texts = [str(i) for i in numbers]
+        served = reader.load_all(asked)  # (refreshes: sees what the writer added)
+        assert (served is not None) == all(t in model for t in texts)
+        if served is not None:
+            assert [float(v[0]) for v in served] == [model[t] for t in texts]
+            assert reader.stack(asked)[:, 0].tolist() == [model[t] for t in texts]
+        else:
+            with pytest.raises(KeyError):
+                reader.stack(asked)
+
+    batches = [
+        [*range(0, 90), *range(110, 300)],
+        list(range(299, 109, -1)) * 2,
+        [*range(40, 60), 5],
+        [*range(110, 300), 95],
+        [*range(110, 300), 300],
+        [*range(110, 300), -110, 1100, 11],
+    ]
+    for _ in range(3):  # the dict, then the index (once it has served twice the rows)
+        for batch in batches:
+            check(batch)
+    state = ix.rows_index
+    assert state is not None and state.seg is not None
+    with store.writer() as w:  # the rows change: a new index, after the dict served again
+        for i in range(100, 120):
+            w.write(str(i), np.full(3, 2000.0 + i))
+            model[str(i)] = 2000.0 + i
+    for _ in range(3):
+        for batch in batches:
+            check(batch)
+    assert ix.rows_index is not state and ix.rows_index is not None
+    assert ix.rows_index.seg is not None
+    with store.writer() as w:  # a uid with a NUL: these rows get no index, the dict serves
+        w.write("7\x00", np.full(3, -1.0))
+    for _ in range(3):
+        for batch in batches:
+            check(batch)
+    assert ix.rows_index is not None and ix.rows_index.looked == -1
