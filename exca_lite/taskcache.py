@@ -7,6 +7,9 @@ Files of a task cache folder (``TaskPaths`` names them all):
   result.pkl    any other result, pickled
   error.json    a cached failure: exception type, message and the job's traceback text
   job.pkl       the submitit job record, to re-attach to a job still running
+  submission    a token naming the computation under way: its outcome is written only while the
+                token is still there (a clear() meanwhile removes it: a job finishing after a
+                clear must not bring back the result of the code that was cleared)
   logs          a link to the job's log folder
   task.lock     serializes submissions of this task between processes
 Results and failures are written to a temp name then published with ``os.replace``.
@@ -18,6 +21,7 @@ import ast
 import math
 import os
 import pickle
+import secrets
 import typing as tp
 import warnings
 from pathlib import Path
@@ -46,6 +50,7 @@ class TaskPaths:
         "logs",
         "result_npy",
         "result_pkl",
+        "submission",
         "uid",
     )
 
@@ -63,6 +68,7 @@ class TaskPaths:
         self.job = f"{base}/job.pkl"
         self.logs = f"{base}/logs"
         self.lock = f"{base}/task.lock"
+        self.submission = f"{base}/submission"
 
     @property
     def folder(self) -> Path:
@@ -223,8 +229,26 @@ def save_failure(paths: TaskPaths, failure: Failure) -> None:
 
 
 def clear(paths: TaskPaths) -> None:
-    for path in (paths.result_pkl, paths.result_npy, paths.error, paths.job):
+    for path in (paths.result_pkl, paths.result_npy, paths.error, paths.job, paths.submission):
         _unlink(path)
+
+
+def new_submission(paths: TaskPaths) -> str:
+    """Start a computation of this task: a fresh token in ``submission``, which its job checks
+    before writing the outcome (``is_current``)."""
+    token = secrets.token_hex(8)
+    atomic_write(Path(paths.submission), token.encode())
+    return token
+
+
+def is_current(paths: TaskPaths, token: str) -> bool:
+    """Whether ``token`` still names the computation under way: not cleared (nor superseded by a
+    forced or retried one) since it started."""
+    try:
+        with open(paths.submission, "rb") as f:
+            return f.read() == token.encode()
+    except FileNotFoundError:
+        return False
 
 
 def _unlink(path: str) -> None:

@@ -788,6 +788,42 @@ def test_force_with_a_submitted_job_never_serves_the_old_ram_copy(tmp_path: Path
     assert count(counter) == 2
 
 
+def _wait_started(counter: Path, times: int = 1) -> None:
+    deadline = time.monotonic() + 60  # a generous bound: the job starts in well under a second
+    while count(counter) < times and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert count(counter) == times
+
+
+def test_a_job_finishing_after_a_clear_caches_nothing(tmp_path: Path) -> None:
+    """clear() while a job runs (the code changed, say): the job's outcome, computed by the
+    code just cleared, is not cached when it ends; a caller waiting for that job is told, and
+    the next call computes anew."""
+    counter, gate = tmp_path / "counter", tmp_path / "gate"
+    infra = xl.TaskInfra(folder=tmp_path / "cache", cluster="local")
+    task = Gated(gate=str(gate), counter=str(counter), infra=infra)
+    folder = task.process.folder()
+    assert folder is not None
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(task.process)  # submits, then waits for its job
+        _wait_started(counter)
+        job = task_module._JOBS[task.process.uid()]
+        task.process.clear()
+        assert task.process.status() == "not submitted"
+        gate.touch()
+        with pytest.raises(xl.JobError, match="cleared while its job"):
+            waiting.result(timeout=60)
+    job.wait()
+    assert not {"result.pkl", "result.npy", "error.json", "job.pkl"} & _files(folder)
+    assert "was cleared" in job.stderr()
+    assert task.process.status() == "not submitted"
+    again = task.process()
+    assert count(counter) == 2 and task.process.status() == "completed"
+    assert (
+        Gated(infra=xl.TaskInfra(folder=tmp_path / "cache", keep_in_ram=False)).process() == again
+    )
+
+
 def test_cluster_none_waits_for_a_job_another_process_submitted(
     tmp_path: Path, subprocess_env: dict[str, str]
 ) -> None:

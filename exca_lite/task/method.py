@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import inspect
 import os
+import sys
 import time
 import traceback
 import typing as tp
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from .. import taskcache
 from ..bound import BoundMethod, InfraMethod, find_method, refuse_read_only_clear
-from ..errors import CacheMissError
+from ..errors import CacheMissError, JobError
 from ..fsio import file_lock
 from ..infra import IN_MEMORY_CLUSTERS
 from ..store.locks import probe_lock
@@ -211,6 +212,7 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         if claim is not SUBMIT:
             return claim
         if self._infra.cluster is None:
+            # in this process, under the task lock (a clear elsewhere sees the task running)
             run_task_job(self._owner, self._ref, str(paths.folder), self._uid)
             return None
         return self._submit(paths)
@@ -301,7 +303,8 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         copy of the code when the infra has a ``workdir`` (``copies``: the calls of one
         submission share their copy, instead of hashing the code once per task)."""
         paths = tp.cast(TaskPaths, self._paths)
-        call = (run_task_job, self._owner, self._ref, str(paths.folder), self._uid)
+        token = taskcache.new_submission(paths)
+        call = (run_task_job, self._owner, self._ref, str(paths.folder), self._uid, True, token)
         infra = self._infra
         if infra.workdir is None or infra.cluster in IN_MEMORY_CLUSTERS:
             return call
@@ -336,6 +339,7 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
                     job.result()  # runs the function here; its outcome is in the folder
                 except Exception:
                     pass
+        tracked = os.path.exists(paths.submission)  # a job of this exca_lite: it checks the token
         delay = 0.002
         while True:
             result = taskcache.load_result(paths)
@@ -350,6 +354,14 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
                 # the outcome may have landed between the two checks
                 if taskcache.has_outcome(paths):
                     continue
+                _JOBS.pop(self._uid, None)
+                if tracked and not os.path.exists(paths.submission):
+                    # cleared while the job ran: it wrote nothing on purpose, and its death is
+                    # no outcome to cache either
+                    raise JobError(
+                        f"{self._uid} was cleared while its job {job.job_id} ran: its outcome "
+                        "was not cached; call again to compute it"
+                    )
                 failure = self._death(job)
                 taskcache.save_failure(paths, failure)
                 _JOBS.pop(self._uid, None)
@@ -494,15 +506,26 @@ def _job_id() -> str:
 
 
 def run_task_job(
-    owner: tp.Any, method_name: str, folder: str, uid: str = "", reraise: bool = True
+    owner: tp.Any,
+    method_name: str,
+    folder: str,
+    uid: str = "",
+    reraise: bool = True,
+    submission: str = "",
 ) -> tp.Any:
-    """What a job runs: compute the method and write its outcome into the cache folder itself."""
+    """What a job runs: compute the method and write its outcome into the cache folder itself,
+    unless the task was cleared (or computed anew) meanwhile: ``submission`` is the token the
+    submitter wrote (see ``taskcache.new_submission``; "" from exca_lite before it: unchecked)."""
     method = find_method(type(owner), method_name)
     paths = TaskPaths(Path(folder))
     try:
         value = method.func(owner)
     except Exception as e:
+        if _superseded(paths, submission, uid or folder):
+            raise
         return _cache_failure(paths, uid or folder, e, "", reraise)
+    if _superseded(paths, submission, uid or folder):
+        return value
     try:
         taskcache.save_result(paths, value)
     except OSError:
@@ -511,6 +534,20 @@ def run_task_job(
         return _cache_failure(paths, uid or folder, e, "the result could not be saved: ", reraise)
     # returned too, so that job().result() gives the value (the caller itself reads the cache)
     return value
+
+
+def _superseded(paths: TaskPaths, submission: str, uid: str) -> bool:
+    """Whether this computation's outcome must not be written: its task was cleared (or forced,
+    retried) while it ran. Said in the job's log, where its user looks for its outcome."""
+    if not submission or taskcache.is_current(paths, submission):
+        return False
+    print(
+        f"exca_lite: {uid} was cleared (or computed anew) while this job ran: its outcome is not "
+        "cached",
+        file=sys.stderr,
+        flush=True,
+    )
+    return True
 
 
 def _cache_failure(
