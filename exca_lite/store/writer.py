@@ -7,9 +7,10 @@ Why it looks like this (docs/design.md has the protocol and the crash analysis):
   never mix their bytes, whatever the filesystem's locks do (cluster filesystems often do not
   carry them across hosts). A closed writer is kept (parked) for the next writer of the same
   folder in this process, so a call with one new item creates no file.
-- ``write`` must cost microseconds: small items are copied into a buffer, no system call; a
-  background I/O thread writes full buffers, then the index record naming their items, so the
-  shard bytes of an item always reach the OS before its entry is published.
+- ``write`` must cost microseconds: small items are copied into a buffer, no system call; full
+  buffers are written, then the index record naming their items (by the producer's thread when
+  the I/O thread is idle and nothing needs syncing, else by a background I/O thread, in order),
+  so the shard bytes of an item always reach the OS before its entry is published.
 - Large items are written in the calling thread straight from their own memory (no copy), at an
   offset past every buffer given to the I/O thread, so both write at once.
 - Items a stalled producer left buffered are published by the I/O thread after about a second, so
