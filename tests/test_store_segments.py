@@ -701,43 +701,50 @@ def test_verify_checks_a_segment_its_writer_rewrote_since_the_index_was_read(
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("collide", [False, True])
+@pytest.mark.parametrize("kind", ["dense", "sparse", "sparse_colliding"])
 def test_numbers_read_again_and_again_from_rows_go_through_an_index_of_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, collide: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    """A view's rows looked up by numbers in bulk, again and again, get an in-memory hashed
-    index (``_RowsIndex``): it answers as the dict does (segments under the rows, voids, newer
-    copies, every hash colliding), follows the rows as they change, and is never built for
-    uids a fixed-width column cannot hold."""
+    """A view's rows looked up by numbers in bulk, again and again, get an in-memory index
+    (``_RowsIndex``: by number for dense numbers, else hashed as a segment): it answers as the
+    dict does (segments under the rows, voids, newer copies, texts that are not a number's own
+    ``str``, numbers of 19 digits, every hash colliding), follows the rows as they change, and is
+    never built for uids it cannot hold."""
     monkeypatch.setattr(sg, "MIN_ENTRIES", 1)
     monkeypatch.setattr(mapstore_module, "ROWS_INDEX_MIN", 64)
-    if collide:
+    if kind == "sparse_colliding":
         constant = lambda arr: np.zeros(len(arr), dtype=np.uint64)  # noqa: E731
         monkeypatch.setattr(sg, "hash_array", constant)
         monkeypatch.setattr(sg, "hash_one", lambda uid: 0)
         monkeypatch.setattr(sg, "hash_codes", lambda codes, starts, ends, width: constant(starts))
         real = sg.decimal_codes
         monkeypatch.setattr(sg, "decimal_codes", lambda v: (constant(v), real(v)[1]))
+    spread = 1 if kind == "dense" else 1000
+    big = int("1" * 19)  # a number's text of 19 digits: past what the index by number holds
     model: dict[str, float] = {}
     store = MapStore(tmp_path)
     with store.writer() as w:  # a segment under the rows: 0..99
         for i in range(100):
-            w.write(str(i), np.full(3, float(i)))
-            model[str(i)] = float(i)
+            w.write(str(i * spread), np.full(3, float(i)))
+            model[str(i * spread)] = float(i)
     store.close()
     with store.writer() as w:  # rows (a parked pair): newer copies of 50..99, 100..299, voids
         for i in range(50, 300):
-            w.write(str(i), np.full(3, 1000.0 + i))
-            model[str(i)] = 1000.0 + i
-        w.retract([str(i) for i in range(90, 110)])
+            w.write(str(i * spread), np.full(3, 1000.0 + i))
+            model[str(i * spread)] = 1000.0 + i
+        w.retract([str(i * spread) for i in range(90, 110)])
+        # texts that are not the str of the numbers they read as (7, 5, 0 are in the segment)
+        for k, text in enumerate(["0" + str(7 * spread), "+" + str(5 * spread), "-0", str(big)]):
+            w.write(text, np.full(3, -1.0 - k))
+            model[text] = -1.0 - k
     for i in range(90, 110):
-        model.pop(str(i))
+        model.pop(str(i * spread))
     reader = MapStore(tmp_path)  # maps the sealed pair's segment, decodes the parked one
     ix = reader._ix
     assert ix.segs and len(ix.rows) >= 64
 
     def check(numbers: list[int]) -> None:
-        asked = sg.DecimalUids(np.array(numbers))
+        asked = sg.DecimalUids(np.array(numbers, dtype=np.int64))
         texts = [str(i) for i in numbers]
         served = reader.load_all(asked)  # (refreshes: sees what the writer added)
         assert (served is not None) == all(t in model for t in texts)
@@ -751,25 +758,28 @@ def test_numbers_read_again_and_again_from_rows_go_through_an_index_of_them(
     batches = [
         [*range(0, 90), *range(110, 300)],
         list(range(299, 109, -1)) * 2,
-        [*range(40, 60), 5],
+        [*range(40, 60), 5, 7, 0],
         [*range(110, 300), 95],
         [*range(110, 300), 300],
         [*range(110, 300), -110, 1100, 11],
     ]
+    batches = [[i * spread for i in batch] for batch in batches]
+    batches += [[*batches[0], big], [*batches[0], big + 1], [*batches[0], -(2**63), 2**63 - 1]]
     for _ in range(3):  # the dict, then the index (once it has served twice the rows)
         for batch in batches:
             check(batch)
     state = ix.rows_index
-    assert state is not None and state.seg is not None
+    assert state is not None and state.built
+    assert (state.dense is not None) == (kind == "dense")
     with store.writer() as w:  # the rows change: a new index, after the dict served again
         for i in range(100, 120):
-            w.write(str(i), np.full(3, 2000.0 + i))
-            model[str(i)] = 2000.0 + i
+            w.write(str(i * spread), np.full(3, 2000.0 + i))
+            model[str(i * spread)] = 2000.0 + i
     for _ in range(3):
         for batch in batches:
             check(batch)
     assert ix.rows_index is not state and ix.rows_index is not None
-    assert ix.rows_index.seg is not None
+    assert ix.rows_index.built
     with store.writer() as w:  # a uid with a NUL: these rows get no index, the dict serves
         w.write("7\x00", np.full(3, -1.0))
     for _ in range(3):

@@ -164,35 +164,104 @@ class _Columns(tp.NamedTuple):
 
 
 class _RowsIndex:
-    """A hashed index of a view's rows dict for one state of it (``key``): the rows laid out as
-    a segment is (``sg.Segment``, built in memory, its ``offsets`` column holding table rows), so
-    ``DecimalUids`` are looked up from their digits, as in a mapped segment, with no string made
-    and no dict probe per uid (~3 cache misses each). ``looked``: uids the dict served in this
-    state, what pays for building it; -1: the rows cannot be indexed so (a NUL, a long uid)."""
+    """An index of a view's rows dict for one state of it (``key``), for ``DecimalUids``: no
+    string made and no dict probe per uid (~3 cache misses each). ``looked``: uids the dict
+    served in this state, what pays for building it; -1: these rows get no index (a NUL, a long
+    uid). Built (``_build``) as one of:
 
-    __slots__ = ("key", "looked", "seg")
+    - ``dense``: the rows of the uids that are canonical decimal texts (``str(v)``, ``|v| <
+      DECIMAL_LIMIT``), by number (``dense[v - low]``, -1 for none), when they are dense (a
+      dataset's indexes): a number's row is then one gather, exact by construction (a number's
+      text is exactly one such uid; other uids are never ``str(v)``), no hash involved.
+    - ``seg``: else, the rows laid out as a segment is (``sg.Segment`` built in memory, its
+      ``offsets`` column holding table rows): numbers are found as in a mapped segment, each
+      hit checked against the stored uid."""
+
+    __slots__ = ("dense", "key", "looked", "low", "seg")
 
     def __init__(self, key: tuple[int, int]) -> None:
         self.key = key
         self.looked = 0
+        self.low = 0
+        self.dense: np.ndarray | None = None
         self.seg: sg.Segment | None = None
 
+    @property
+    def built(self) -> bool:
+        return self.dense is not None or self.seg is not None
 
-def _rows_segment(rows: dict[str, int]) -> sg.Segment | None:
-    """``rows`` (uid -> table row) as an in-memory segment, or None if its uids do not fit a
-    fixed-width column (then lookups could not compare code points)."""
-    keys = list(rows)
-    values = np.fromiter(rows.values(), dtype=np.int64, count=len(keys))
-    query = sg.Query(keys)  # the hashes and code points lookups use, computed the same way
-    matrix = query.matrix
-    if matrix is None or not 0 < matrix.shape[1] <= sg.FIXED_MAX_CHARS:
-        return None
+    def build(self, rows: dict[str, int]) -> None:
+        keys = list(rows)
+        table_rows = np.fromiter(rows.values(), dtype=np.int64, count=len(keys))
+        query = sg.Query(keys)  # the hashes and code points lookups use, computed the same way
+        matrix = query.matrix
+        if matrix is None or not matrix.shape[1]:
+            return
+        valid, numbers = _decimal_values(matrix)
+        numbers, held = numbers[valid], table_rows[valid]
+        low, high = (int(numbers.min()), int(numbers.max())) if len(numbers) else (0, -1)
+        if high - low < 4 * len(keys):
+            dense = np.full(high - low + 1, -1, dtype=np.int64)
+            dense[numbers - low] = held
+            self.low = low
+            self.dense = dense  # complete before another thread can see it
+        elif matrix.shape[1] <= sg.FIXED_MAX_CHARS:
+            self.seg = _rows_segment(query, table_rows)
+
+    def find(self, uids: sg.DecimalUids, rows: dict[str, int]) -> np.ndarray:
+        """The table row of each number's uid, -1 where the rows hold none (``rows``: the dict,
+        for numbers beyond what ``dense`` covers)."""
+        values = uids.values
+        n = len(values)
+        if self.dense is None:
+            seg = tp.cast(sg.Segment, self.seg)
+            out = np.empty(n, dtype=np.int64)
+            for lo in range(0, n, sg.HASH_CHUNK):
+                pos = seg.find(sg.Query(uids[lo : lo + sg.HASH_CHUNK]))
+                out[lo : lo + len(pos)] = np.where(pos >= 0, seg.offsets.take(pos), -1)
+            return out
+        limit = sg.DECIMAL_LIMIT
+        small = (values > -limit) & (values < limit)
+        inside = small & (values >= self.low) & (values < self.low + len(self.dense))
+        at = np.where(inside, values - self.low, 0)  # (outside: any place, masked)
+        out = np.where(inside, self.dense.take(at), -1)
+        if not small.all():  # texts of 19 digits or more: not in ``dense``, asked of the dict
+            big = np.flatnonzero(~small)
+            texts = sg.DecimalUids(values[big]).texts()
+            out[big] = np.fromiter(map(rows.get, texts, itertools.repeat(-1)), np.int64, len(big))
+        return out
+
+
+def _decimal_values(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows of a code point matrix (a uid per row without NUL, 0-padded) are the text
+    ``str(v)`` of a number ``|v| < sg.DECIMAL_LIMIT`` (canonical: no leading 0 but "0", no "+",
+    no "-0"), and those numbers."""
+    n, width = matrix.shape
+    length = (matrix != 0).sum(axis=1)
+    minus = matrix[:, 0] == 45
+    digits = length - minus
+    lead = matrix.reshape(-1).take(np.arange(n) * width + np.minimum(minus, width - 1))
+    valid = (digits >= 1) & (digits <= 18) & ((lead != 48) | ((digits == 1) & ~minus))
+    numbers = np.zeros(n, dtype=np.int64)
+    for j in range(min(width, 19)):
+        c = matrix[:, j].astype(np.int64) - 48
+        is_digit = (c >= 0) & (c <= 9)
+        inside = j < length
+        valid &= ~inside | is_digit | ((j == 0) & minus)
+        np.copyto(numbers, numbers * 10 + c, where=is_digit & inside)
+    return valid, np.where(minus, -numbers, numbers)
+
+
+def _rows_segment(query: sg.Query, table_rows: np.ndarray) -> sg.Segment:
+    """The rows whose uids ``query`` holds (their code points fitting a fixed-width column) as
+    an in-memory segment whose ``offsets`` column holds their table rows."""
+    matrix = tp.cast(np.ndarray, query.matrix)
     n, width = matrix.shape
     order = np.argsort(query.hashes, kind="stable")
     seg = sg.Segment()
     seg.count = n
     seg.hashes = query.hashes.take(order)
-    seg.offsets = values.take(order)
+    seg.offsets = table_rows.take(order)
     seg.fixed = matrix.view(f"V{4 * width}").ravel().take(order).view(f"<U{width}")
     bits = n.bit_length()  # as sg.encode: 2**bits buckets, at most one entry each on average
     directory = np.empty((1 << bits) + 1, dtype=np.uint32)
@@ -1043,22 +1112,17 @@ class MapStore:
         """The table row of each uid in the rows' dict, -1 where it holds none."""
         n = len(uids)
         if isinstance(uids, sg.DecimalUids):
-            seg = self._rows_index(ix, n)
-            if seg is None:
-                uids = uids.texts()  # each made once, for the dict
-            else:
-                out = np.empty(n, dtype=np.int64)
-                for lo in range(0, n, sg.HASH_CHUNK):
-                    pos = seg.find(sg.Query(uids[lo : lo + sg.HASH_CHUNK]))
-                    out[lo : lo + len(pos)] = np.where(pos >= 0, seg.offsets.take(pos), -1)
-                return out
+            index = self._rows_index(ix, n)
+            if index is not None:
+                return index.find(uids, ix.rows)
+            uids = uids.texts()  # each made once, for the dict
         return np.fromiter(map(ix.rows.get, uids, itertools.repeat(-1)), dtype=np.int64, count=n)
 
-    def _rows_index(self, ix: _Index, n: int) -> sg.Segment | None:
-        """The in-memory index of ``ix``'s rows (``_RowsIndex``) for a lookup of ``n`` numbers,
-        built once the dict has served twice as many uids as it holds in its present state: a
-        view looked up once (a call, an open) never pays for one, one read again and again
-        (a training loop's ``stack``) pays about one more lookup for it."""
+    def _rows_index(self, ix: _Index, n: int) -> _RowsIndex | None:
+        """The index of ``ix``'s rows (``_RowsIndex``) for a lookup of ``n`` numbers, built once
+        the dict has served twice as many uids as it holds in its present state: a view looked
+        up once (a call, an open) never pays for one, one read again and again (a training
+        loop's ``stack``) pays about one more lookup for it."""
         size = len(ix.rows)
         if not ROWS_INDEX_MIN <= size <= ROWS_INDEX_MAX:
             return None
@@ -1066,18 +1130,21 @@ class MapStore:
         state = ix.rows_index
         if state is None or state.key != key:
             state = ix.rows_index = _RowsIndex(key)
-        if state.seg is not None or state.looked < 0:
-            return state.seg
+        if state.built:
+            return state
+        if state.looked < 0:
+            return None
         state.looked += n
         if state.looked < 2 * size:
             return None
         with self._lock:  # writers' flushes add rows under it: a stable dict to copy
             if (ix.count, len(ix.rows)) != key:
                 return None
-            state.seg = _rows_segment(ix.rows)
-        if state.seg is None:
+            state.build(ix.rows)
+        if not state.built:
             state.looked = -1
-        return state.seg
+            return None
+        return state
 
     def _winners(self, ix: _Index) -> list[np.ndarray]:
         """Per segment, the positions of the entries it serves: not superseded by a row, a
