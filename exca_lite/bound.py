@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 
 from . import taskcache
-from .config import InfraMarker, check_owner, field_infos, from_dict, infra_plain, to_dict
+from .config import InfraMarker, check_owner, field_infos, from_dict, infra_plain, plain
 from .errors import ConfigError, CorruptCacheWarning, ValidationError
 from .infra import IN_MEMORY_CLUSTERS
 from .taskcache import TaskPaths
@@ -250,9 +250,17 @@ class BoundMethod:
 
     def _full_config(self) -> dict[str, tp.Any]:
         """The config for config.json: every field, and the infra in effect (heritage applied)."""
-        full = to_dict(self._owner)
-        full[self._method.infra_field(type(self._owner))] = infra_plain(self._infra)
-        return full
+        owner = self._owner
+        field = self._method.infra_field(type(owner))
+        # to_dict's walk, but the infra as in effect: never the owner's own (partial) one
+        return {
+            info.name: (
+                infra_plain(self._infra)
+                if info.name == field
+                else plain(getattr(owner, info.name), info.name)
+            )
+            for info in field_infos(type(owner))
+        }
 
     def _uid_bytes(self) -> bytes:
         return canonical_bytes(self._uid_config)

@@ -51,9 +51,9 @@ class InfraMarker:
 Coerce = tp.Callable[[tp.Any, str], tp.Any]
 
 
-@dataclasses.dataclass(frozen=True)
-class FieldInfo:
-    """What the uid walk needs to know about one dataclass field, computed once per class."""
+class FieldInfo(tp.NamedTuple):
+    """What the uid walk needs to know about one dataclass field, computed once per class (a
+    named tuple: built ~3x faster than a frozen dataclass, in every fresh process's first call)."""
 
     name: str
     default: tp.Any  # dataclasses.MISSING when the field has no default
@@ -151,14 +151,18 @@ def _quick_number(annotation: tp.Any, owner: type) -> tp.Any:
         if name == "None":
             continue
         head, *attrs = name.split(".")
-        value = next((ns[head] for ns in namespaces if head in ns), _MISSING)
+        value = _MISSING
+        for namespace in namespaces:
+            if head in namespace:
+                value = namespace[head]
+                break
         for attr in attrs:
             value = getattr(value, attr, _MISSING)
         if value is int or value is float:
             numbers.add(value)
-        elif tp.get_origin(value) is tp.Literal:
-            continue  # a choice of constants: never coerced (as with the full resolution)
-        elif not isinstance(value, type) or value is _MISSING:
+        elif isinstance(value, type) and value is not _MISSING:
+            continue  # a plain class: holds no number
+        elif tp.get_origin(value) is not tp.Literal:  # a choice of constants: never coerced
             return _UNKNOWN  # an alias, a typing form, or a name not found: resolve it fully
     if not numbers:
         return None
