@@ -241,14 +241,20 @@ def new_submission(paths: TaskPaths) -> str:
     return token
 
 
+def current_submission(paths: TaskPaths) -> str | None:
+    """The token of the computation under way (or last started), None if none (cleared, or
+    submitted by an exca_lite before tokens)."""
+    try:
+        with open(paths.submission, "rb") as f:
+            return f.read().decode("ascii", "replace")
+    except FileNotFoundError:
+        return None
+
+
 def is_current(paths: TaskPaths, token: str) -> bool:
     """Whether ``token`` still names the computation under way: not cleared (nor superseded by a
     forced or retried one) since it started."""
-    try:
-        with open(paths.submission, "rb") as f:
-            return f.read() == token.encode()
-    except FileNotFoundError:
-        return False
+    return current_submission(paths) == token
 
 
 def _unlink(path: str) -> None:

@@ -824,6 +824,55 @@ def test_a_job_finishing_after_a_clear_caches_nothing(tmp_path: Path) -> None:
     )
 
 
+def test_a_forced_job_supersedes_the_one_a_call_waits_for(tmp_path: Path) -> None:
+    """A call waits for job 1; another forces the task (job 2) meanwhile: job 1 caches nothing
+    when it ends, the waiting call goes on waiting for job 2 (never caches job 1's end as a
+    death), and both calls return job 2's result."""
+    counter, folder = tmp_path / "counter", tmp_path / "cache"
+    gates = [tmp_path / "gate1", tmp_path / "gate2"]  # the gate is not part of the uid
+
+    def task(mode: str, gate: Path) -> Gated:
+        infra = xl.TaskInfra(folder=folder, cluster="local", mode=tp.cast(tp.Any, mode))
+        return Gated(gate=str(gate), counter=str(counter), infra=infra)
+
+    uid = task("cached", gates[0]).process.uid()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        waiting = pool.submit(task("cached", gates[0]).process)
+        _wait_started(counter)
+        first_job = task_module._JOBS[uid]
+        forcing = pool.submit(task("force", gates[1]).process)
+        _wait_started(counter, 2)
+        gates[0].touch()
+        first_job.wait()  # ended, superseded: nothing written
+        folder_files = _files(tp.cast(Path, task("cached", gates[0]).process.folder()))
+        assert not {"result.pkl", "error.json"} & folder_files
+        assert not waiting.done() or waiting.exception() is None
+        gates[1].touch()
+        first, second = waiting.result(timeout=60), forcing.result(timeout=60)
+    cached = Gated(infra=xl.TaskInfra(folder=folder, keep_in_ram=False)).process()
+    assert first == second == cached
+    assert task("cached", gates[0]).process.status() == "completed" and count(counter) == 2
+    assert "was cleared (or computed anew)" in first_job.stderr()
+
+
+def test_a_call_computing_here_while_cleared_returns_its_value_uncached(tmp_path: Path) -> None:
+    """cluster=None: a clear while the call computes (from another object, another process, or
+    the CLI with --force) leaves nothing cached; the call still gets the value it computed."""
+    counter, gate = tmp_path / "counter", tmp_path / "gate"
+    infra = xl.TaskInfra(folder=tmp_path / "cache")
+    task = Gated(gate=str(gate), counter=str(counter), infra=infra)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        computing = pool.submit(task.process)
+        _wait_started(counter)
+        Gated(infra=xl.TaskInfra(folder=tmp_path / "cache")).process.clear()
+        gate.touch()
+        value = computing.result(timeout=60)
+    assert isinstance(value, float)
+    assert task.process.status() == "not submitted"
+    assert task.process() != value and count(counter) == 2  # computed anew, then cached
+    assert task.process.status() == "completed"
+
+
 def test_cluster_none_waits_for_a_job_another_process_submitted(
     tmp_path: Path, subprocess_env: dict[str, str]
 ) -> None:

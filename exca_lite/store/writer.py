@@ -983,8 +983,9 @@ class MapWriter:
     def _fold_into_segment(self, min_entries: int) -> None:
         """Build the pair's segment, covering its index as published now, if at least
         ``min_entries`` entries (and as many as the current segment holds) are not in it yet."""
-        # entries first: a writer taken back meanwhile counts its records before publishing them,
-        # so ``end`` (a record boundary) covers at least ``entries`` of them
+        # a parked writer publishes nothing: both are settled. Taken back meanwhile (a rare race
+        # with _segment_if_idle), it counts a record's entries before publishing it, so
+        # ``entries`` may exceed what ``end`` covers: that only delays the next rebuild
         entries = self._entries
         end = self._idx_end
         uncovered = entries - self._covered

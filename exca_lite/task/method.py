@@ -147,6 +147,8 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
             result = _MISSING if force_now else self._from_disk()
             if result is _MISSING:
                 result = self._compute()
+                if isinstance(result, _Uncached):  # nor kept in RAM: the next call computes
+                    return tp.cast(R, result.value)
         if infra.keep_in_ram:
             cell = _RAM.get(self._ram_key)
             if cell is None or self._replace_cell:
@@ -198,13 +200,17 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         self._write_configs()
         with file_lock(Path(paths.lock)):
             job = self._claim_or_submit(paths)
+            if isinstance(job, _Uncached):  # computed here, cleared meanwhile: not cached
+                return job
             if job is None:  # computed inline, or found computed by another process meanwhile
                 result = taskcache.load_result(paths)
                 if result is not _MISSING:
                     return result
                 failure = taskcache.load_failure(paths)
                 raise (failure.error() if failure else RuntimeError(f"{self._uid}: no outcome"))
-        return self._wait(job, paths)
+            # the token of the computation that job is (submissions write it under this lock)
+            token = taskcache.current_submission(paths)
+        return self._wait(job, paths, token)
 
     def _claim_or_submit(self, paths: TaskPaths) -> tp.Any:
         """Under the task lock: the live job to wait for, or None when the outcome is on disk."""
@@ -212,9 +218,11 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         if claim is not SUBMIT:
             return claim
         if self._infra.cluster is None:
-            # in this process, under the task lock (a clear elsewhere sees the task running)
-            run_task_job(self._owner, self._ref, str(paths.folder), self._uid)
-            return None
+            token = taskcache.new_submission(paths)
+            value = run_task_job(self._owner, self._ref, str(paths.folder), self._uid, True, token)
+            # cleared (from the CLI with --force, or by another process) while computing here:
+            # this call gets its value, the cache does not keep it
+            return None if taskcache.is_current(paths, token) else _Uncached(value)
         return self._submit(paths)
 
     def _claim(self, paths: TaskPaths) -> tp.Any:
@@ -328,7 +336,11 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
         _JOBS[self._uid] = job
         _link_logs(paths, job)
 
-    def _wait(self, job: tp.Any, paths: TaskPaths) -> tp.Any:
+    def _wait(self, job: tp.Any, paths: TaskPaths, token: str | None) -> tp.Any:
+        """The outcome of ``job`` (the computation ``token`` names, None: one of an exca_lite
+        before tokens), once on disk. A job superseded meanwhile writes nothing: then the
+        computation that superseded it is waited for, or, if the task was cleared, a JobError
+        says so; its end is never cached as a death."""
         import submitit
 
         from ..execution import closing_debug_log_handlers, is_alive
@@ -339,7 +351,6 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
                     job.result()  # runs the function here; its outcome is in the folder
                 except Exception:
                     pass
-        tracked = os.path.exists(paths.submission)  # a job of this exca_lite: it checks the token
         delay = 0.002
         while True:
             result = taskcache.load_result(paths)
@@ -354,10 +365,13 @@ class BoundTask(BoundMethod, tp.Generic[Own, R]):
                 # the outcome may have landed between the two checks
                 if taskcache.has_outcome(paths):
                     continue
-                _JOBS.pop(self._uid, None)
-                if tracked and not os.path.exists(paths.submission):
-                    # cleared while the job ran: it wrote nothing on purpose, and its death is
+                if _JOBS.get(self._uid) is job:
+                    _JOBS.pop(self._uid)
+                if token is not None and not taskcache.is_current(paths, token):
+                    # superseded while the job ran: it wrote nothing on purpose, and its end is
                     # no outcome to cache either
+                    if taskcache.current_submission(paths) is not None:
+                        return self._compute()  # forced or cleared and called again: that one
                     raise JobError(
                         f"{self._uid} was cleared while its job {job.job_id} ran: its outcome "
                         "was not cached; call again to compute it"
@@ -494,6 +508,12 @@ def _link_logs(paths: TaskPaths, job: tp.Any) -> None:
         os.replace(tmp, paths.logs)
     except OSError:
         pass
+
+
+class _Uncached(tp.NamedTuple):
+    """The value a call computed here while its task was cleared: returned, not cached."""
+
+    value: tp.Any
 
 
 def _job_id() -> str:
