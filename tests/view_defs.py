@@ -50,11 +50,14 @@ def permuted(n: int) -> list[int]:
 
 
 def private_bytes() -> int:
-    """This process's private memory (Private_Clean + Private_Dirty of smaps_rollup)."""
+    """This process's own memory: Private_Dirty of smaps_rollup (its heap, and pages of a fork's
+    parent it wrote to). Not Private_Clean: that counts the cache's file pages that only this
+    process happens to map (page cache, shared as soon as another process maps them, dropped
+    under pressure), which swings with the random items each worker read."""
     total = 0
     with open("/proc/self/smaps_rollup") as f:
         for line in f:
-            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            if line.startswith("Private_Dirty:"):
                 total += int(line.split()[1]) * 1024
     return total
 
