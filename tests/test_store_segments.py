@@ -452,6 +452,25 @@ PARKED = textwrap.dedent(
 )
 
 
+def _writer_process(script: str, folder: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """A process running ``script`` on ``folder`` that keeps its writer parked between steps:
+    it prints "parked" after each and goes on when a line comes on its stdin."""
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _go_on(proc: subprocess.Popen[str]) -> None:
+    """Let a ``_writer_process`` take its next step."""
+    assert proc.stdin is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+
+
 IDLE = textwrap.dedent(
     """
     import sys
@@ -482,13 +501,7 @@ def test_an_idle_parked_pair_gets_a_segment_in_the_background(tmp_path: Path) ->
         "EXCA_LITE_SEGMENT_MIN": "1000",
         "EXCA_LITE_SEGMENT_PARK_MIN": "100000",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-c", IDLE, str(tmp_path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc = _writer_process(IDLE, tmp_path, env)
     assert proc.stdin is not None and proc.stdout is not None
     try:
         assert proc.stdout.readline().strip() == "parked"
@@ -500,15 +513,13 @@ def test_an_idle_parked_pair_gets_a_segment_in_the_background(tmp_path: Path) ->
         assert not store._ix.rows  # nothing decoded: all of it came from the segment
         model = {str(i): float(i) for i in range(1500)}
         check_all(store, model, absent=["1500"])
-        proc.stdin.write("\n")
-        proc.stdin.flush()
+        _go_on(proc)
         assert proc.stdout.readline().strip() == "parked"
         store = MapStore(tmp_path)  # the segment, then the records past it
         assert len(store._ix.segs) == 1 and len(store._ix.rows) == 100
         check_all(store, {str(i): float(i) for i in range(1600)})
         assert store.verify() == []
-        proc.stdin.write("\n")
-        proc.stdin.flush()
+        _go_on(proc)
     finally:
         proc.communicate(timeout=60)
     assert proc.returncode == 0
@@ -519,13 +530,7 @@ def test_a_big_parked_pair_gets_a_segment_while_its_writer_lives(tmp_path: Path)
     """A process keeping its writer (a notebook) writes a segment when a big pair goes idle;
     later records of the same pair are read past it."""
     env = {**ENV, "EXCA_LITE_SEGMENT_PARK_MIN": "100"}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", PARKED, str(tmp_path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc = _writer_process(PARKED, tmp_path, env)
     assert proc.stdin is not None and proc.stdout is not None
     model: dict[str, float] = {}
     try:
@@ -538,8 +543,7 @@ def test_a_big_parked_pair_gets_a_segment_while_its_writer_lives(tmp_path: Path)
             assert not store._ix.segs[0].sealed
             check_all(store, model, absent=["u999"])
             assert store.verify() == []
-            proc.stdin.write("\n")
-            proc.stdin.flush()
+            _go_on(proc)
     finally:
         proc.communicate(timeout=60)
     assert proc.returncode == 0

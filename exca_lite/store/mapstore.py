@@ -197,7 +197,7 @@ class _RowsIndex:
         matrix = query.matrix
         if matrix is None or not matrix.shape[1]:
             return
-        valid, numbers = _decimal_values(matrix)
+        valid, numbers = sg.decimal_values(matrix)
         numbers, held = numbers[valid], table_rows[valid]
         low, high = (int(numbers.min()), int(numbers.max())) if len(numbers) else (0, -1)
         if high - low < 4 * len(keys):
@@ -230,26 +230,6 @@ class _RowsIndex:
             texts = sg.DecimalUids(values[big]).texts()
             out[big] = np.fromiter(map(rows.get, texts, itertools.repeat(-1)), np.int64, len(big))
         return out
-
-
-def _decimal_values(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Which rows of a code point matrix (a uid per row without NUL, 0-padded) are the text
-    ``str(v)`` of a number ``|v| < sg.DECIMAL_LIMIT`` (canonical: no leading 0 but "0", no "+",
-    no "-0"), and those numbers."""
-    n, width = matrix.shape
-    length = (matrix != 0).sum(axis=1)
-    minus = matrix[:, 0] == 45
-    digits = length - minus
-    lead = matrix.reshape(-1).take(np.arange(n) * width + np.minimum(minus, width - 1))
-    valid = (digits >= 1) & (digits <= 18) & ((lead != 48) | ((digits == 1) & ~minus))
-    numbers = np.zeros(n, dtype=np.int64)
-    for j in range(min(width, 19)):
-        c = matrix[:, j].astype(np.int64) - 48
-        is_digit = (c >= 0) & (c <= 9)
-        inside = j < length
-        valid &= ~inside | is_digit | ((j == 0) & minus)
-        np.copyto(numbers, numbers * 10 + c, where=is_digit & inside)
-    return valid, np.where(minus, -numbers, numbers)
 
 
 def _rows_segment(query: sg.Query, table_rows: np.ndarray) -> sg.Segment:

@@ -736,6 +736,28 @@ def read_pair(index_path: Path, end: int, shard_size: int) -> Entries | None:
     return Entries(kept_uids, offsets, nbytes, stamps, mids, crcs, metas, spans, retired, sealed)
 
 
+def decimal_values(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows of a code point matrix (a uid per row, without NUL, 0-padded) are the text
+    ``str(v)`` of a number ``|v| < DECIMAL_LIMIT`` (canonical: 1 to 18 digits, no leading 0 but
+    "0" itself, no "+", no "-0"), and those numbers (meaningless where not)."""
+    n, width = matrix.shape
+    if n == 0 or width == 0:
+        return np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64)
+    minus = matrix[:, 0] == 45
+    length = (matrix != 0).sum(axis=1)  # uids hold no NUL: their padding is 0s at the end
+    digits = length - minus
+    lead = _take_cols(matrix, np.minimum(minus, width - 1))  # the first digit
+    valid = (digits >= 1) & (digits <= 18) & ((lead != 48) | ((digits == 1) & ~minus))
+    value = np.zeros(n, dtype=np.int64)
+    for j in range(min(width, 19)):
+        c = matrix[:, j].astype(np.int64) - 48
+        is_digit = (c >= 0) & (c <= 9)
+        inside = j < length
+        valid &= ~inside | is_digit | ((j == 0) & minus)
+        np.copyto(value, value * 10 + c, where=is_digit & inside)
+    return valid, np.where(minus, -value, value)
+
+
 def decimal_runs(column: np.ndarray) -> np.ndarray | None:
     """The runs ``[first, last]`` (int64 rows, sorted, disjoint) of the numbers ``v`` whose uid
     ``str(v)`` is in ``column`` (a ``<U`` array of distinct uids without NUL), for
@@ -746,24 +768,8 @@ def decimal_runs(column: np.ndarray) -> np.ndarray | None:
     stored uid of each hit: a fill of ``range(n)`` leaves one run."""
     n = len(column)
     width = column.dtype.itemsize // 4
-    if n == 0 or width == 0:
-        return np.zeros((0, 2), dtype=np.int64)
-    codes = column.view(np.uint32).reshape(n, width)
-    minus = codes[:, 0] == 45
-    first = minus.astype(np.intp)  # the column of the first digit
-    length = (codes != 0).sum(axis=1)  # uids hold no NUL: their padding is 0s at the end
-    digits = length - first
-    lead = _take_cols(codes, np.minimum(first, width - 1))
-    # canonical: 1 to 18 digits, no leading 0 but "0" itself, no "-0"
-    valid = (digits >= 1) & (digits <= 18) & ((lead != 48) | ((digits == 1) & ~minus))
-    value = np.zeros(n, dtype=np.int64)
-    for j in range(min(width, 19)):
-        c = codes[:, j].astype(np.int64) - 48
-        is_digit = (c >= 0) & (c <= 9)
-        inside = j < length
-        valid &= ~inside | is_digit | ((j == 0) & minus)
-        np.copyto(value, value * 10 + c, where=is_digit & inside)
-    values = np.sort(np.where(minus, -value, value)[valid])
+    valid, numbers = decimal_values(column.view(np.uint32).reshape(n, width))
+    values = np.sort(numbers[valid])
     if not len(values):
         return np.zeros((0, 2), dtype=np.int64)
     breaks = np.flatnonzero(np.diff(values) != 1)
@@ -887,6 +893,7 @@ __all__ = [
     "build_for_pair",
     "decimal_codes",
     "decimal_runs",
+    "decimal_values",
     "encode",
     "Query",
     "has_nul",
