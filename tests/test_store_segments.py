@@ -61,6 +61,17 @@ def value(store: MapStore, uid: str) -> float:
     return float(got[0]) if isinstance(got, np.ndarray) else float(got["v"])
 
 
+def _collide_every_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give every uid the hash 0, through each way a uid gets hashed: arrays of uids, one uid,
+    code point columns (uids without NUL) and numbers' digits (``DecimalUids``)."""
+    constant = lambda arr: np.zeros(len(arr), dtype=np.uint64)  # noqa: E731
+    monkeypatch.setattr(sg, "hash_array", constant)
+    monkeypatch.setattr(sg, "hash_one", lambda uid: 0)
+    monkeypatch.setattr(sg, "hash_codes", lambda codes, starts, ends, width: constant(starts))
+    real = sg.decimal_codes
+    monkeypatch.setattr(sg, "decimal_codes", lambda values: (constant(values), real(values)[1]))
+
+
 def check_all(store: MapStore, model: dict[str, float], absent: tp.Sequence[str] = ()) -> None:
     """Every way of reading the store agrees with ``model``."""
     uids = list(model)
@@ -171,11 +182,7 @@ def test_a_forced_hash_collision_never_serves_another_item(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, column: str
 ) -> None:
     monkeypatch.setattr(sg, "MIN_ENTRIES", 1)
-    constant = lambda arr: np.zeros(len(arr), dtype=np.uint64)  # noqa: E731
-    monkeypatch.setattr(sg, "hash_array", constant)
-    monkeypatch.setattr(sg, "hash_one", lambda uid: 0)  # its scalar twin (a few uids)
-    # and its twin on code point columns (lookups of uids without NUL)
-    monkeypatch.setattr(sg, "hash_codes", lambda codes, starts, ends, width: constant(starts))
+    _collide_every_hash(monkeypatch)
     model = {f"k{i}": float(i) for i in range(300)}
     absent = ["k300", "k1\x00\x00", "x" * 39, "x" * 41, "k", "k1000", "k10\x00", "", "j1"]
     if column == "blob":  # uids the fixed-width column cannot hold: stored as utf-8
@@ -218,12 +225,7 @@ def test_a_forced_hash_collision_never_serves_another_number(
     """Uids looked up from their numbers (``DecimalUids``), every hash colliding: only a stored
     uid that is exactly ``str(n)`` counts (not a prefix, an extension, a sign or a zero more)."""
     monkeypatch.setattr(sg, "MIN_ENTRIES", 1)
-    constant = lambda arr: np.zeros(len(arr), dtype=np.uint64)  # noqa: E731
-    monkeypatch.setattr(sg, "hash_array", constant)
-    monkeypatch.setattr(sg, "hash_one", lambda uid: 0)
-    monkeypatch.setattr(sg, "hash_codes", lambda codes, starts, ends, width: constant(starts))
-    real = sg.decimal_codes
-    monkeypatch.setattr(sg, "decimal_codes", lambda values: (constant(values), real(values)[1]))
+    _collide_every_hash(monkeypatch)
     stored = ["1", "12", "-1", "-07", "+5", "8 ", "-0", "00", "1234567890123456789", "99"]
     if column == "blob":
         stored.append("9" * 40)  # longer than the fixed-width column: every uid is utf-8
@@ -717,12 +719,7 @@ def test_numbers_read_again_and_again_from_rows_go_through_an_index_of_them(
     monkeypatch.setattr(sg, "MIN_ENTRIES", 1)
     monkeypatch.setattr(mapstore_module, "ROWS_INDEX_MIN", 64)
     if kind == "sparse_colliding":
-        constant = lambda arr: np.zeros(len(arr), dtype=np.uint64)  # noqa: E731
-        monkeypatch.setattr(sg, "hash_array", constant)
-        monkeypatch.setattr(sg, "hash_one", lambda uid: 0)
-        monkeypatch.setattr(sg, "hash_codes", lambda codes, starts, ends, width: constant(starts))
-        real = sg.decimal_codes
-        monkeypatch.setattr(sg, "decimal_codes", lambda v: (constant(v), real(v)[1]))
+        _collide_every_hash(monkeypatch)
     spread = 1 if kind == "dense" else 1000
     big = int("1" * 19)  # a number's text of 19 digits: past what the index by number holds
     model: dict[str, float] = {}

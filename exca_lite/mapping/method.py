@@ -282,18 +282,16 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
 
     def compute(self, items: tp.Iterable[X]) -> int:
         """Make sure every item is cached (loading nothing); returns how many were computed."""
-        if self._all_cached(items):
-            return 0
         seq = items if isinstance(items, tp.Sequence) else list(items)
-        return self._ensure(seq, *self._name_items(seq))
+        decimal = self._decimal_uids(seq)  # found once: the check and the naming both use it
+        if decimal is not None and self._all_cached(decimal):
+            return 0
+        return self._ensure(seq, *self._name_items(seq, decimal))
 
-    def _all_cached(self, items: tp.Iterable[X]) -> bool:
-        """Whether every item is known cached without naming the items one by one: int items
-        named by ``str`` are looked up from their numbers (``DecimalUids``), since ``str`` of
-        a million ints costs more than their lookup. False also means "not known": the caller
-        then takes the general path."""
-        if self._map_method.item_uid is not str or not _maybe_ints(items):
-            return False
+    def _all_cached(self, decimal: DecimalUids) -> bool:
+        """Whether every item (int items named by ``str``) is known cached without naming them
+        one by one: looked up from their numbers, since ``str`` of a million ints costs more than
+        their lookup. False also means "not known": the caller then takes the general path."""
         self._prepare()
         store = self._store
         if store is None or self._infra.mode == "force":
@@ -301,10 +299,9 @@ class BoundMap(BoundMethod, tp.Generic[Own, X, R]):
         self._check_configs()  # a cache hit too must be this config's
         # a first fill, say: no need to look at every item (a view not refreshed may miss it:
         # then the general path, which refreshes, decides; stores_all refreshes too)
-        if str(items[0]) not in store:
+        if decimal[0] not in store:
             return False
-        values = _int_values(items)
-        return values is not None and store.stores_all(DecimalUids(values))
+        return store.stores_all(decimal)
 
     def cached_uids(self) -> list[str]:
         self._prepare()
